@@ -1,0 +1,73 @@
+"""Which implementation a fast op runs: the Triton kernel, or its plain-PyTorch reference twin.
+
+Every fast op takes `impl='auto'|'triton'|'ref'`:
+- 'triton': the Triton kernel (on a CUDA GPU Triton can target, or on CPU tensors under TRITON_INTERPRET=1);
+  raises if it cannot run.
+- 'ref': the plain PyTorch twin (same mathematics, grouped convolutions etc.), runs everywhere.
+- 'auto': 'triton' where it can run, otherwise 'ref' with one warning that says why.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+IMPLS = ("auto", "triton", "ref")
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_reason(index: int) -> str | None:
+    major, _ = torch.cuda.get_device_capability(index)
+    if major < 7:   # Triton targets compute capability 7.0 and newer (Volta+); a 1080 Ti (6.1) is not supported
+        return f"GPU {torch.cuda.get_device_name(index)} (sm_{major}x) is older than Triton supports (sm_70)"
+    return None
+
+
+def triton_unavailable_reason(device: torch.device | str) -> str | None:
+    """None when Triton kernels can run on tensors of `device`, otherwise why not (one line)."""
+    device = torch.device(device)
+    if not _triton_importable():
+        return "Triton is not installed"
+    if device.type == "cpu":
+        return None if interpreter_enabled() else "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
+    if device.type == "cuda":
+        if interpreter_enabled():
+            return "TRITON_INTERPRET=1 runs on CPU tensors only"
+        return _cuda_reason(device.index if device.index is not None else torch.cuda.current_device())
+    return f"Triton does not target {device.type} tensors"
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def resolve_impl(impl: str, device: torch.device | str, op: str) -> str:
+    """'triton' or 'ref' for `op` on `device`, following the rules in this module's docstring."""
+    if impl not in IMPLS:
+        raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "ref":
+        return "ref"
+    reason = triton_unavailable_reason(device)
+    if reason is None:
+        return "triton"
+    if impl == "triton":
+        raise RuntimeError(f"{op}: the Triton kernel cannot run: {reason}")
+    warn_once(f"{op}: falling back to the PyTorch reference path: {reason}")
+    return "ref"

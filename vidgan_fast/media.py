@@ -1,0 +1,53 @@
+"""Writing videos as a GIF grid and frames as a PNG strip (imageio + Pillow)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor | np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Map values in value_range to uint8 [0, 255]."""
+    x = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+    lo, hi = value_range
+    return (np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def grid(images: np.ndarray, cols: int | None = None, pad: int = 1, scale: int = 2) -> np.ndarray:
+    """[N, H, W] uint8 -> one [rows*(H+pad)+pad, cols*(W+pad)+pad] uint8 image, upscaled by `scale`."""
+    n, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 64, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i]
+    return np.kron(out, np.ones((scale, scale), np.uint8)) if scale > 1 else out
+
+
+def save_gif(videos: torch.Tensor | np.ndarray, path: str | Path, value_range=(-1.0, 1.0),
+             fps: int = 10, cols: int | None = None, scale: int = 2) -> Path:
+    """Videos [N, T, H, W] (or [N, 1, T, H, W]) as one looping GIF with the N videos in a grid."""
+    v = to_uint8(videos, value_range)
+    if v.ndim == 5:
+        v = v[:, 0]
+    frames = [Image.fromarray(grid(v[:, t], cols, scale=scale)) for t in range(v.shape[1])]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def save_strip(frames: torch.Tensor | np.ndarray, path: str | Path, value_range=(-1.0, 1.0),
+               cols: int | None = None, scale: int = 2) -> Path:
+    """Frames [N, H, W] (or [N, 1, H, W]) as one PNG grid; cols defaults to one row."""
+    f = to_uint8(frames, value_range)
+    if f.ndim == 4:
+        f = f[:, 0]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid(f, cols or f.shape[0], scale=scale)).save(path)
+    return path
