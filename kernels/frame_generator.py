@@ -1,0 +1,317 @@
+"""Triton kernels of the frozen frame generator G_F (batch norm already folded into weights and biases).
+
+One launch per layer over all M frames. Activations are NHWC ([M, H, W, C] contiguous) so that every tile
+load and store is contiguous along channels; the module converts at the edges (the dense layer's output
+columns are pre-permuted so it writes NHWC [M, 2, 2, c0] directly, and the 1-channel frames are the same
+memory in NHWC and NCHW).
+
+Forward
+    dense            y = relu(x @ w + b)                          a plain GEMM [M, z] x [z, 4*c0]
+    conv_transpose   k4 s2, padding 1 (2 -> 4 -> 8 -> 16) + bias + ReLU, as 4 sub-pixel phases: output pixel
+                     (2a + py, 2b + px) is a 2x2 convolution of the input around (a, b), so each phase is an
+                     implicit GEMM with rows = M*(OH/2)*(OW/2), N = Cout, reduction = 4 taps * Cin; the
+                     phase is the third grid axis
+    conv_transpose_tanh   the last layer, k4 s2 padding 2 (16 -> 30), Cout = 1, + tanh: the same phases, but
+                     GEMV-shaped (N = 1), so a row-block times a weight vector reduced with tl.sum
+Backward (input gradient only; the frozen weights need none)
+    conv_transpose_input_grad   the input gradient of a transposed convolution is a regular stride-2
+                     convolution of the output gradient with the same weights: an implicit GEMM with
+                     rows = M*H*W input positions, N = Cin, reduction = 16 taps * Cout (gather form, no
+                     atomics). Optional fused prologue tanh' = 1 - y^2 (last layer) and fused epilogue ReLU
+                     mask (saved activation > 0) of the layer below.
+    dense (again)    grad_codes = grad @ w_fc
+
+tf32=False gives exact fp32 products (input_precision "ieee"), which the tests rely on; tf32=True is the fast
+GPU option. Launch wrappers only: no autograd (see vidgan_fast.fast.frozen_generator).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Tile sizes. On a GPU: 64-row tiles, N up to 64, reduction steps of 32 (fp32 operands, 4 warps). The
+# interpreter pays per tile operation rather than per element, so there bigger tiles (fewer programs and loop
+# steps) run many times faster; the kernels and masks are the same. Read at import time, like triton.jit reads
+# TRITON_INTERPRET; tests may override the module globals to run the GPU tiles under the interpreter.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+BLOCK_M = 256 if _INTERPRET else 64      # rows (frames x positions) per program
+MAX_BLOCK_N = 128 if _INTERPRET else 64
+MAX_BLOCK_K = 128 if _INTERPRET else 32
+NUM_WARPS = 4
+
+
+def _precision(tf32: bool) -> str:
+    return "tf32" if tf32 else "ieee"
+
+
+def _block(n: int, cap: int) -> int:
+    """Power-of-two block for a dimension of size n: at least 16 (tl.dot's minimum), at most cap."""
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def _check(t: torch.Tensor, name: str, dims: int) -> None:
+    if t.dim() != dims or t.dtype != torch.float32 or not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous float32 tensor with {dims} dims, "
+                         f"got {tuple(t.shape)} {t.dtype} contiguous={t.is_contiguous()}")
+    if t.numel() >= 2 ** 31:
+        raise ValueError(f"{name}: {t.numel()} elements is too many for 32-bit offsets; split the batch")
+
+
+# ---------------------------------------------------------------------------------------------- dense
+
+@triton.jit
+def _dense_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
+                  stride_am, stride_ak, stride_bk, stride_bn,
+                  HAS_BIAS: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
+                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+        b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
+                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
+          tf32: bool = False) -> torch.Tensor:
+    """x [M, K] @ w [K, N] (+ bias [N]) (then ReLU) -> [M, N]. w may be a strided view (e.g. a transpose)."""
+    _check(x, "dense input", 2)
+    if w.dim() != 2 or w.shape[0] != x.shape[1] or w.dtype != torch.float32:
+        raise ValueError(f"dense: weight {tuple(w.shape)} {w.dtype} does not fit input {tuple(x.shape)}")
+    M, K = x.shape
+    N = w.shape[1]
+    out = torch.empty(M, N, device=x.device, dtype=torch.float32)
+    bn, bk = _block(N, MAX_BLOCK_N), _block(K, MAX_BLOCK_K)
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, bn))
+    _dense_kernel[grid](x, w, bias if bias is not None else out, out, M, N, K,
+                        x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+                        HAS_BIAS=bias is not None, RELU=relu, PRECISION=_precision(tf32),
+                        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS)
+    return out
+
+
+# ------------------------------------------------------------------------- transposed conv, forward
+
+def pack_forward_weight(w: torch.Tensor, pad: int) -> torch.Tensor:
+    """ConvTranspose2d weight [Cin, Cout, 4, 4] -> per-phase GEMM operands [4, 4 * Cin, Cout].
+
+    Phase (py, px) = output pixel parity. With stride 2, output row 2a + py takes kernel rows
+    ky = ry + 2 * ty (ry = (py + pad) % 2, ty in {0, 1}) from input row a + (py + pad - ry) // 2 - ty.
+    Reduction index = (ty * 2 + tx) * Cin + ci.
+    """
+    phases = []
+    for py in (0, 1):
+        for px in (0, 1):
+            ry, rx = (py + pad) % 2, (px + pad) % 2
+            phases.append(torch.cat([w[:, :, ry + 2 * ty, rx + 2 * tx] for ty in (0, 1) for tx in (0, 1)]))
+    return torch.stack(phases).contiguous()
+
+
+@triton.jit
+def _phase_rows(pid_m, phase, PAD: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Rows of one phase tile: frame m, phase-grid position (a, b), and the input offset (dy, dx)."""
+    HA: tl.constexpr = OH // 2
+    WA: tl.constexpr = OW // 2
+    py = phase // 2
+    px = phase % 2
+    dy = (py + PAD - (py + PAD) % 2) // 2
+    dx = (px + PAD - (px + PAD) % 2) // 2
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = rows // (HA * WA)
+    a = (rows // WA) % HA
+    b = rows % WA
+    return rows, m, a, b, py, px, dy, dx
+
+
+@triton.jit
+def _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M,
+                  H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, HA: tl.constexpr, WA: tl.constexpr):
+    """The [rows, k] tile of a phase's implicit-GEMM input: x[m, a + dy - ty, b + dx - tx, ci]."""
+    tap = k // CIN
+    ci = k % CIN
+    iy = a[:, None] + dy - (tap // 2)[None, :]
+    ix = b[:, None] + dx - (tap % 2)[None, :]
+    ok = ((rows[:, None] < M * HA * WA) & (k[None, :] < 4 * CIN)
+          & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
+    return tl.load(x_ptr + ((m[:, None] * H + iy) * W + ix) * CIN + ci[None, :], mask=ok, other=0.0)
+
+
+@triton.jit
+def _conv_transpose_relu_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
+                                H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                                PAD: tl.constexpr, PRECISION: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    OH: tl.constexpr = 2 * H + 2 - 2 * PAD
+    OW: tl.constexpr = 2 * W + 2 - 2 * PAD
+    phase = tl.program_id(2)
+    rows, m, a, b, py, px, dy, dx = _phase_rows(tl.program_id(0), phase, PAD, OH, OW, BLOCK_M)
+    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_phase = w_ptr + phase * 4 * CIN * COUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, 4 * CIN, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        xa = _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M, H, W, CIN, OH // 2, OW // 2)
+        wb = tl.load(w_phase + k[:, None] * COUT + co[None, :],
+                     mask=(k[:, None] < 4 * CIN) & (co[None, :] < COUT), other=0.0)
+        acc = tl.dot(xa, wb, acc, input_precision=PRECISION)
+    acc = tl.maximum(acc + tl.load(bias_ptr + co, mask=co < COUT, other=0.0)[None, :], 0.0)
+    oy = 2 * a + py
+    ox = 2 * b + px
+    out = ((m[:, None] * OH + oy[:, None]) * OW + ox[:, None]) * COUT + co[None, :]
+    tl.store(y_ptr + out, acc, mask=(rows[:, None] < M * (OH // 2) * (OW // 2)) & (co[None, :] < COUT))
+
+
+def _out_size(h: int, pad: int) -> int:
+    return 2 * h + 2 - 2 * pad
+
+
+def conv_transpose_relu(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int,
+                        tf32: bool = False) -> torch.Tensor:
+    """relu(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4; NHWC x [M, H, W, Cin] -> NHWC out."""
+    _check(x, "conv_transpose input", 4)
+    M, H, W, cin = x.shape
+    if w_packed.shape[:2] != (4, 4 * cin) or bias.shape != (w_packed.shape[2],):
+        raise ValueError(f"conv_transpose: packed weight {tuple(w_packed.shape)} / bias {tuple(bias.shape)} "
+                         f"do not fit input with {cin} channels")
+    cout = w_packed.shape[2]
+    OH, OW = _out_size(H, pad), _out_size(W, pad)
+    y = torch.empty(M, OH, OW, cout, device=x.device, dtype=torch.float32)
+    _check(y, "conv_transpose output", 4)
+    bn, bk = _block(cout, MAX_BLOCK_N), _block(4 * cin, MAX_BLOCK_K)
+    grid = (triton.cdiv(M * (OH // 2) * (OW // 2), BLOCK_M), triton.cdiv(cout, bn), 4)
+    _conv_transpose_relu_kernel[grid](x, w_packed, bias, y, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
+                                      PRECISION=_precision(tf32), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk,
+                                      num_warps=NUM_WARPS)
+    return y
+
+
+@triton.jit
+def _conv_transpose_tanh_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
+                                H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, PAD: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    OH: tl.constexpr = 2 * H + 2 - 2 * PAD
+    OW: tl.constexpr = 2 * W + 2 - 2 * PAD
+    phase = tl.program_id(1)
+    rows, m, a, b, py, px, dy, dx = _phase_rows(tl.program_id(0), phase, PAD, OH, OW, BLOCK_M)
+    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, 4 * CIN, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        xa = _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M, H, W, CIN, OH // 2, OW // 2)
+        wv = tl.load(w_ptr + phase * 4 * CIN + k, mask=k < 4 * CIN, other=0.0)
+        acc += tl.sum(xa * wv[None, :], axis=1)
+    acc += tl.load(bias_ptr)
+    t = tl.exp(-2.0 * tl.abs(acc))                     # tanh, stable for large |acc|
+    y = tl.where(acc >= 0, 1.0, -1.0) * (1.0 - t) / (1.0 + t)
+    oy = 2 * a + py
+    ox = 2 * b + px
+    tl.store(y_ptr + (m * OH + oy) * OW + ox, y, mask=rows < M * (OH // 2) * (OW // 2))
+
+
+def conv_transpose_tanh(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int) -> torch.Tensor:
+    """tanh(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4, Cout = 1; NHWC x -> [M, OH, OW]."""
+    _check(x, "conv_transpose_tanh input", 4)
+    M, H, W, cin = x.shape
+    if w_packed.shape != (4, 4 * cin, 1) or bias.shape != (1,):
+        raise ValueError(f"conv_transpose_tanh: packed weight {tuple(w_packed.shape)} / bias {tuple(bias.shape)} "
+                         f"do not fit input with {cin} channels and 1 output channel")
+    OH, OW = _out_size(H, pad), _out_size(W, pad)
+    y = torch.empty(M, OH, OW, device=x.device, dtype=torch.float32)
+    grid = (triton.cdiv(M * (OH // 2) * (OW // 2), BLOCK_M), 4)
+    _conv_transpose_tanh_kernel[grid](x, w_packed, bias, y, M, H=H, W=W, CIN=cin, PAD=pad,
+                                      BLOCK_M=BLOCK_M, BLOCK_K=_block(4 * cin, MAX_BLOCK_K),
+                                      num_warps=NUM_WARPS)
+    return y
+
+
+# ------------------------------------------------------------------------ transposed conv, backward
+
+def pack_backward_weight(w: torch.Tensor) -> torch.Tensor:
+    """ConvTranspose2d weight [Cin, Cout, 4, 4] -> input-gradient GEMM operand [16 * Cout, Cin],
+    reduction index = (ky * 4 + kx) * Cout + co."""
+    cin, cout = w.shape[:2]
+    return w.permute(2, 3, 1, 0).reshape(16 * cout, cin).contiguous()
+
+
+@triton.jit
+def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
+                                      H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr,
+                                      COUT: tl.constexpr, PAD: tl.constexpr,
+                                      TANH_GRAD: tl.constexpr, RELU_MASK: tl.constexpr,
+                                      PRECISION: tl.constexpr,
+                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    OH: tl.constexpr = 2 * H + 2 - 2 * PAD
+    OW: tl.constexpr = 2 * W + 2 - 2 * PAD
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)       # input positions (m, iy, ix)
+    m = rows // (H * W)
+    iy = (rows // W) % H
+    ix = rows % W
+    ci = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, 16 * COUT, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        tap = k // COUT
+        co = k % COUT
+        oy = 2 * iy[:, None] - PAD + (tap // 4)[None, :]
+        ox = 2 * ix[:, None] - PAD + (tap % 4)[None, :]
+        ok = ((rows[:, None] < M * H * W) & (k[None, :] < 16 * COUT)
+              & (oy >= 0) & (oy < OH) & (ox >= 0) & (ox < OW))
+        off = ((m[:, None] * OH + oy) * OW + ox) * COUT + co[None, :]
+        ga = tl.load(g_ptr + off, mask=ok, other=0.0)
+        if TANH_GRAD:                                                # d tanh = 1 - y^2, y the saved output
+            yv = tl.load(y_ptr + off, mask=ok, other=0.0)
+            ga = ga * (1.0 - yv * yv)
+        wb = tl.load(w_ptr + k[:, None] * CIN + ci[None, :],
+                     mask=(k[:, None] < 16 * COUT) & (ci[None, :] < CIN), other=0.0)
+        acc = tl.dot(ga, wb, acc, input_precision=PRECISION)
+    io = rows[:, None] * CIN + ci[None, :]
+    io_ok = (rows[:, None] < M * H * W) & (ci[None, :] < CIN)
+    if RELU_MASK:                                                    # ReLU' of the layer below: saved h > 0
+        h = tl.load(h_ptr + io, mask=io_ok, other=0.0)
+        acc = tl.where(h > 0, acc, 0.0)
+    tl.store(dx_ptr + io, acc, mask=io_ok)
+
+
+def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pad: int,
+                              relu_input: torch.Tensor | None = None, tanh_out: torch.Tensor | None = None,
+                              tf32: bool = False) -> torch.Tensor:
+    """Gradient of a k4 s2 transposed convolution with respect to its NHWC input [M, H, W, Cin].
+
+    grad_out: NHWC [M, OH, OW, Cout], the gradient of the layer's output (of tanh's output when tanh_out, the
+    saved tanh output, is given: then 1 - y^2 is applied on the fly). relu_input: the saved NHWC input h of
+    this layer, itself a ReLU output; the result is then masked by h > 0, i.e. it is the gradient with respect
+    to the pre-activation of the layer below.
+    """
+    _check(grad_out, "conv_transpose_input_grad grad_out", 4)
+    M, OH, OW, cout = grad_out.shape
+    cin = w_packed.shape[1]
+    if w_packed.shape != (16 * cout, cin):
+        raise ValueError(f"conv_transpose_input_grad: packed weight {tuple(w_packed.shape)} does not fit "
+                         f"an output gradient with {cout} channels")
+    H, W = (OH + 2 * pad - 2) // 2, (OW + 2 * pad - 2) // 2
+    for t, name in ((relu_input, "relu_input"), (tanh_out, "tanh_out")):
+        want = (M, H, W, cin) if name == "relu_input" else tuple(grad_out.shape)
+        if t is not None and (tuple(t.shape) != want or not t.is_contiguous()):
+            raise ValueError(f"conv_transpose_input_grad: {name} {tuple(t.shape)} should be contiguous {want}")
+    dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=torch.float32)
+    _check(dx, "conv_transpose_input_grad output", 4)
+    bn, bk = _block(cin, MAX_BLOCK_N), _block(16 * cout, MAX_BLOCK_K)
+    grid = (triton.cdiv(M * H * W, BLOCK_M), triton.cdiv(cin, bn))
+    _conv_transpose_input_grad_kernel[grid](
+        grad_out, tanh_out if tanh_out is not None else grad_out, w_packed,
+        relu_input if relu_input is not None else dx, dx, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
+        TANH_GRAD=tanh_out is not None, RELU_MASK=relu_input is not None, PRECISION=_precision(tf32),
+        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS)
+    return dx
