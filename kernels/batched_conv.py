@@ -1,0 +1,302 @@
+"""Batched convolution over K independent discriminators: one launch per layer for all K.
+
+Each kernel is an implicit GEMM (no im2col buffer) with the discriminator index k as the third grid axis:
+    forward  y[k] = act(conv(x[k], w[k]) + b[k])      M = B*out positions, N = Cout, reduction = Cin*kvol
+    (act = LeakyReLU(0.2) or identity; the backward kernels apply act' from the sign of the saved output y)
+    dgrad    dx[k] = sum over (co, taps) of dy[k] w[k]  M = B*in positions,  N = Cin,  reduction = Cout*kvol/stride
+             (gather form, no atomics: each input position reads the outputs it fed; positions are grouped by
+             their residue modulo the stride, so each program only visits the taps that fed them)
+    wgrad    dw[k] = sum over (b, out positions) of dy[k] x[k] patches; db[k] = sum of dy[k]
+Layouts (contiguous): x [K, B, Cin, D, H, W], w [K, Cout, Cin, kd, kh, kw], b [K, Cout], y [K, B, Cout, OD, OH, OW].
+2D convolutions are the 3D kernels with D = kd = 1 (the wrappers accept 5-D x / 5-D w for that).
+
+tf32=False gives exact fp32 products ("ieee"), which the tests rely on; tf32=True is the fast GPU option.
+These are launch wrappers only: no autograd (see vidgan_fast.fast.bank).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+NEGATIVE_SLOPE = 0.2
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+                     B, CIN, D, H, W, COUT, OD, OH, OW,
+                     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                     LEAKY: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    k = tl.program_id(2).to(tl.int64)
+    P = OD * OH * OW
+    M = B * P
+    R = CIN * KD * KH * KW
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)   # output positions (b, od, oh, ow)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)   # output channels
+    p = offs_m % P
+    b = offs_m // P
+    ow = p % OW
+    oh = (p // OW) % OH
+    od = p // (OW * OH)
+    x_k = x_ptr + k * B * CIN * D * H * W
+    w_k = w_ptr + k * COUT * R
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)                        # reduction index (ci, kd, kh, kw)
+        kw = offs_r % KW
+        kh = (offs_r // KW) % KH
+        kd = (offs_r // (KW * KH)) % KD
+        ci = offs_r // (KW * KH * KD)
+        i_d = od[:, None] * SD - PD + kd[None, :]
+        i_h = oh[:, None] * SH - PH + kh[None, :]
+        i_w = ow[:, None] * SW - PW + kw[None, :]
+        a_mask = ((offs_m[:, None] < M) & (offs_r[None, :] < R) & (i_d >= 0) & (i_d < D)
+                  & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W))
+        a_off = (((b[:, None] * CIN + ci[None, :]) * D + i_d) * H + i_h) * W + i_w
+        a = tl.load(x_k + a_off, mask=a_mask, other=0.0)
+        w_mask = (offs_r[:, None] < R) & (offs_n[None, :] < COUT)
+        w = tl.load(w_k + offs_n[None, :] * R + offs_r[:, None], mask=w_mask, other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    acc += tl.load(b_ptr + k * COUT + offs_n, mask=offs_n < COUT, other=0.0)[None, :]
+    if LEAKY:
+        acc = tl.where(acc > 0, acc, acc * NEGATIVE_SLOPE)
+    y_off = (b[:, None] * COUT + offs_n[None, :]) * P + p[:, None]
+    y_mask = (offs_m[:, None] < M) & (offs_n[None, :] < COUT)
+    tl.store(y_ptr + k * B * COUT * P + y_off, acc, mask=y_mask)
+
+
+@triton.jit
+def _conv_dgrad_kernel(dy_ptr, y_ptr, w_ptr, dx_ptr,
+                       B, CIN, D, H, W, COUT, OD, OH, OW,
+                       SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                       PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                       KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                       LEAKY: tl.constexpr, PRECISION: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    # Sub-pixel form: a program takes input positions of one residue class (id % SD, ih % SH, iw % SW); in a
+    # class exactly the taps kd = rd + SD * jd (etc.) fed each position, so the weight tile is shared by all rows
+    # and no reduction step is spent on taps that a stride skips.
+    JD = (KD + SD - 1) // SD                                       # taps per class, per dimension (constexpr)
+    JH = (KH + SH - 1) // SH
+    JW = (KW + SW - 1) // SW
+    k = tl.program_id(2).to(tl.int64)
+    cls = tl.program_id(0) % (SD * SH * SW)
+    c_d = cls // (SH * SW)
+    c_h = (cls // SW) % SH
+    c_w = cls % SW
+    r_d = (c_d + PD) % SD                                          # first tap of this class, per dimension
+    r_h = (c_h + PH) % SH
+    r_w = (c_w + PW) % SW
+    CD = (D + SD - 1) // SD                                        # positions per class (at most)
+    CH = (H + SH - 1) // SH
+    CW = (W + SW - 1) // SW
+    MC = B * CD * CH * CW
+    R = COUT * JD * JH * JW
+    KVOL = KD * KH * KW
+    offs_m = (tl.program_id(0) // (SD * SH * SW)) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)   # input channels
+    u_w = offs_m % CW
+    u_h = (offs_m // CW) % CH
+    u_d = (offs_m // (CW * CH)) % CD
+    b = offs_m // (CW * CH * CD)
+    i_d = c_d + SD * u_d
+    i_h = c_h + SH * u_h
+    i_w = c_w + SW * u_w
+    m_ok = (offs_m < MC) & (i_d < D) & (i_h < H) & (i_w < W)
+    dy_k = dy_ptr + k * B * COUT * OD * OH * OW
+    w_k = w_ptr + k * COUT * CIN * KVOL
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)                        # reduction index (co, jd, jh, jw)
+        kw = r_w + SW * (offs_r % JW)
+        kh = r_h + SH * ((offs_r // JW) % JH)
+        kd = r_d + SD * ((offs_r // (JW * JH)) % JD)
+        co = offs_r // (JW * JH * JD)
+        r_ok = (offs_r < R) & (kd < KD) & (kh < KH) & (kw < KW)
+        o_d = (i_d[:, None] + PD - kd[None, :]) // SD              # exact: the class fixes the residue
+        o_h = (i_h[:, None] + PH - kh[None, :]) // SH
+        o_w = (i_w[:, None] + PW - kw[None, :]) // SW
+        a_mask = (m_ok[:, None] & r_ok[None, :] & (i_d[:, None] + PD >= kd[None, :]) & (o_d < OD)
+                  & (i_h[:, None] + PH >= kh[None, :]) & (o_h < OH)
+                  & (i_w[:, None] + PW >= kw[None, :]) & (o_w < OW))
+        a_off = (b[:, None] * COUT + co[None, :]) * (OD * OH * OW) + (o_d * OH + o_h) * OW + o_w
+        a = tl.load(dy_k + a_off, mask=a_mask, other=0.0)
+        if LEAKY:                                                  # dL/dpre from dL/dy and the sign of y
+            y = tl.load(y_ptr + k * B * COUT * OD * OH * OW + a_off, mask=a_mask, other=0.0)
+            a = tl.where(y > 0, a, a * NEGATIVE_SLOPE)
+        w_off = (co[:, None] * CIN + offs_n[None, :]) * KVOL + ((kd * KH + kh) * KW + kw)[:, None]
+        w_mask = r_ok[:, None] & (offs_n[None, :] < CIN)
+        w = tl.load(w_k + w_off, mask=w_mask, other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    dx_off = ((b[:, None] * CIN + offs_n[None, :]) * D + i_d[:, None]) * (H * W) + (i_h * W + i_w)[:, None]
+    dx_mask = m_ok[:, None] & (offs_n[None, :] < CIN)
+    tl.store(dx_ptr + k * B * CIN * D * H * W + dx_off, acc, mask=dx_mask)
+
+
+@triton.jit
+def _conv_wgrad_kernel(dy_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
+                       B, CIN, D, H, W, COUT, OD, OH, OW,
+                       SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                       PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                       KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                       LEAKY: tl.constexpr, PRECISION: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    k = tl.program_id(2).to(tl.int64)
+    KVOL = KD * KH * KW
+    P = OD * OH * OW
+    N = CIN * KVOL
+    Q = B * P
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)   # output channels
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)   # weight columns (ci, kd, kh, kw)
+    kw = offs_n % KW
+    kh = (offs_n // KW) % KH
+    kd = (offs_n // (KW * KH)) % KD
+    ci = offs_n // KVOL
+    dy_k = dy_ptr + k * B * COUT * P
+    x_k = x_ptr + k * B * CIN * D * H * W
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for q0 in range(0, Q, BLOCK_R):
+        offs_q = q0 + tl.arange(0, BLOCK_R)                        # reduction index (b, od, oh, ow)
+        p = offs_q % P
+        b = offs_q // P
+        ow = p % OW
+        oh = (p // OW) % OH
+        od = p // (OW * OH)
+        g_mask = (offs_m[:, None] < COUT) & (offs_q[None, :] < Q)
+        g_off = (b[None, :] * COUT + offs_m[:, None]) * P + p[None, :]
+        g = tl.load(dy_k + g_off, mask=g_mask, other=0.0)
+        if LEAKY:                                                  # dL/dpre from dL/dy and the sign of y
+            y = tl.load(y_ptr + k * B * COUT * P + g_off, mask=g_mask, other=0.0)
+            g = tl.where(y > 0, g, g * NEGATIVE_SLOPE)
+        i_d = od[:, None] * SD - PD + kd[None, :]
+        i_h = oh[:, None] * SH - PH + kh[None, :]
+        i_w = ow[:, None] * SW - PW + kw[None, :]
+        x_mask = ((offs_q[:, None] < Q) & (offs_n[None, :] < N) & (i_d >= 0) & (i_d < D)
+                  & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W))
+        x_off = (((b[:, None] * CIN + ci[None, :]) * D + i_d) * H + i_h) * W + i_w
+        xs = tl.load(x_k + x_off, mask=x_mask, other=0.0)
+        acc = tl.dot(g, xs, acc, input_precision=PRECISION)
+        bias_acc += tl.sum(g, axis=1)
+    dw_mask = (offs_m[:, None] < COUT) & (offs_n[None, :] < N)
+    tl.store(dw_ptr + k * COUT * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=dw_mask)
+    bias_rows = tl.where(tl.program_id(1) == 0, COUT, 0)          # only the first column block writes db
+    tl.store(db_ptr + k * COUT + offs_m, bias_acc, mask=offs_m < bias_rows)
+
+
+def _tuple(v, n):
+    v = (v,) * n if isinstance(v, int) else tuple(v)
+    if len(v) != n:
+        raise ValueError(f"batched conv: expected {n} strides/paddings, got {v}")
+    return v
+
+
+def output_shape(in_spatial, kernel, stride, padding):
+    return tuple((i + 2 * p - k) // s + 1 for i, k, s, p in zip(in_spatial, kernel, stride, padding))
+
+
+def _geometry(x_shape, w_shape, stride, padding):
+    """Sizes and constexprs of the 3D problem; a 2D problem (5-D shapes) becomes D = kd = 1, stride/pad (1, 0)."""
+    if len(x_shape) not in (5, 6) or len(w_shape) != len(x_shape):
+        raise ValueError(f"batched conv: expected x [K,B,C,(D,)H,W] and w [K,Cout,Cin,(kd,)kh,kw] of matching "
+                         f"rank, got {tuple(x_shape)} and {tuple(w_shape)}")
+    dims = len(x_shape) - 3
+    stride, padding = _tuple(stride, dims), _tuple(padding, dims)
+    if dims == 2:
+        x_shape, w_shape = (*x_shape[:3], 1, *x_shape[3:]), (*w_shape[:3], 1, *w_shape[3:])
+        stride, padding = (1, *stride), (0, *padding)
+    K, B, CIN, D, H, W = x_shape
+    if w_shape[0] != K or w_shape[2] != CIN:
+        raise ValueError(f"batched conv: weight {tuple(w_shape)} does not match input {tuple(x_shape)} "
+                         f"(need [K={K}, Cout, Cin={CIN}, ...])")
+    COUT = w_shape[1]
+    OD, OH, OW = output_shape((D, H, W), w_shape[3:], stride, padding)
+    if min(OD, OH, OW) < 1:
+        raise ValueError(f"batched conv: input {tuple(x_shape[3:])} is too small for kernel {tuple(w_shape[3:])} "
+                         f"with padding {padding}")
+    consts = dict(SD=stride[0], SH=stride[1], SW=stride[2], PD=padding[0], PH=padding[1], PW=padding[2],
+                  KD=w_shape[3], KH=w_shape[4], KW=w_shape[5])
+    return (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def tile_caps() -> tuple[int, int, int]:
+    """Largest (BLOCK_M, BLOCK_N, BLOCK_R): GPU-sized tiles, larger under TRITON_INTERPRET (same code, fewer
+    and larger numpy steps). Every block is at least 16, as tl.dot requires."""
+    return (256, 64, 128) if _interpreting() else (64, 64, 32)
+
+
+def _blocks(m: int, n: int, r: int) -> tuple[int, int, int]:
+    return tuple(max(16, min(cap, triton.next_power_of_2(v))) for v, cap in zip((m, n, r), tile_caps()))
+
+
+def _fp32(*tensors):
+    for t in tensors:
+        if t.dtype != torch.float32:
+            raise ValueError(f"batched conv: float32 tensors only, got {t.dtype}")
+    return [t.contiguous() for t in tensors]
+
+
+def _precision(tf32: bool) -> str:
+    return "tf32" if tf32 else "ieee"
+
+
+def conv_forward(x, w, bias, stride, padding, leaky: bool, tf32: bool = False) -> torch.Tensor:
+    """y[k] = conv(x[k], w[k]) + bias[k], then LeakyReLU(0.2) if `leaky`. 2D or 3D; returns y [K, B, Cout, ...]."""
+    (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x.shape, w.shape, stride, padding)
+    if tuple(bias.shape) != (K, COUT):
+        raise ValueError(f"batched conv: bias {tuple(bias.shape)} should be [K={K}, Cout={COUT}]")
+    x, w, bias = _fp32(x, w, bias)
+    y = torch.empty((K, B, COUT, OD, OH, OW), device=x.device, dtype=torch.float32)
+    M, R = B * OD * OH * OW, CIN * consts["KD"] * consts["KH"] * consts["KW"]
+    BM, BN, BR = _blocks(M, COUT, R)
+    grid = (triton.cdiv(M, BM), triton.cdiv(COUT, BN), K)
+    _conv_fwd_kernel[grid](x, w, bias, y, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
+                           LEAKY=leaky, PRECISION=_precision(tf32), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR)
+    return y.view(K, B, COUT, OH, OW) if x.dim() == 5 else y
+
+
+def conv_input_grad(dy, w, x_shape, stride, padding, y=None, tf32: bool = False) -> torch.Tensor:
+    """dx (shape x_shape) of y = act(conv(x, w) + b) given dy = dL/dy [K, B, Cout, ...]; pass the forward's
+    output y when act is LeakyReLU(0.2) (its derivative is read from the sign of y), None when act is identity."""
+    (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x_shape, w.shape, stride, padding)
+    if dy.numel() != K * B * COUT * OD * OH * OW:
+        raise ValueError(f"batched conv dgrad: dy {tuple(dy.shape)} does not match the output of x {tuple(x_shape)}")
+    leaky = y is not None
+    dy, w, y = _fp32(dy, w, y if leaky else dy)      # y is not read when not leaky
+    dx = torch.empty(x_shape, device=dy.device, dtype=torch.float32)
+    classes = consts["SD"] * consts["SH"] * consts["SW"]
+    per_class = B * triton.cdiv(D, consts["SD"]) * triton.cdiv(H, consts["SH"]) * triton.cdiv(W, consts["SW"])
+    taps = triton.cdiv(consts["KD"], consts["SD"]) * triton.cdiv(consts["KH"], consts["SH"]) * \
+        triton.cdiv(consts["KW"], consts["SW"])
+    BM, BN, BR = _blocks(per_class, CIN, COUT * taps)
+    grid = (classes * triton.cdiv(per_class, BM), triton.cdiv(CIN, BN), K)
+    _conv_dgrad_kernel[grid](dy, y, w, dx, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
+                             LEAKY=leaky, PRECISION=_precision(tf32), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR)
+    return dx
+
+
+def conv_weight_grad(dy, x, w_shape, stride, padding, y=None, tf32: bool = False):
+    """(dw of shape w_shape, db [K, Cout]) of y = act(conv(x, w) + b) given dy = dL/dy [K, B, Cout, ...];
+    y as in conv_input_grad."""
+    (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x.shape, w_shape, stride, padding)
+    if dy.numel() != K * B * COUT * OD * OH * OW:
+        raise ValueError(f"batched conv wgrad: dy {tuple(dy.shape)} does not match the output of x {tuple(x.shape)}")
+    leaky = y is not None
+    dy, x, y = _fp32(dy, x, y if leaky else dy)      # y is not read when not leaky
+    N = CIN * consts["KD"] * consts["KH"] * consts["KW"]
+    dw = torch.empty(w_shape, device=x.device, dtype=torch.float32)
+    db = torch.empty((K, COUT), device=x.device, dtype=torch.float32)
+    BM, BN, BR = _blocks(COUT, N, B * OD * OH * OW)
+    grid = (triton.cdiv(COUT, BM), triton.cdiv(N, BN), K)
+    _conv_wgrad_kernel[grid](dy, y, x, dw, db, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
+                             LEAKY=leaky, PRECISION=_precision(tf32), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR)
+    return dw, db

@@ -1,0 +1,308 @@
+"""Discriminator banks (K discriminators as one module) against K reference discriminators.
+
+Every comparison holds the fast result AND the fp32 reference against an fp64 run of the references:
+max |fast - fp64| <= RTOL * max |fp64| per tensor, RTOL = 2e-5 (fp32 epsilon 1.2e-7; the longest sums here
+are a few thousand terms over 4 layers). Weights are random with unit-variance-preserving scale, so the logits
+and gradients are O(1) and relative errors are meaningful. Widths are tiny (4, 8, 16): the Triton kernels run
+under the interpreter on CPU.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidgan_fast import models
+from vidgan_fast.fast import backend
+from vidgan_fast.fast.bank import BatchedConv, FrameDiscriminatorBank, VideoDiscriminatorBank, grouped_conv
+
+RTOL = 2e-5
+WIDTHS = (4, 8, 16)
+
+
+def assert_fp64_close(what, fast, ref32, ref64, rtol=RTOL):
+    scale = ref64.abs().max().item()
+    err = (fast.double() - ref64).abs().max().item()
+    err_ref = (ref32.double() - ref64).abs().max().item()
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol} * {scale:.3g} (fp32 reference: {err_ref:.3g})"
+
+
+def randomize(module, seed):
+    """Random weights N(0, 1/fan_in) and biases N(0, 0.1^2), so activations stay O(1) through the layers."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("weight"):
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return module
+
+
+def make_references(kind, k, seed=0):
+    torch.manual_seed(seed)
+    make = models.frame_discriminators if kind == "frame" else models.video_discriminators
+    return randomize(make(k, WIDTHS), seed)
+
+
+def make_input(kind, b, seed=0):
+    gen = torch.Generator().manual_seed(seed + 7)
+    shape = (b, 1, 30, 30) if kind == "frame" else (b, 1, 30, 30, 30)
+    return torch.rand(shape, generator=gen) * 2 - 1
+
+
+def run(model, x, grad_logits):
+    """logits, input gradient and parameter gradients (by reference suffix, stacked over k) of `model`."""
+    x = x.detach().clone().requires_grad_()
+    logits = model(x)
+    logits.backward(grad_logits)
+    if isinstance(model, models.DiscriminatorList):
+        names = [suffix for _, suffix in FrameDiscriminatorBank.stacked_parameter_names()]
+        grads = {n: torch.stack([d.get_parameter(n).grad for d in model]) for n in names}
+    else:
+        grads = {suffix: model.get_parameter(name).grad for name, suffix in model.stacked_parameter_names()}
+    return logits.detach(), x.grad, grads
+
+
+def check_bank(kind, k, b, impl, seed=0, device="cpu", tf32=False, rtol=RTOL):
+    refs = make_references(kind, k, seed).to(device)
+    cls = FrameDiscriminatorBank if kind == "frame" else VideoDiscriminatorBank
+    bank = cls.from_reference(list(refs), impl=impl, tf32=tf32)
+    x = make_input(kind, b, seed).to(device)
+    grad_logits = torch.randn(k, b, generator=torch.Generator().manual_seed(seed + 3)).to(device)
+    logits, dx, grads = run(bank, x, grad_logits)
+    logits32, dx32, grads32 = run(refs, x, grad_logits)
+    logits64, dx64, grads64 = run(copy.deepcopy(refs).double(), x.double(), grad_logits.double())
+    assert logits.shape == (k, b)
+    assert_fp64_close("logits", logits, logits32, logits64, rtol)
+    assert_fp64_close("input gradient", dx, dx32, dx64, rtol)
+    for name in grads64:
+        assert grads[name].shape == grads64[name].shape, name
+        assert_fp64_close(f"{name} gradient", grads[name], grads32[name], grads64[name], rtol)
+
+
+@pytest.mark.parametrize("impl", ["triton", "ref"])
+@pytest.mark.parametrize("k,b", [(1, 1), (1, 3), (3, 1), (3, 3), (5, 1), (5, 3)])
+def test_frame_bank_matches_references(k, b, impl):
+    check_bank("frame", k, b, impl, seed=10 * k + b)
+
+
+@pytest.mark.parametrize("impl", ["triton", "ref"])
+@pytest.mark.parametrize("k,b", [(1, 1), (3, 1), (5, 3)])
+def test_video_bank_matches_references(k, b, impl):
+    check_bank("video", k, b, impl, seed=10 * k + b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("kind", ["frame", "video"])
+def test_bank_on_gpu_matches_references(kind, tf32, monkeypatch):
+    """On a GPU: exact fp32 ('ieee' dots, cuDNN TF32 off) at RTOL; TF32 dots at 5e-3 (10-bit mantissa)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    check_bank(kind, 5, 3, "triton", seed=1, device="cuda", tf32=tf32, rtol=5e-3 if tf32 else RTOL)
+
+
+# ---- single layers: more geometries than the two architectures use, 2D and 3D, odd sizes ----
+
+LAYER_CASES = [   # x shape [K, B, Cin, ...], (Cout, kernel), stride, padding
+    ((3, 3, 4, 15, 15), (8, (4, 4)), (2, 2), (2, 2)),
+    ((2, 1, 5, 7, 6), (3, (4, 3)), (2, 1), (1, 0)),
+    ((2, 3, 2, 9, 7, 7), (5, (4, 4, 4)), (2, 1, 1), (1, 1, 1)),
+    ((1, 2, 3, 5, 3, 4), (1, (3, 4, 4)), (1, 2, 1), (0, 1, 2)),
+]
+
+
+def grouped_reference(x, w, bias, stride, padding, leaky):
+    """The K convolutions one by one (the spec of BatchedConv)."""
+    conv = F.conv2d if x.dim() == 5 else F.conv3d
+    y = torch.stack([conv(x[k], w[k], bias[k], stride, padding) for k in range(x.shape[0])])
+    return F.leaky_relu(y, 0.2) if leaky else y
+
+
+@pytest.mark.parametrize("leaky", [True, False])
+@pytest.mark.parametrize("x_shape,conv,stride,padding", LAYER_CASES)
+def test_batched_conv_layer_matches_fp64(x_shape, conv, stride, padding, leaky):
+    gen = torch.Generator().manual_seed(sum(x_shape))
+    cout, kernel = conv
+    K, _, cin = x_shape[:3]
+    x64 = torch.randn(x_shape, generator=gen, dtype=torch.float64)
+    w64 = torch.randn((K, cout, cin, *kernel), generator=gen, dtype=torch.float64)
+    b64 = torch.randn((K, cout), generator=gen, dtype=torch.float64)
+    results = {}
+    for name, fn, dtype in [("triton", lambda *a: BatchedConv.apply(*a, False), torch.float32),
+                            ("grouped", grouped_conv, torch.float32),
+                            ("ref32", grouped_reference, torch.float32), ("ref64", grouped_reference, torch.float64)]:
+        x, w, b = (t.to(dtype).requires_grad_() for t in (x64, w64, b64))
+        y = fn(x, w, b, stride, padding, leaky)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype))
+        results[name] = (y, x.grad, w.grad, b.grad)
+    for name in ("triton", "grouped"):
+        for what, fast, r32, r64 in zip(("y", "dx", "dw", "db"), results[name], results["ref32"], results["ref64"]):
+            assert fast.shape == r64.shape, (name, what)
+            assert_fp64_close(f"{name} {what}", fast.detach(), r32.detach(), r64.detach())
+
+
+def test_batched_conv_with_gpu_tile_sizes(monkeypatch):
+    """The interpreter normally runs larger tiles (fewer numpy steps); the GPU tiles must be right too."""
+    import kernels.batched_conv as bc
+    monkeypatch.setattr(bc, "tile_caps", lambda: (64, 64, 32))
+    test_batched_conv_layer_matches_fp64(*LAYER_CASES[0], leaky=True)
+    test_batched_conv_layer_matches_fp64(*LAYER_CASES[2], leaky=True)
+
+
+def test_batched_conv_rejects_bad_shapes():
+    from kernels.batched_conv import conv_forward
+    x, b = torch.zeros(2, 1, 3, 8, 8), torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="does not match input"):
+        conv_forward(x, torch.zeros(2, 4, 5, 4, 4), b, 2, 1, leaky=True)
+    with pytest.raises(ValueError, match="too small"):
+        conv_forward(torch.zeros(2, 1, 3, 2, 2), torch.zeros(2, 4, 3, 4, 4), b, 1, 0, leaky=True)
+    with pytest.raises(ValueError, match="float32"):
+        conv_forward(x.double(), torch.zeros(2, 4, 3, 4, 4).double(), b.double(), 2, 1, leaky=True)
+    with pytest.raises(ValueError, match="matching rank"):
+        conv_forward(x, torch.zeros(2, 4, 3, 4, 4, 4), b, 2, 1, leaky=True)
+
+
+def test_bank_with_grouped_layers_matches_references():
+    """The per-layer switch of the Triton path: layers marked 'grouped' run PyTorch grouped convolution."""
+    refs = make_references("frame", 3)
+    bank = FrameDiscriminatorBank.from_reference(list(refs), impl="triton",
+                                                 layer_impl={"conv2": "grouped", "conv4": "grouped"})
+    x, g = make_input("frame", 3), torch.randn(3, 3)
+    logits, dx, grads = run(bank, x, g)
+    logits32, dx32, grads32 = run(refs, x, g)
+    logits64, dx64, grads64 = run(copy.deepcopy(refs).double(), x.double(), g.double())
+    assert_fp64_close("logits", logits, logits32, logits64)
+    assert_fp64_close("input gradient", dx, dx32, dx64)
+    for name in grads64:
+        assert_fp64_close(name, grads[name], grads32[name], grads64[name])
+    with pytest.raises(ValueError, match="layer_impl"):
+        bank.set_layer_impl({"conv5": "triton"})
+
+
+# ---- layouts: reference <-> bank ----
+
+@pytest.mark.parametrize("kind", ["frame", "video"])
+def test_round_trip_is_exact(kind):
+    refs = make_references(kind, 3)
+    cls = FrameDiscriminatorBank if kind == "frame" else VideoDiscriminatorBank
+    bank = cls.from_reference(list(refs))
+    back = bank.to_reference()
+    assert [type(d) for d in back] == [type(d) for d in refs]
+    assert [d.seed for d in back] == [d.seed for d in refs] and back[0].widths == WIDTHS
+    for d, r in zip(back, refs):
+        sd, rsd = d.state_dict(), r.state_dict()
+        assert list(sd) == list(rsd)
+        assert all(torch.equal(sd[key], rsd[key]) for key in sd)
+    with torch.no_grad():        # to_reference carries the bank's *current* weights
+        bank.conv3_weight[2].mul_(3.0)
+    assert torch.equal(bank.to_reference()[2].conv3.weight, refs[2].conv3.weight * 3.0)
+    assert torch.equal(bank.to_reference()[1].conv3.weight, refs[1].conv3.weight)
+
+
+def test_to_reference_leaves_the_global_rng_alone():
+    bank = FrameDiscriminatorBank.from_reference(list(make_references("frame", 2)))
+    state = torch.get_rng_state()
+    bank.to_reference()
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("kind", ["frame", "video"])
+def test_reference_state_dict_equals_discriminator_list(kind):
+    refs = make_references(kind, 4)
+    cls = FrameDiscriminatorBank if kind == "frame" else VideoDiscriminatorBank
+    bank = cls.from_reference(list(refs))
+    sd, expected = bank.reference_state_dict(), refs.state_dict()
+    assert list(sd) == list(expected)
+    for key in expected:
+        assert sd[key].shape == expected[key].shape and torch.equal(sd[key], expected[key]), key
+    other = cls.from_reference(list(make_references(kind, 4, seed=5)))
+    other.load_reference_state_dict(expected)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), bank.state_dict().values()))
+    with pytest.raises(KeyError, match="missing keys"):
+        other.load_reference_state_dict({key: v for key, v in expected.items() if key != "2.conv1.bias"})
+
+
+def test_stacked_parameter_names_follow_parameter_order():
+    refs = make_references("frame", 2)
+    bank = FrameDiscriminatorBank.from_reference(list(refs))
+    pairs = bank.stacked_parameter_names()
+    assert [name for name, _ in bank.named_parameters()] == [name for name, _ in pairs]
+    assert [name for name, _ in refs[0].named_parameters()] == [suffix for _, suffix in pairs]
+
+
+def test_from_reference_validates_its_inputs():
+    frames = [models.FrameDiscriminator(0, WIDTHS), models.FrameDiscriminator(1, (4, 8, 8))]
+    with pytest.raises(ValueError, match="widths"):
+        FrameDiscriminatorBank.from_reference(frames)
+    with pytest.raises(TypeError, match="FrameDiscriminator"):
+        FrameDiscriminatorBank.from_reference([models.VideoDiscriminator(0, WIDTHS)])
+    with pytest.raises(ValueError, match="at least one"):
+        VideoDiscriminatorBank.from_reference([])
+    bank = FrameDiscriminatorBank.from_reference(frames[:1])
+    with pytest.raises(ValueError, match=r"expected input frames \[B, 1, H, W\]"):
+        bank(torch.zeros(2, 3, 30, 30))
+
+
+# ---- training: an optimizer step on the bank is a step on each reference ----
+
+@pytest.mark.parametrize("kind", ["frame", "video"])
+def test_rmsprop_step_on_bank_equals_step_on_references(kind):
+    """Same gradients in, same weights out: the stacked layout does not change what RMSprop does."""
+    k, b = 3, 2
+    refs = make_references(kind, k)
+    cls = FrameDiscriminatorBank if kind == "frame" else VideoDiscriminatorBank
+    bank = cls.from_reference(list(refs), impl="ref")
+    x = make_input(kind, b)
+    real = torch.ones(k, b)
+    for step in range(2):        # two steps, so the optimizer state carries over too
+        ref_opt = ref_opt if step else torch.optim.RMSprop(refs.parameters(), lr=3e-4)
+        bank_opt = bank_opt if step else torch.optim.RMSprop(bank.parameters(), lr=3e-4)
+        ref_opt.zero_grad()
+        F.binary_cross_entropy_with_logits(refs(x), real, reduction="none").mean(1).sum().backward()
+        ref_opt.step()
+        bank_opt.zero_grad()
+        for name, suffix in bank.stacked_parameter_names():     # the reference's gradients, stacked
+            bank.get_parameter(name).grad = torch.stack([d.get_parameter(suffix).grad for d in refs])
+        bank_opt.step()
+    sd, expected = bank.reference_state_dict(), refs.state_dict()
+    for key in expected:
+        assert torch.allclose(sd[key], expected[key], rtol=0, atol=1e-7), key
+
+
+@pytest.mark.parametrize("impl", ["triton", "ref"])
+def test_training_step_with_own_gradients_matches_references(impl):
+    """A full D step (per-k losses summed, backward, RMSprop) on the bank vs the references.
+
+    RMSprop's first step is ~lr * sign(grad), which amplifies fp32 noise in near-zero gradients; so the
+    references run in fp64 and the bank's result must agree to the fp32 gradient accuracy propagated
+    through that step: |w_bank - w_ref64| <= lr * 1e-2 (instead of 2 lr for a wrong gradient sign).
+    """
+    k, b, lr = 3, 3, 1e-3
+    refs = make_references("frame", k)
+    bank = FrameDiscriminatorBank.from_reference(list(refs), impl=impl)
+    refs64 = copy.deepcopy(refs).double()
+    x = make_input("frame", b)                     # no input gradient here, as in a D step on real data
+    target = torch.ones(k, b)
+    for model, xin in [(bank, x), (refs64, x.double())]:
+        opt = torch.optim.RMSprop(model.parameters(), lr=lr, eps=1e-3)   # eps damps the sign amplification
+        F.binary_cross_entropy_with_logits(model(xin), target.to(xin.dtype), reduction="none").mean(1).sum().backward()
+        opt.step()
+    sd, expected = bank.reference_state_dict(), refs64.state_dict()
+    for key in expected:
+        err = (sd[key].double() - expected[key]).abs().max().item()
+        assert err <= lr * 1e-2, f"{key}: {err:.3g}"
+
+
+# ---- implementation selection ----
+
+def test_impl_triton_without_interpreter_raises_and_auto_falls_back(monkeypatch):
+    refs = make_references("frame", 2)
+    x = make_input("frame", 1)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")          # the resolver reads it at call time
+    monkeypatch.setattr(backend, "_warned", set())
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        FrameDiscriminatorBank.from_reference(list(refs), impl="triton")(x)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        out = FrameDiscriminatorBank.from_reference(list(refs), impl="auto")(x)
+    assert torch.equal(out, FrameDiscriminatorBank.from_reference(list(refs), impl="ref")(x))

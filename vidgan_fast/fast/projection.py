@@ -1,0 +1,70 @@
+"""All K fixed random projections of a batch at once: frames -> [K, B, 1, 15, 15], videos -> [K, B, 1, T, 9, 9].
+
+`impl='triton'` runs kernels/projection.py (one launch forward, one launch backward); `impl='ref'` is the same
+mathematics as one plain conv2d with K output channels. The filters are fixed: they never get gradients.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vidgan_fast.fast.backend import resolve_impl
+from vidgan_fast.models import FRAME_PROJ, VIDEO_PROJ
+
+
+class _Projection(torch.autograd.Function):
+    """images [N, H, W] -> [K, N, OH, OW]; gradient to the images only."""
+
+    @staticmethod
+    def forward(ctx, images, filters, stride, padding):
+        from kernels.projection import project_forward
+        ctx.save_for_backward(filters)
+        ctx.geometry = (tuple(images.shape), stride, padding)
+        return project_forward(images, filters, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from kernels.projection import project_backward
+        (filters,) = ctx.saved_tensors
+        image_shape, stride, padding = ctx.geometry
+        grad_images = None
+        if ctx.needs_input_grad[0]:
+            grad_images = project_backward(grad_out, filters, image_shape, stride, padding)
+        return grad_images, None, None, None
+
+
+def _check(x: torch.Tensor, filters: torch.Tensor, rank: int, what: str):
+    if x.dim() != rank or x.shape[1] != 1:
+        layout = "[B, 1, H, W]" if rank == 4 else "[B, 1, T, H, W]"
+        raise ValueError(f"project_{what}: expected {what} {layout}, got shape {tuple(x.shape)}")
+    if filters.dim() != 3:
+        raise ValueError(f"project_{what}: expected filters [K, 8, 8], got shape {tuple(filters.shape)}")
+
+
+def project_images_ref(images: torch.Tensor, filters: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """The plain PyTorch twin of the kernel: images [N, H, W] -> [K, N, OH, OW]."""
+    out = F.conv2d(images.unsqueeze(1), filters.detach().unsqueeze(1), stride=stride, padding=padding)
+    return out.transpose(0, 1)
+
+
+def _project(images, filters, stride, padding, impl, op):
+    if resolve_impl(impl, images.device, op) == "triton":
+        return _Projection.apply(images, filters.detach(), stride, padding)
+    return project_images_ref(images, filters, stride, padding)
+
+
+def project_frames(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """frames [B, 1, 30, 30], filters [K, 8, 8] -> [K, B, 1, 15, 15] (stride 2, padding 3)."""
+    _check(x, filters, 4, "frames")
+    B, _, H, W = x.shape
+    out = _project(x.reshape(B, H, W), filters, FRAME_PROJ["stride"], FRAME_PROJ["padding"], impl, "project_frames")
+    return out.unsqueeze(2)
+
+
+def project_videos(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """videos [B, 1, T, 30, 30], filters [K, 8, 8] -> [K, B, 1, T, 9, 9] (each frame, stride 3, padding 2)."""
+    _check(x, filters, 5, "videos")
+    B, _, T, H, W = x.shape
+    out = _project(x.reshape(B * T, H, W), filters, VIDEO_PROJ["stride"], VIDEO_PROJ["padding"], impl,
+                   "project_videos")
+    return out.view(out.shape[0], B, 1, T, *out.shape[-2:])
