@@ -1,0 +1,444 @@
+"""`vidgan check`: every fast op against its reference twin, on this machine, with these torch/Triton versions.
+
+    results = run_checks(device="cuda")            # list[CheckResult], one row per op and direction
+    print(format_table(results, environment("cuda")))
+    first_step_check("cuda", phase=1)              # what `vidgan train --fast` runs first; raises TrainingError
+
+Each check draws fresh random inputs and weights (from `seed`), runs the fast op, the fp32 reference and an fp64
+run of the reference, and reports max |fast - fp64| and that error relative to max |fp64|. The tolerance follows
+from the dtype: fp32 rounding grows like sqrt(n) over an n-term sum, so the bound is 2e-5 up to 1024-term sums
+and 2e-5 * sqrt(n / 1024) beyond, n the longest reduction in the op (forward or backward); TF32 keeps 10 mantissa
+bits, so with --tf32 the bound is 5e-3. The fast ops run in exact fp32 (input_precision "ieee") unless tf32
+is asked for, and PyTorch's own TF32 switches are off during the check so the fp32 reference is fp32.
+
+Each row says which path ran: 'triton kernel' (CUDA GPU), 'triton interpreter' (CPU, TRITON_INTERPRET=1) or
+'pytorch fallback' (Triton cannot run here, the op used its plain PyTorch twin). A fallback row is FALLBACK and
+fails, unless allow_fallback: it never counts as a pass of the kernel.
+
+STEP_CHECKS holds the captured-step rows (CUDA graph replay vs eager step, per phase): a dict name -> function
+(device, paper_size, seed) -> CheckResult, so the --fast engine can add rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+
+import click
+import torch
+import torch.nn as nn
+
+from vidgan_fast import models
+from vidgan_fast.errors import ConfigError, TrainingError
+from vidgan_fast.fast.backend import interpreter_enabled, triton_unavailable_reason
+
+TF32_TOL = 5e-3
+KERNEL_MODULES = ("kernels.projection", "kernels.batched_conv", "kernels.frame_generator")
+PATH_KERNEL, PATH_INTERPRETER, PATH_FALLBACK = "triton kernel", "triton interpreter", "pytorch fallback"
+
+
+def fp32_tolerance(reduction: int) -> float:
+    """Relative bound for fp32 results whose longest sum has `reduction` terms."""
+    return 2e-5 * max(1.0, math.sqrt(reduction / 1024))
+
+
+@dataclass
+class CheckResult:
+    op: str
+    shape: str
+    max_abs_err: float | None
+    rel_err: float | None          # max_abs_err / max |fp64 reference|
+    tol: float | None              # bound on rel_err
+    passed: bool
+    path: str                      # PATH_KERNEL, PATH_INTERPRETER, PATH_FALLBACK, or what a step check ran
+    note: str = ""
+    ref_rel_err: float | None = None   # the fp32 eager reference's own rel_err, for scale
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.skipped:
+            return "skipped"
+        if self.path == PATH_FALLBACK:
+            return "pass (fallback)" if self.passed else "FALLBACK"
+        return "pass" if self.passed else "FAIL"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    k_frame: int
+    k_video: int
+    batch_frame: int
+    batch_video: int
+    frames_per_video: int          # for the video projection row only (a per-frame op); the bank needs 30
+    frame_widths: tuple
+    video_widths: tuple
+    generator_widths: tuple
+    codes: int
+
+
+SMALL = Sizes(3, 3, 3, 3, 7, (4, 8, 16), (4, 8, 16), (16, 16, 16, 16), 3)
+PAPER = Sizes(48, 16, 64, 8, 30, (256, 512, 1024), (256, 512, 768), (1024, 1024, 512, 256), 240)
+
+
+# ---- comparison ----
+
+def _errors(fast: torch.Tensor, ref32: torch.Tensor, ref64: torch.Tensor):
+    """(max abs err, rel err, fp32 reference rel err) of fast against ref64; shape mismatch raises."""
+    if tuple(fast.shape) != tuple(ref64.shape):
+        raise ValueError(f"shape {tuple(fast.shape)}, expected {tuple(ref64.shape)}")
+    scale = ref64.abs().max().item() or 1.0
+    err = (fast.detach().double() - ref64).abs().max().item()
+    ref_err = (ref32.detach().double() - ref64).abs().max().item()
+    return err, err / scale, ref_err / scale
+
+
+def _row(op, shape, tensors, tol, path, allow_fallback, note=""):
+    """One row from (name, fast, ref32, ref64) tuples; the worst tensor (by rel err) is reported and named."""
+    worst = None
+    for name, fast, ref32, ref64 in tensors:
+        err, rel, ref_rel = _errors(fast, ref32, ref64)
+        key = math.inf if math.isnan(rel) else rel   # a NaN is the worst
+        if worst is None or key > worst[0]:
+            worst = (key, name, err, rel, ref_rel)
+    _, name, err, rel, ref_rel = worst
+    if len(tensors) > 1:
+        note = f"worst: {name}" + (f"; {note}" if note else "")
+    passed = bool(rel <= tol) and (path != PATH_FALLBACK or allow_fallback)
+    return CheckResult(op, shape, err, rel, tol, passed, path, note, ref_rel)
+
+
+class _Ctx:
+    """What every check gets: device, sizes, seeded RNG, the path to take and the tolerance policy."""
+
+    def __init__(self, device, sizes, seed, tf32, allow_fallback):
+        self.device, self.sizes, self.seed, self.tf32 = device, sizes, seed, tf32
+        self.allow_fallback = allow_fallback
+        self.reason = triton_unavailable_reason(device)
+        self.impl = "triton" if self.reason is None else "ref"
+        self.path = PATH_FALLBACK if self.reason else PATH_KERNEL if device.type == "cuda" else PATH_INTERPRETER
+        self.note = "" if self.reason is None else f"Triton cannot run: {self.reason}"
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def randn(self, *shape):
+        return torch.randn(shape, generator=self.gen).to(self.device)
+
+    def uniform(self, *shape):
+        return (torch.rand(shape, generator=self.gen) * 2 - 1).to(self.device)
+
+    def tol(self, reduction: int) -> float:
+        return TF32_TOL if self.tf32 and self.impl == "triton" else fp32_tolerance(reduction)
+
+    def row(self, op, shape, tensors, reduction):
+        return _row(op, shape, tensors, self.tol(reduction), self.path, self.allow_fallback, self.note)
+
+
+def _randomize(module: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Weights N(0, 1/fan_in), biases N(0, 0.1^2): activations stay O(1), so relative errors mean something."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("weight"):
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return module
+
+
+def _run(model, x, grad_out):
+    """(output, input gradient) of model at x for the upstream gradient grad_out."""
+    x = x.detach().clone().requires_grad_()
+    out = model(x)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), x.grad
+
+
+# ---- the op checks: each returns its rows ----
+
+def _check_projection(ctx: _Ctx, kind: str) -> list[CheckResult]:
+    from vidgan_fast.fast.projection import project_frames, project_videos
+    s = ctx.sizes
+    if kind == "frames":
+        k, b, make, project = s.k_frame, s.batch_frame, models.FrameDiscriminator, project_frames
+        x, shape = ctx.uniform(b, 1, 30, 30), f"K={k} B={b} 30x30 -> 15x15"
+        stride = models.FRAME_PROJ["stride"]
+    else:
+        k, b, t, make, project = s.k_video, s.batch_video, s.frames_per_video, models.VideoDiscriminator, project_videos
+        x, shape = ctx.uniform(b, 1, t, 30, 30), f"K={k} B={b} T={t} 30x30 -> 9x9"
+        stride = models.VIDEO_PROJ["stride"]
+    with torch.random.fork_rng(devices=[]):
+        refs = [make(seed=ctx.seed + i, widths=(1, 1, 1)).to(ctx.device) for i in range(k)]
+    filters = torch.stack([d.projection[0, 0] for d in refs])
+    grad = ctx.randn(k, *refs[0].project(x).shape)
+    out, dx = _run(lambda v: project(v, filters, impl=ctx.impl), x, grad)
+    out32, dx32 = _run(lambda v: torch.stack([d.project(v) for d in refs]), x, grad)
+    refs64 = [copy.deepcopy(d).double() for d in refs]
+    out64, dx64 = _run(lambda v: torch.stack([d.project(v) for d in refs64]), x.double(), grad)
+    name = f"project_{kind}"
+    return [ctx.row(f"{name} forward", shape, [("out", out, out32, out64)], 64),
+            ctx.row(f"{name} input grad", shape, [("dx", dx, dx32, dx64)], k * math.ceil(8 / stride) ** 2)]
+
+
+def _check_bank(ctx: _Ctx, kind: str) -> list[CheckResult]:
+    from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
+    s = ctx.sizes
+    if kind == "frame":
+        cls, k, b, widths = FrameDiscriminatorBank, s.k_frame, s.batch_frame, s.frame_widths
+        make, x, spatial = models.frame_discriminators, ctx.uniform(b, 1, 30, 30), "30x30"
+        reduction = max(16 * widths[2], 16 * widths[1], 64 * b, 16 * k)
+    else:
+        cls, k, b, widths = VideoDiscriminatorBank, s.k_video, s.batch_video, s.video_widths
+        make, x, spatial = models.video_discriminators, ctx.uniform(b, 1, 30, 30, 30), "T=30 30x30"
+        reduction = max(64 * widths[2], 64 * widths[1], 240 * b, 9 * k)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        refs = _randomize(make(k, widths, seed=ctx.seed), ctx.gen).to(ctx.device)
+    bank = cls.from_reference(list(refs), impl=ctx.impl, tf32=ctx.tf32)
+    refs64 = copy.deepcopy(refs).double()
+    grad = ctx.randn(k, b)
+    logits, dx = _run(bank, x, grad)
+    logits32, dx32 = _run(refs, x, grad)
+    logits64, dx64 = _run(refs64, x.double(), grad)
+    weight_grads = []
+    for bank_name, suffix in cls.stacked_parameter_names():
+        stacked = [torch.stack([d.get_parameter(suffix).grad for d in m]) for m in (refs, refs64)]
+        weight_grads.append((suffix, bank.get_parameter(bank_name).grad, *stacked))
+    shape, op = f"K={k} B={b} {spatial} w={widths}", cls.__name__
+    return [ctx.row(f"{op} forward", shape, [("logits", logits, logits32, logits64)], reduction),
+            ctx.row(f"{op} input grad", shape, [("dx", dx, dx32, dx64)], reduction),
+            ctx.row(f"{op} weight grads", shape, weight_grads, reduction)]
+
+
+def _random_frame_generator(ctx: _Ctx) -> models.FrameGenerator:
+    """G_F with random weights (activations O(1)) and non-trivial BN statistics, in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        g = models.FrameGenerator(100, ctx.sizes.generator_widths)
+    gen = ctx.gen
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, (nn.Linear, nn.ConvTranspose2d)):
+                fan_in = m.in_features if isinstance(m, nn.Linear) else 4 * m.in_channels
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * fan_in ** -0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.7 + 0.3)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.3)
+    return g.eval().to(ctx.device)
+
+
+def _check_frozen_generator(ctx: _Ctx) -> list[CheckResult]:
+    from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
+    g = _random_frame_generator(ctx)
+    frozen = FrozenFrameGenerator.from_reference(g, impl=ctx.impl, tf32=ctx.tf32)
+    m, widths = ctx.sizes.codes, ctx.sizes.generator_widths
+    codes, grad = ctx.uniform(m, 100), ctx.randn(m, 1, 30, 30)
+    y, dz = _run(frozen, codes, grad)
+    y32, dz32 = _run(g, codes, grad)
+    y64, dz64 = _run(copy.deepcopy(g).double(), codes.double(), grad)
+    reduction = max(100, 4 * widths[0], *(16 * c for c in widths))
+    shape, op = f"M={m} z=100 -> 30x30 w={widths} (eval BN)", "FrozenFrameGenerator"
+    return [ctx.row(f"{op} forward", shape, [("frames", y, y32, y64)], reduction),
+            ctx.row(f"{op} code grad", shape, [("dz", dz, dz32, dz64)], reduction)]
+
+
+OP_CHECKS = {
+    "project_frames": lambda ctx: _check_projection(ctx, "frames"),
+    "project_videos": lambda ctx: _check_projection(ctx, "videos"),
+    "frame_bank": lambda ctx: _check_bank(ctx, "frame"),
+    "video_bank": lambda ctx: _check_bank(ctx, "video"),
+    "frozen_generator": _check_frozen_generator,
+}
+PHASE_OPS = {1: ("project_frames", "frame_bank"), 2: ("project_videos", "video_bank", "frozen_generator")}
+
+
+# ---- captured steps (CUDA graphs), filled by the --fast engine ----
+
+def _graphed_steps(phase: int):
+    """Row: vidgan_fast.fast.graphs.check_graphed_steps(phase, device) -> (max_abs_err, rel_err, tol, passed, note)."""
+    def check(device: torch.device, paper_size: bool, seed: int) -> CheckResult:
+        op, shape = f"captured D+G steps, phase {phase}", "one D step and one G step vs eager"
+        skipped = lambda why: CheckResult(op, shape, None, None, None, True, "-", why, skipped=True)   # noqa: E731
+        if device.type != "cuda":
+            return skipped("skipped (CUDA graphs need a GPU)")
+        try:
+            graphs = importlib.import_module("vidgan_fast.fast.graphs")
+        except ModuleNotFoundError as e:
+            if e.name != "vidgan_fast.fast.graphs":
+                raise
+            graphs = None
+        if not hasattr(graphs, "check_graphed_steps"):
+            return skipped("skipped: the --fast engine (vidgan_fast.fast.graphs.check_graphed_steps) is not available")
+        err, rel, tol, passed, note = graphs.check_graphed_steps(phase, device)
+        return CheckResult(op, shape, err, rel, tol, bool(passed), "CUDA graph", note or "")
+    return check
+
+
+STEP_CHECKS = {"step_phase1": _graphed_steps(1), "step_phase2": _graphed_steps(2)}
+
+
+# ---- running them ----
+
+@contextlib.contextmanager
+def _torch_tf32(enabled: bool):
+    """PyTorch's own TF32 switches (cuDNN convolutions default to TF32) set for the duration of the check."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _failed_row(name: str, error: Exception, path: str) -> CheckResult:
+    message = " ".join(str(error).split()) or type(error).__name__
+    return CheckResult(name, "-", None, None, None, False, path, f"raised {type(error).__name__}: {message}")
+
+
+def check_names() -> list[str]:
+    return [*OP_CHECKS, *STEP_CHECKS]
+
+
+def run_checks(device="cpu", paper_size: bool = False, seed: int = 0, ops=None, tf32: bool = False,
+               allow_fallback: bool = False) -> list[CheckResult]:
+    """Run the checks named in `ops` (default all: check_names()) on `device`; one CheckResult per row."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("check: --device cuda but PyTorch sees no CUDA GPU; use --device cpu")
+    if paper_size and device.type != "cuda":
+        raise ConfigError("check: --paper-size needs a CUDA GPU (the paper widths would take hours in the "
+                          "Triton interpreter); the default small sizes run on CPU")
+    names = check_names() if ops is None else list(ops)
+    unknown = [n for n in names if n not in OP_CHECKS and n not in STEP_CHECKS]
+    if unknown:
+        raise ConfigError(f"check: unknown op {unknown[0]!r}; choose from {', '.join(check_names())}")
+    ctx = _Ctx(device, PAPER if paper_size else SMALL, seed, tf32, allow_fallback)
+    results: list[CheckResult] = []
+    with _torch_tf32(False):
+        for name in names:
+            try:
+                if name in OP_CHECKS:
+                    results += OP_CHECKS[name](ctx)
+                else:
+                    results.append(STEP_CHECKS[name](device, paper_size, seed))
+            except Exception as e:   # a crash of one op (e.g. a kernel that fails to compile) is that op's FAIL
+                results.append(_failed_row(name, e, ctx.path if name in OP_CHECKS else "-"))
+    return results
+
+
+def first_step_check(device, phase: int | None = None, tf32: bool = False, seed: int = 0, ops=None,
+                     allow_fallback: bool = True) -> None:
+    """The small checks `vidgan train --fast` runs before training (the ops of `phase`, or all ops).
+
+    A fallback counts as checked here (training then runs that fallback); raises TrainingError naming the
+    first op that disagrees with its reference."""
+    if phase not in (None, *PHASE_OPS):
+        raise ValueError(f"first_step_check: phase must be 1, 2 or None, got {phase!r}")
+    if ops is None:
+        ops = PHASE_OPS[phase] if phase is not None else tuple(OP_CHECKS)
+    for r in run_checks(device, seed=seed, ops=ops, tf32=tf32, allow_fallback=allow_fallback):
+        if r.passed:
+            continue
+        if r.rel_err is None:
+            problem = r.note
+        elif r.path == PATH_FALLBACK and not allow_fallback:
+            problem = f"took the PyTorch fallback ({r.note})"
+        else:
+            problem = f"max error {r.rel_err:.3g} > tolerance {r.tol:.3g} (relative)"
+        raise TrainingError(f"fast path check failed: {r.op} {problem}; run `vidgan check` for details, "
+                            f"or train without --fast")
+
+
+# ---- reporting ----
+
+def environment(device) -> dict[str, str]:
+    """Device, versions and modes, for the header of the table."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        name = f"{torch.cuda.get_device_name(index)} (sm_{major}{minor})"
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()})"
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    return {"device": name, "torch": torch.__version__, "triton": triton_version,
+            "cuda": torch.version.cuda or "none (CPU build of torch)",
+            "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "unset"),
+            "python": platform.python_version()}
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.2e}"
+
+
+def format_table(results: list[CheckResult], header: dict[str, str] | None = None) -> str:
+    columns = ("op", "shape", "path", "max abs err", "rel err", "tol", "fp32 ref", "status", "note")
+    rows = [(r.op, r.shape, r.path, _num(r.max_abs_err), _num(r.rel_err), _num(r.tol), _num(r.ref_rel_err),
+             r.status, r.note) for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()   # noqa: E731
+    out = [f"{k}: {v}" for k, v in (header or {}).items()]
+    out += ["" if header else None, line(columns), line(["-" * w for w in widths]), *map(line, rows)]
+    failed = [r.op for r in results if not r.passed]
+    skipped = sum(r.skipped for r in results)
+    out += ["", f"{len(results) - len(failed) - skipped} pass, {skipped} skipped, {len(failed)} failed"
+            + (f": {', '.join(failed)}" if failed else "")]
+    return "\n".join(o for o in out if o is not None)
+
+
+def _interpreter_for_cpu() -> str | None:
+    """Make sure CPU runs go through the Triton interpreter: set TRITON_INTERPRET=1 for this process when no
+    kernel has been decorated yet (triton.jit reads it at decoration time). Returns a note, or raises."""
+    if interpreter_enabled():
+        return None
+    loaded = [m for m in KERNEL_MODULES if m in sys.modules]
+    if loaded:
+        raise click.ClickException(f"--device cpu needs TRITON_INTERPRET=1 before the kernels are imported, and "
+                                   f"{loaded[0]} already is; run `TRITON_INTERPRET=1 vidgan check --device cpu`")
+    os.environ["TRITON_INTERPRET"] = "1"
+    return "1 (set by vidgan check for this process)"
+
+
+@click.command("check")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="where to run  [default: cuda if PyTorch sees a GPU, else cpu]")
+@click.option("--paper-size", is_flag=True, help="paper widths, K and batch sizes (GPU only)")
+@click.option("--tf32", is_flag=True, help="run the fast ops with TF32 products (tolerance 5e-3)")
+@click.option("--op", "ops", multiple=True, help="only this check (repeatable): " + ", ".join(check_names()))
+@click.option("--allow-fallback", is_flag=True, help="count PyTorch-fallback rows as passes")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the rows here")
+def check_command(device, paper_size, tf32, ops, allow_fallback, seed, json_path):
+    """Check every fast op against its reference twin on this machine; exit status 1 if any fails."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    interpret_note = _interpreter_for_cpu() if device == "cpu" else None
+    try:
+        results = run_checks(device, paper_size=paper_size, seed=seed, ops=ops or None, tf32=tf32,
+                             allow_fallback=allow_fallback)
+    except ConfigError as e:
+        raise click.UsageError(str(e))
+    header = environment(device)
+    if interpret_note:
+        header["TRITON_INTERPRET"] = interpret_note
+    sizes = PAPER if paper_size else SMALL
+    header["sizes"] = f"{'paper' if paper_size else 'small'} (K={sizes.k_frame}/{sizes.k_video}, " \
+                      f"B={sizes.batch_frame}/{sizes.batch_video} for frames/videos)"
+    header["precision"] = "tf32 products" if tf32 else "fp32 (ieee products; PyTorch TF32 off)"
+    click.echo(format_table(results, header))
+    if json_path:
+        rows = [dict(asdict(r), status=r.status) for r in results]
+        with open(json_path, "w") as f:
+            json.dump({"environment": header, "results": rows}, f, indent=1)
+    if not all(r.passed for r in results):
+        click.get_current_context().exit(1)
