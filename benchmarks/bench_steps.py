@@ -1,0 +1,137 @@
+"""Training-step benchmarks: phase 1 D step and G step, phase 2 D step and G step, each for the eager reference,
+torch.compile of the reference step, and the fast path. The steps are vidgan_fast.train.d_step / g_step, the
+functions `vidgan train` runs, on states built by vidgan_fast.train.build_state.
+
+    pytest benchmarks/bench_steps.py --benchmark-only            # size: paper on a GPU, tiny on CPU
+    VIDGAN_BENCH_SIZE=tiny pytest benchmarks/bench_steps.py --benchmark-only
+
+`step_cases` is shared with benchmarks/report.py (the table). Real batches are random tensors in [-1, 1] (a step's
+cost does not depend on the pixels), rotated over a few pre-made buffers; the noise is pre-drawn and rotated too.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from benchmarks.timing import COLUMNS, Case, bench_case, column_settings
+
+try:
+    import pytest
+except ImportError:        # the report (and `vidgan bench`) import step_cases without the test extra
+    pytest = None
+from vidgan_fast import flops as F
+from vidgan_fast import train
+from vidgan_fast.config import preset
+from vidgan_fast.models import frame_discriminators, video_discriminators
+
+Z_DIM = 100
+BUFFERS = 3          # rotated input buffers per case
+if os.environ.get("VIDGAN_BENCH_THREADS"):      # e.g. 1 on a shared CPU, where spinning OpenMP threads mislead
+    torch.set_num_threads(int(os.environ["VIDGAN_BENCH_THREADS"]))
+
+
+def resolve_size(size: str, device: torch.device) -> str:
+    if size == "auto":
+        return "paper" if device.type == "cuda" else "tiny"
+    if size not in ("paper", "tiny"):
+        raise ValueError(f"benchmark size must be auto, paper or tiny, got {size!r}")
+    return size
+
+
+def bench_config(size: str, device: torch.device):
+    return preset(size, device="cuda" if device.type == "cuda" else "cpu")
+
+
+def _state(cfg, phase: str):
+    gf_state = train.build_frame_generator(cfg).state_dict() if phase == "video" else None
+    return train.build_state(cfg, phase, gf_state)
+
+
+def make_fast(state, impl: str, tf32: bool):
+    """The fast path on `state`: a discriminator bank (and, in phase 2, the frozen Triton G_F), in place.
+
+    Uses vidgan_fast.train's own switch when it has one (so the benchmark measures what `--fast` runs);
+    otherwise swaps the modules the way train.build_state's comment says the fast path does.
+    """
+    hook = getattr(train, "make_fast", None)
+    if hook is not None:
+        return hook(state, impl=impl)
+    from vidgan_fast.fast import FrameDiscriminatorBank, FrozenFrameGenerator, VideoDiscriminatorBank
+    bank_cls = FrameDiscriminatorBank if state.phase == "frames" else VideoDiscriminatorBank
+    lr = state.d_opt.param_groups[0]["lr"]
+    state.discriminators = bank_cls.from_reference(list(state.discriminators), impl=impl, tf32=tf32)
+    state.discriminators = state.discriminators.to(state.device).train()
+    state.d_opt = torch.optim.RMSprop(state.discriminators.parameters(), lr=lr)
+    if state.phase == "video" and state.f_opt is None:
+        state.frame_generator = FrozenFrameGenerator.from_reference(state.frame_generator, impl=impl, tf32=tf32)
+        state.frame_generator = state.frame_generator.to(state.device)
+    return state
+
+
+def _step_flops(cfg, phase: str, which: str) -> int:
+    with torch.device("meta"):
+        g = train.build_frame_generator(cfg)
+        if phase == "frames":
+            d = frame_discriminators(1, cfg.df_widths)
+            fn = F.phase1_d_step_flops if which == "D" else F.phase1_g_step_flops
+            return fn(g, d, cfg.frames_k, cfg.frames_batch).total
+        v = train.build_video_generator(cfg)
+        d = video_discriminators(1, cfg.dv_widths)
+    fn = F.phase2_d_step_flops if which == "D" else F.phase2_g_step_flops
+    return fn(v, g, d, cfg.video_k, cfg.video_batch).total
+
+
+def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32: bool = True,
+               compile_enabled: bool = True) -> list[Case]:
+    """The four training steps as timing cases (columns reference / compile / fast, built lazily)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    size = resolve_size(size, device)
+    cfg = bench_config(size, device)
+    settings = column_settings(device, kind="step", compile_enabled=compile_enabled)
+    cases = []
+    for phase, k, batch in (("frames", cfg.frames_k, cfg.frames_batch), ("video", cfg.video_k, cfg.video_batch)):
+        real_shape = (batch, 1, 30, 30) if phase == "frames" else (batch, 1, 30, 30, 30)
+        label = {"frames": "phase1", "video": "phase2"}[phase]
+        for which in ("D", "G"):
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            z = [torch.randn(batch, Z_DIM, generator=gen).to(device) for _ in range(BUFFERS)]
+            if which == "D":
+                real = [(torch.rand(real_shape, generator=gen) * 2 - 1).to(device) for _ in range(BUFFERS)]
+                inputs = list(zip(real, z))
+            else:
+                inputs = z
+
+            def factory(column, phase=phase, which=which):
+                state = _state(cfg, phase)
+                if column == "fast":
+                    make_fast(state, settings.fast_impl, fast_tf32)
+                step = train.d_step if which == "D" else train.g_step
+                if column == "compile":
+                    step = torch.compile(step, **settings.compile_kwargs)
+                if which == "D":
+                    return lambda inp: step(state, inp[0], inp[1])
+                return lambda inp: step(state, inp)
+
+            name = f"{label} {which} step (K={k}, B={batch})"
+            cases.append(Case(name, "step", _step_flops(cfg, phase, which), inputs,
+                              settings.columns(factory), settings.labels, size=size))
+    return cases
+
+
+# ------------------------------------------------------------------------------------ pytest-benchmark
+
+_CASES: dict = {}
+
+
+def _cases() -> list[Case]:
+    if "steps" not in _CASES:
+        _CASES["steps"] = step_cases(os.environ.get("VIDGAN_BENCH_SIZE", "auto"))
+    return _CASES["steps"]
+
+
+if pytest is not None:
+    @pytest.mark.parametrize("column", COLUMNS)
+    @pytest.mark.parametrize("step", range(4), ids=["phase1-D", "phase1-G", "phase2-D", "phase2-G"])
+    def test_step(benchmark, step, column):
+        bench_case(benchmark, _cases()[step], column, rounds=10 if torch.cuda.is_available() else 5)

@@ -1,0 +1,204 @@
+"""Shared timing harness (DESIGN.md section 5): warm-up, median of many repeats, inputs rotated over a few
+pre-made buffers so that caches do not flatter, CUDA events on a GPU (perf_counter on CPU), peak GPU memory,
+and the device's measured matrix rate (the denominator of "fraction of matrix rate").
+"""
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    peak_bytes: int | None     # torch.cuda.max_memory_allocated over warm-up and repeats; None on CPU
+
+    def to_dict(self) -> dict:
+        return dict(median_s=self.median_s, min_s=self.min_s, max_s=self.max_s, repeats=self.repeats,
+                    peak_bytes=self.peak_bytes)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[Any], Any], inputs: Sequence[Any], device: torch.device | str,
+              warmup: int = 3, repeats: int = 20) -> Timing:
+    """Median wall time of fn(inputs[i % len(inputs)]) over `repeats` calls after `warmup` calls.
+
+    On CUDA each call is bracketed by CUDA events (so only device time between them counts, launch gaps
+    included); on CPU by time.perf_counter. Peak memory is reset before the warm-up.
+    """
+    device = torch.device(device)
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"time_call: need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if len(inputs) == 0:
+        raise ValueError("time_call: need at least one input buffer to rotate over")
+    cuda = device.type == "cuda"
+    if cuda:
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    synchronize(device)
+    times = []
+    if cuda:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for i, (start, end) in enumerate(events):
+            start.record()
+            fn(inputs[(warmup + i) % len(inputs)])
+            end.record()
+        synchronize(device)
+        times = [start.elapsed_time(end) / 1e3 for start, end in events]
+    else:
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            fn(inputs[(warmup + i) % len(inputs)])
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else None
+    return Timing(statistics.median(times), min(times), max(times), repeats, peak)
+
+
+def _matmul_rate(device: torch.device, n: int, dtype: torch.dtype, repeats: int) -> float:
+    a = [torch.randn(n, n, device=device, dtype=dtype) for _ in range(2)]
+    b = [torch.randn(n, n, device=device, dtype=dtype) for _ in range(2)]
+    t = time_call(lambda ab: torch.mm(*ab), list(zip(a, b)), device, warmup=2, repeats=repeats)
+    return 2 * n ** 3 / t.median_s
+
+
+@functools.lru_cache(maxsize=None)
+def matrix_rate(device: str = "cpu", threads: int | None = None) -> dict[str, float | None]:
+    """Measured dense matmul rate of `device` in FLOP/s: {'fp32': ..., 'tf32': ... (None off CUDA)}.
+
+    CUDA: 8192^3 matmuls, fp32 with TF32 off and with TF32 on. CPU: a 1024^3 float32 matmul with the
+    current torch thread count (`threads` only keys the cache: pass torch.get_num_threads()).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"fp32": _matmul_rate(device, 1024, torch.float32, 10), "tf32": None}
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        fp32 = _matmul_rate(device, 8192, torch.float32, 10)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = _matmul_rate(device, 8192, torch.float32, 10)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return {"fp32": fp32, "tf32": tf32}
+
+
+def device_info(device: torch.device | str) -> dict:
+    """Device name, torch / Triton / Python versions, for every recorded figure."""
+    import platform
+    device = torch.device(device)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        import os
+        name = f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return dict(device=str(device), name=name, torch=torch.__version__, triton=triton_version,
+                cuda=torch.version.cuda, python=platform.python_version())
+
+
+# ------------------------------------------------------------------------------------ what is timed
+
+COLUMNS = ("reference", "compile", "fast")
+
+
+@dataclass
+class Case:
+    """One row of the report: an op or a training step, its FLOPs, rotated inputs and one entry per column.
+
+    columns[c] is a zero-argument builder returning fn(input) (built only when that column is timed, so one
+    column's models live at a time), or a string: why column c is skipped.
+    """
+    name: str
+    kind: str                         # "op" or "step"
+    flops: int
+    inputs: list
+    columns: dict
+    labels: dict
+    size: str = ""
+
+
+@dataclass
+class ColumnSettings:
+    """How each column runs on `device`: compile mode, fast implementation, and the labels that say so."""
+    device: torch.device
+    kind: str
+    compile_enabled: bool = True
+
+    @property
+    def fast_impl(self) -> str:
+        from vidgan_fast.fast.backend import triton_unavailable_reason
+        if self.device.type == "cuda" and triton_unavailable_reason(self.device) is None:
+            return "triton"
+        return "ref"     # CPU: the interpreter is no speed measure; the 'ref' impl is the same module in PyTorch
+
+    @property
+    def compile_kwargs(self) -> dict:
+        # dynamic=False: every case has fixed shapes; automatic dynamic shapes only add guards (and, for the
+        # phase 2 steps on torch 2.13 CPU, an inductor failure on the symbolic video-projection sizes)
+        if self.device.type != "cuda":
+            return {"dynamic": False}    # CPU: inductor's default mode (max-autotune / CUDA graphs are GPU features)
+        return {"mode": "max-autotune" if self.kind == "op" else "reduce-overhead", "dynamic": False}
+
+    @property
+    def labels(self) -> dict:
+        mode = self.compile_kwargs.get("mode", "default")
+        fast = "fast (Triton)" if self.fast_impl == "triton" else "fast modules, impl='ref' (no Triton here)"
+        return {"reference": "eager reference", "compile": f"torch.compile(reference, mode={mode}, dynamic=False)",
+                "fast": fast}
+
+    def columns(self, factory) -> dict:
+        import functools
+        out = {c: functools.partial(factory, c) for c in COLUMNS}
+        if not self.compile_enabled:
+            out["compile"] = "skipped: compile disabled (--no-compile)"
+        return out
+
+
+def column_settings(device: torch.device | str, kind: str, compile_enabled: bool = True) -> ColumnSettings:
+    if kind not in ("op", "step"):
+        raise ValueError(f"case kind must be 'op' or 'step', got {kind!r}")
+    return ColumnSettings(torch.device(device), kind, compile_enabled)
+
+
+def bench_case(benchmark, case: Case, column: str, rounds: int, warmup: int = 3) -> None:
+    """pytest-benchmark one column of `case`: skip with the reason if it cannot run, warm up (compilation,
+    CUDA graph recording), then time rounds with inputs rotated and the device synchronised after each call."""
+    import pytest
+    entry = case.columns[column]
+    if isinstance(entry, str):
+        pytest.skip(entry)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if column == "compile":
+        torch._dynamo.reset()
+    fn = entry()
+    for i in range(warmup):
+        fn(case.inputs[i % len(case.inputs)])
+    synchronize(device)
+    counter = iter(range(10 ** 9))
+
+    def run(x):
+        fn(x)
+        synchronize(device)
+
+    benchmark.extra_info.update(case=case.name, column=case.labels.get(column, column), flops=case.flops)
+    benchmark.pedantic(run, setup=lambda: ((case.inputs[next(counter) % len(case.inputs)],), {}),
+                       rounds=rounds, warmup_rounds=1)

@@ -1,0 +1,106 @@
+"""The benchmark report runs end to end (tiny sizes, CPU, few repeats) and gives a well-formed table and JSON.
+
+No timing assertions: speed is shown by the report, never asserted by tests.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `benchmarks` is not an installed package
+
+from benchmarks import bench_steps  # noqa: E402
+from benchmarks.report import HEADER, format_header, format_table, measure_case, run_report  # noqa: E402
+from benchmarks.timing import Case, time_call  # noqa: E402
+from vidgan_fast import train  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    rows = run_report(size="tiny", device="cpu", out_json=out, repeats=1, warmup=0, compile_enabled=False,
+                      threads=1)
+    return rows, json.loads(out.read_text())
+
+
+def test_rows_cover_ops_and_the_four_training_steps(report):
+    rows, _ = report
+    names = [r["name"] for r in rows]
+    assert [n.split(" (")[0] for n in names if "step" in n] == [
+        "phase1 D step", "phase1 G step", "phase2 D step", "phase2 G step"]
+    assert any(n.startswith("projection frames") for n in names)
+    assert any(n.startswith("D_F bank fwd+bwd") for n in names)
+    assert any(n.startswith("G_F frozen fwd+input-bwd") for n in names)
+    for r in rows:
+        assert "error" not in r, r
+        assert all("skipped" not in r["columns"][c] for c in ("reference", "fast")), r["columns"]
+        assert r["flops"] > 0 and r["size"] == "tiny"
+        ref, comp, fast = (r["columns"][c] for c in ("reference", "compile", "fast"))
+        assert ref["median_s"] > 0 and fast["median_s"] > 0 and ref["repeats"] == 1
+        assert "compile disabled" in comp["skipped"]
+        assert "impl='ref'" in fast["label"]            # on CPU the fast column says what it really is
+        assert r["speedup_vs_reference"] == pytest.approx(ref["median_s"] / fast["median_s"])
+        assert r["speedup_vs_compile"] is None
+        assert r["tflops"] == pytest.approx(r["flops"] / fast["median_s"] / 1e12)
+        assert r["fraction_of_matrix_rate"]["tf32"] is None and r["fraction_of_matrix_rate"]["fp32"] > 0
+        assert r["peak_bytes"] is None                  # CPU: no CUDA memory figure
+
+
+def test_json_holds_meta_and_the_same_rows(report):
+    rows, data = report
+    assert data["rows"] == json.loads(json.dumps(rows))
+    meta = data["meta"]
+    for key in ("date", "device", "name", "torch", "triton", "size", "repeats", "threads", "matrix_rate_flops"):
+        assert key in meta
+    assert meta["size"] == "tiny" and meta["threads"] == 1 and meta["matrix_rate_flops"]["fp32"] > 0
+    assert "torch 2" in format_header(meta)
+
+
+def test_table_has_a_header_and_one_line_per_row(report):
+    rows, _ = report
+    table = format_table(rows)
+    lines = table.splitlines()
+    assert lines[0] == "| " + " | ".join(HEADER) + " |"
+    body = [ln for ln in lines[2:] if ln.startswith("| ")]
+    assert len(body) == len(rows)
+    assert all(ln.count("|") == len(HEADER) + 1 for ln in body)
+    assert "skip* compile (all rows): skipped: compile disabled" in table
+    plain = format_table(rows, markdown=False)
+    assert plain.splitlines()[0].startswith("op / step")
+
+
+def test_a_failing_column_becomes_a_cell_and_the_report_goes_on():
+    def broken():
+        raise RuntimeError("kernel exploded\nsecond line")
+    case = Case("toy", "op", 2 * 64 ** 3, [torch.randn(64, 64) for _ in range(2)],
+                {"reference": lambda: (lambda x: x @ x), "compile": "skipped: not here", "fast": broken},
+                {"fast": "fast"})
+    row = measure_case(case, CPU, warmup=0, repeats=2, rates={"fp32": 1e9, "tf32": None})
+    assert row["columns"]["fast"]["skipped"] == "failed: RuntimeError: kernel exploded"
+    assert row["rate_column"] == "reference" and row["tflops"] > 0 and row["speedup_vs_reference"] is None
+    assert "(reference)" in format_table([row])
+
+
+def test_step_rows_time_the_training_code(monkeypatch):
+    calls = []
+    for name in ("d_step", "g_step"):
+        original = getattr(train, name)
+        monkeypatch.setattr(train, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    cases = bench_steps.step_cases("tiny", CPU, compile_enabled=False)
+    for case in (cases[0], cases[1]):
+        case.columns["reference"]()(case.inputs[0])
+    assert calls == ["d_step", "g_step"]
+
+
+def test_time_call_rotates_inputs_and_checks_arguments():
+    seen = []
+    timing = time_call(seen.append, [0, 1, 2], CPU, warmup=2, repeats=4)
+    assert seen == [0, 1, 2, 0, 1, 2] and timing.repeats == 4 and timing.min_s <= timing.median_s <= timing.max_s
+    with pytest.raises(ValueError, match="repeats"):
+        time_call(seen.append, [0], CPU, repeats=0)
+    with pytest.raises(ValueError, match="size"):
+        run_report(size="huge", device="cpu")
