@@ -34,7 +34,13 @@ def save_gif(videos: torch.Tensor | np.ndarray, path: str | Path, value_range=(-
     v = to_uint8(videos, value_range)
     if v.ndim == 5:
         v = v[:, 0]
-    frames = [Image.fromarray(grid(v[:, t], cols, scale=scale)) for t in range(v.shape[1])]
+    frames = []
+    for t in range(v.shape[1]):
+        g = grid(v[:, t], cols, scale=scale)
+        # a time bar in the bottom padding: it shows where the loop is, and keeps every frame distinct
+        # (Pillow merges identical consecutive frames, so a static video would lose its frame count)
+        g[-1, : max(1, round((t + 1) / v.shape[1] * g.shape[1]))] = 255
+        frames.append(Image.fromarray(g))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)

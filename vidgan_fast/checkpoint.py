@@ -1,0 +1,132 @@
+"""Checkpoints: atomic writes, validated reads, RNG state capture.
+
+A checkpoint is one `torch.save`d dict (readable with `weights_only=True`):
+    format, version            FORMAT / VERSION, so a foreign file is recognised as such
+    phase                      "frames" (phase 1) or "video" (phase 2)
+    config                     TrainConfig.to_dict()
+    generator                  G_F (phase 1) or G_V (phase 2) state dict
+    discriminators             DiscriminatorList state dict ('0.conv1.weight', ...)
+    frame_generator            phase 2 only: the G_F state (frozen, or fine-tuned)
+    optimizers                 {"generator": ..., "discriminators": ..., "frame_generator": ... or None}
+    step, epoch, batch_in_epoch, complete
+    rng                        torch CPU, CUDA (if used), numpy and python states
+    losses                     {"d_loss": ..., "g_loss": ...} of the last logged step
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "vidgan_fast.checkpoint"
+VERSION = 1
+PHASES = ("frames", "video")
+REQUIRED = ("phase", "config", "generator", "discriminators", "optimizers", "step", "epoch", "batch_in_epoch",
+            "rng")
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write payload + format tag to `path` atomically: a temporary file in the same folder, fsync, rename.
+
+    If anything fails before the rename, the file already at `path` (if any) is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, expected_phase: str | None = None, map_location="cpu") -> dict:
+    """Read and validate a checkpoint; every problem is a one-line CheckpointError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch.load raises many kinds (RuntimeError, UnpicklingError, KeyError...) on bad bytes
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"checkpoint {path} cannot be read: truncated, corrupt or not a torch file "
+                              f"({reason[:100]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a vidgan_fast checkpoint (no '{FORMAT}' format tag)")
+    if data.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {data.get('version')!r}; "
+                              f"this vidgan_fast reads version {VERSION}")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is damaged: it has no {missing[0]!r} entry")
+    if data["phase"] not in PHASES:
+        raise CheckpointError(f"checkpoint {path} has unknown phase {data['phase']!r}")
+    if data["phase"] == "video" and "frame_generator" not in data:
+        raise CheckpointError(f"checkpoint {path} is damaged: a video checkpoint without 'frame_generator'")
+    if expected_phase is not None and data["phase"] != expected_phase:
+        raise CheckpointError(f"checkpoint {path} is a {data['phase']} (phase {PHASES.index(data['phase']) + 1}) "
+                              f"checkpoint; expected a {expected_phase} checkpoint")
+    return data
+
+
+def load_matching(module: torch.nn.Module, state: dict, what: str, path: str | Path) -> None:
+    """module.load_state_dict(state), but a key or shape mismatch is a one-line CheckpointError."""
+    own = module.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise CheckpointError(f"{what} in {path} does not match the configured model: it has no tensor {name!r}")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{what} in {path} does not match the configured widths: {name} has shape "
+                                  f"{tuple(state[name].shape)} in the checkpoint, {tuple(tensor.shape)} configured")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise CheckpointError(f"{what} in {path} does not match the configured model: unexpected tensor {extra[0]!r}")
+    module.load_state_dict(state)
+
+
+def rng_states(device: torch.device) -> dict:
+    """Every RNG a run draws from, as plain tensors / numbers (so `weights_only=True` can read them back)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, py_state, py_gauss = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+        "cuda": None,
+    }
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if device.type == "cuda" and states.get("cuda") is not None:
+        torch.cuda.set_rng_state(states["cuda"], device)

@@ -1,0 +1,155 @@
+"""Training configuration: one dataclass, two presets (`paper`, `tiny`), validation in one place.
+
+Every field is a CLI option (cli.py generates them from `fields(TrainConfig)`): the option name is the field
+name with dashes (`frames_batch` -> `--frames-batch`) unless the field's metadata names another one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+from .losses import COMBINATIONS
+
+
+def _opt(help: str, option: str | None = None, **kw):
+    return field(metadata={"help": help, "option": option}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    # phase 1: frame generator G_F against K frame discriminators
+    frames_k: int = _opt("number of frame discriminators (phase 1)", default=48)
+    frames_batch: int = _opt("frames per batch (phase 1)", default=64)
+    frames_lr: float = _opt("RMSprop learning rate of G_F and the frame discriminators", default=3e-4)
+    frames_epochs: int = _opt("epochs of phase 1 (one random frame per video per epoch)", default=50)
+    # phase 2: video generator G_V (through the frozen G_F) against K video discriminators
+    video_k: int = _opt("number of video discriminators (phase 2)", default=16)
+    video_batch: int = _opt("videos per batch (phase 2)", default=8)
+    video_lr: float = _opt("RMSprop learning rate of G_V and the video discriminators", default=2e-4)
+    video_epochs: int = _opt("epochs of phase 2", default=15)
+    # widths (paper values by default)
+    gf_widths: tuple[int, ...] = _opt("G_F channel widths c0,c1,c2,c3", default=(1024, 1024, 512, 256))
+    df_widths: tuple[int, ...] = _opt("frame discriminator widths c1,c2,c3", default=(256, 512, 1024))
+    gv_hidden: tuple[int, ...] = _opt("G_V dense hidden widths", default=(512, 1024, 2048))
+    gv_lstm: int = _opt("G_V LSTM hidden size (per direction)", default=256)
+    dv_widths: tuple[int, ...] = _opt("video discriminator widths c1,c2,c3", default=(256, 512, 768))
+    # objective
+    loss: str = _opt(f"generator loss combination: {', '.join(COMBINATIONS)}", default="mean")
+    finetune_frames: bool = _opt("phase 2: also train G_F (unfrozen) with --finetune-lr", default=False)
+    finetune_lr: float = _opt("RMSprop learning rate of G_F when --finetune-frames", default=2e-5)
+    # data
+    n_videos: int = _opt("videos used: the first N of --data, or N generated on the fly", default=100_000)
+    data: str | None = _opt("uint8 [N,30,30,30] .npy written by `vidgan data` (default: generate on the fly)",
+                            default=None)
+    data_seed: int = _opt("seed of the on-the-fly bouncing-balls data", default=0)
+    # run control
+    seed: int = _opt("seed of weights, noise and data order", default=0)
+    max_steps: int | None = _opt("stop each phase after this many steps (default: all epochs)",
+                                 option="--steps", default=None)
+    checkpoint_every: int = _opt("save a checkpoint every N steps (and at the end)", default=500)
+    log_every: int = _opt("write losses to log.jsonl and check them for NaN every N steps", default=10)
+    sample_n: int = _opt("videos / frames in the sample written at the end of `train all`", default=16)
+    device: str = _opt("torch device: cpu, cuda or cuda:N", default="cpu")
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A validated copy with `changes` applied (None values are ignored: 'not given')."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown config field {unknown[0]!r}")
+        return validate(dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()}))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field {unknown[0]!r}")
+        return validate(cls(**{k: _coerce(k, v) for k, v in d.items()}))
+
+
+def option_name(name: str) -> str:
+    """The CLI option of field `name`, e.g. 'frames_batch' -> '--frames-batch', 'max_steps' -> '--steps'."""
+    f = {f.name: f for f in fields(TrainConfig)}[name]
+    return f.metadata.get("option") or "--" + name.replace("_", "-")
+
+
+WIDTH_FIELDS = {"gf_widths": 4, "df_widths": 3, "gv_hidden": None, "dv_widths": 3}   # None: any length >= 1
+
+
+def _coerce(name: str, value):
+    if name in WIDTH_FIELDS and isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    # Same architecture, small widths: both phases train on a 2-core CPU in well under a minute.
+    "tiny": TrainConfig(
+        frames_k=3, frames_batch=32, frames_epochs=40,       # 256 / 32 = 8 steps per epoch, 320 steps
+        video_k=2, video_batch=8, video_epochs=6,            # 256 / 8 = 32 steps per epoch, 192 steps
+        gf_widths=(32, 32, 16, 8), df_widths=(8, 16, 32), gv_hidden=(32, 64, 64), gv_lstm=16,
+        dv_widths=(8, 16, 16), n_videos=256, checkpoint_every=100, log_every=10, sample_n=9,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """Preset `name` with `overrides` (None = keep the preset value), validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def check_batch(cfg: TrainConfig, phase: str) -> None:
+    """A phase needs at least one full batch per epoch."""
+    name = "frames_batch" if phase == "frames" else "video_batch"
+    if getattr(cfg, name) > cfg.n_videos:
+        raise _bad(name, getattr(cfg, name), f"is larger than --n-videos {cfg.n_videos}")
+
+
+def _bad(name: str, value, why: str) -> ConfigError:
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    return ConfigError(f"invalid {option_name(name)} {shown}: {why}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Return cfg if every value is possible, else raise ConfigError naming the option and value."""
+    for name in ("frames_k", "frames_batch", "frames_epochs", "video_k", "video_batch", "video_epochs",
+                 "gv_lstm", "n_videos", "checkpoint_every", "log_every", "sample_n"):
+        v = getattr(cfg, name)
+        if not _is_int(v) or v <= 0:
+            raise _bad(name, v, "must be a positive integer")
+    for name in ("frames_lr", "video_lr", "finetune_lr"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            raise _bad(name, v, "must be a positive number")
+    for name, length in WIDTH_FIELDS.items():
+        v = getattr(cfg, name)
+        if not isinstance(v, tuple) or not all(_is_int(c) and c > 0 for c in v) or len(v) == 0:
+            raise _bad(name, v, "must be a comma list of positive integers")
+        if length is not None and len(v) != length:
+            raise _bad(name, v, f"needs exactly {length} widths")
+    if cfg.loss not in COMBINATIONS:
+        raise _bad("loss", cfg.loss, f"unknown loss combination; choose one of {', '.join(COMBINATIONS)}")
+    if cfg.max_steps is not None and (not _is_int(cfg.max_steps) or cfg.max_steps <= 0):
+        raise _bad("max_steps", cfg.max_steps, "must be a positive integer")
+    for name in ("seed", "data_seed"):
+        v = getattr(cfg, name)
+        if not _is_int(v) or v < 0:
+            raise _bad(name, v, "must be a non-negative integer")
+    if not isinstance(cfg.device, str) or not (cfg.device in ("cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise _bad("device", cfg.device, "must be cpu, cuda or cuda:N")
+    if not isinstance(cfg.finetune_frames, bool):
+        raise _bad("finetune_frames", cfg.finetune_frames, "must be true or false")
+    return cfg
