@@ -52,6 +52,14 @@ class TrainConfig:
     log_every: int = _opt("write losses to log.jsonl and check them for NaN every N steps", default=10)
     sample_n: int = _opt("videos / frames in the sample written at the end of `train all`", default=16)
     device: str = _opt("torch device: cpu, cuda or cuda:N", default="cpu")
+    # execution (the mathematics is the same on both paths; checkpoints are interchangeable)
+    fast: bool = _opt("fast path: Triton discriminator banks and frozen G_F, CUDA graphs, data on the GPU "
+                      "(falls back to the reference path with a warning where Triton cannot run)", default=False)
+    graphs: bool = _opt("with --fast on a GPU: capture the D and G steps as CUDA graphs", default=True)
+    fast_check: bool = _opt("with --fast: check every fast op against its reference before training",
+                            default=True)
+    tf32: bool = _opt("with --fast: TF32 products in the Triton kernels (about 1e-3 relative)", default=False)
+    bf16: bool = _opt("bf16 autocast of the forward passes (GPUs with bf16 only)", default=False)
 
     def replace(self, **changes) -> "TrainConfig":
         """A validated copy with `changes` applied (None values are ignored: 'not given')."""
@@ -150,6 +158,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise _bad(name, v, "must be a non-negative integer")
     if not isinstance(cfg.device, str) or not (cfg.device in ("cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise _bad("device", cfg.device, "must be cpu, cuda or cuda:N")
-    if not isinstance(cfg.finetune_frames, bool):
-        raise _bad("finetune_frames", cfg.finetune_frames, "must be true or false")
+    for name in ("finetune_frames", "fast", "graphs", "fast_check", "tf32", "bf16"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise _bad(name, getattr(cfg, name), "must be true or false")
     return cfg

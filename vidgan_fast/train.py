@@ -5,7 +5,8 @@ Phase 2 ("video"):  G_V against K video discriminators; G_F comes from a phase-1
                     no gradients, in no optimizer) unless cfg.finetune_frames.
 
 The steps only assume that `state.discriminators` maps x -> logits [K, B] and has .parameters(), and that
-`state.frame_generator` maps codes -> frames: the fast path swaps those modules, the loop stays the same.
+`state.renderer` maps codes -> frames: `--fast` (fast/engine.py) swaps those modules for a Triton bank and
+the folded Triton G_F, and replays the two steps as CUDA graphs on a GPU (fast/graphs.py); the loop stays.
 
     state = open_phase("frames", "runs/x", cfg)     # new run (refused if runs/x/frames.ckpt exists)
     train_phase(state, "runs/x")                    # log.jsonl, frames.ckpt (atomic), SIGINT/SIGTERM -> save
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,8 +63,10 @@ class TrainState:
     discriminators: nn.Module             # x -> logits [K, B]
     g_opt: torch.optim.Optimizer
     d_opt: torch.optim.Optimizer
-    frame_generator: nn.Module | None = None      # phase 2: G_F, the frame renderer
+    frame_generator: nn.Module | None = None      # phase 2: G_F (reference module; what checkpoints hold)
     f_opt: torch.optim.Optimizer | None = None    # phase 2 with finetune_frames
+    renderer: nn.Module | None = None             # phase 2: what renders the codes (fast: the frozen Triton G_F)
+    fast: bool = False                            # set by fast.engine.to_fast
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -71,7 +75,15 @@ class TrainState:
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         if self.phase == "frames":
             return self.generator(z)                           # [B, 1, 30, 30]
-        return self.generator(z, self.frame_generator)         # [B, 1, 30, 30, 30]
+        return self.generator(z, self.renderer)                # [B, 1, 30, 30, 30]
+
+    def autocast(self):
+        """bf16 autocast of the forward passes when cfg.bf16 holds on this device, else a no-op."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
+
+    @property
+    def bf16(self) -> bool:
+        return self.cfg.bf16 and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def build_frame_generator(cfg: TrainConfig) -> FrameGenerator:
@@ -111,21 +123,36 @@ def build_state(cfg: TrainConfig, phase: str, frame_generator_state: dict | None
         generator = build_video_generator(cfg)
         discriminators = video_discriminators(k, cfg.dv_widths, seed=1000 + cfg.seed * 100_000)
     generator, discriminators = generator.to(device).train(), discriminators.to(device).train()
-    # --fast (lead): swap `discriminators` for a bank and `renderer` for a frozen Triton G_F here.
+    if cfg.bf16 and not (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        warnings.warn(f"--bf16 ignored: {device} does not support bf16 autocast", RuntimeWarning, stacklevel=2)
     return TrainState(phase, cfg, device, generator, discriminators,
                       g_opt=torch.optim.RMSprop(generator.parameters(), lr=lr),
                       d_opt=torch.optim.RMSprop(discriminators.parameters(), lr=lr),
-                      frame_generator=renderer, f_opt=f_opt)
+                      frame_generator=renderer, f_opt=f_opt, renderer=renderer)
+
+
+def apply_fast(state: TrainState) -> TrainState:
+    """With cfg.fast: the fast twin of `state` (fast/engine.py), its ops first checked against their
+    references on this device (cfg.fast_check); without it, or where Triton cannot run, `state` as it is."""
+    if not state.cfg.fast:
+        return state
+    from .fast.engine import to_fast
+    state = to_fast(state, tf32=state.cfg.tf32)
+    if state.fast and state.cfg.fast_check:
+        from .check import first_step_check
+        first_step_check(state.device, phase=PHASE_NUMBER[state.phase], tf32=state.cfg.tf32)
+    return state
 
 
 # ----------------------------------------------------------------------------------------------- the step
 
 def d_step(state: TrainState, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """One RMSprop step of every discriminator on its own loss. Returns the mean loss (detached)."""
-    with nvtx_range("generator forward", "generator"), torch.no_grad():
+    with nvtx_range("generator forward", "generator"), torch.no_grad(), state.autocast():
         fake = state.generate(z)
-    with nvtx_range("discriminator forward", "discriminator"):
+    with nvtx_range("discriminator forward", "discriminator"), state.autocast():
         per_disc = losses.discriminator_losses(state.discriminators(real), state.discriminators(fake))   # [K]
+        per_disc = per_disc.float()
     with nvtx_range("discriminator backward", "backward"):
         state.d_opt.zero_grad(set_to_none=True)
         per_disc.sum().backward()            # discriminator k only sees loss k
@@ -138,10 +165,11 @@ def g_step(state: TrainState, z: torch.Tensor) -> torch.Tensor:
     """One RMSprop step of the generator (and of G_F when fine-tuned) on the combined K losses."""
     state.discriminators.requires_grad_(False)     # gradients flow through D to G, none into D's weights
     try:
-        with nvtx_range("generator forward", "generator"):
+        with nvtx_range("generator forward", "generator"), state.autocast():
             fake = state.generate(z)
-        with nvtx_range("discriminator forward", "discriminator"):
-            loss = losses.combine(losses.generator_losses(state.discriminators(fake)), state.cfg.loss)
+        with nvtx_range("discriminator forward", "discriminator"), state.autocast():
+            per_disc = losses.generator_losses(state.discriminators(fake)).float()       # [K]
+        loss = losses.combine(per_disc, state.cfg.loss)
         with nvtx_range("generator backward", "backward"):
             state.g_opt.zero_grad(set_to_none=True)
             if state.f_opt is not None:
@@ -190,13 +218,17 @@ def open_source(cfg: TrainConfig) -> tuple[VideoSource, int]:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 def checkpoint_payload(state: TrainState, complete: bool) -> dict:
+    """The checkpoint, always in the reference layout (a fast run resumes on the reference path and back)."""
+    from .fast.engine import portable_optimizer_state, reference_optimizer_state, reference_state
     return {
         "phase": state.phase, "config": state.cfg.to_dict(),
         "generator": state.generator.state_dict(),
-        "discriminators": state.discriminators.state_dict(),
+        "discriminators": reference_state(state.discriminators),
         "frame_generator": None if state.frame_generator is None else state.frame_generator.state_dict(),
-        "optimizers": {"generator": state.g_opt.state_dict(), "discriminators": state.d_opt.state_dict(),
-                       "frame_generator": None if state.f_opt is None else state.f_opt.state_dict()},
+        "optimizers": {"generator": portable_optimizer_state(state.g_opt.state_dict()),
+                       "discriminators": reference_optimizer_state(state.discriminators, state.d_opt),
+                       "frame_generator": None if state.f_opt is None
+                       else portable_optimizer_state(state.f_opt.state_dict())},
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "complete": complete,
         "rng": rng_states(state.device), "losses": dict(state.last_losses),
     }
@@ -261,6 +293,16 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
     source, n = open_source(cfg)
     per_epoch, total = total_steps(cfg, state.phase, n)
     _, batch, _, _ = phase_settings(cfg, state.phase)
+    graphed = None
+    if state.fast and state.device.type == "cuda":
+        from .fast.device_data import DeviceVideoSource
+        from .fast.graphs import GraphedSteps
+        if DeviceVideoSource.fits(source, state.device):
+            with nvtx_range("data to the GPU", "data"):
+                source = DeviceVideoSource(source, state.device)
+        if cfg.graphs:
+            shape = (batch, 1, FRAMES, 30, 30) if state.phase == "video" else (batch, 1, 30, 30)
+            graphed = GraphedSteps(state, shape, batch)
     log = LossLog(out / "log.jsonl", state.phase, PHASE_NUMBER[state.phase], state.step)
     saved_step = state.step if ckpt_path.exists() else None        # the step of the checkpoint on disk
     bar = tqdm(total=total, initial=state.step, desc=f"phase {PHASE_NUMBER[state.phase]} ({state.phase})",
@@ -283,10 +325,13 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
         while state.step < total:
             with nvtx_range("data", "data"):
                 real = real_batch(state, source, n)
-            z_d = torch.randn(batch, Z_DIM, device=state.device)
-            z_g = torch.randn(batch, Z_DIM, device=state.device)
-            d_loss = d_step(state, real, z_d)
-            g_loss = g_step(state, z_g)
+            if graphed is not None:
+                d_loss, g_loss = graphed.step(real)
+            else:
+                z_d = torch.randn(batch, Z_DIM, device=state.device)
+                z_g = torch.randn(batch, Z_DIM, device=state.device)
+                d_loss = d_step(state, real, z_d)
+                g_loss = g_step(state, z_g)
             log.add(state.step + 1, state.epoch, d_loss, g_loss)
             state.step += 1
             state.batch_in_epoch += 1
@@ -316,15 +361,15 @@ def open_phase(phase: str, out: str | Path, cfg: TrainConfig, resume: bool = Fal
     if resume:
         if not path.exists():
             raise TrainingError(f"nothing to resume: {path} does not exist")
-        return state_from_checkpoint(load_checkpoint(path, expected_phase=phase), path, overrides)
+        return apply_fast(state_from_checkpoint(load_checkpoint(path, expected_phase=phase), path, overrides))
     if path.exists():
         raise TrainingError(f"{out} already holds {path.name}; pass --resume to continue that run "
                             f"or choose another --out")
     if phase == "frames":
-        return build_state(cfg, "frames")
+        return apply_fast(build_state(cfg, "frames"))
     if frames is None:
         raise TrainingError("phase 2 needs a trained frame generator: pass --frames CKPT")
-    return build_state(cfg, "video", frame_generator_state(frames), frames)
+    return apply_fast(build_state(cfg, "video", frame_generator_state(frames), frames))
 
 
 def train_all(cfg: TrainConfig, out: str | Path, resume: bool = False, overrides: dict | None = None,

@@ -183,6 +183,7 @@ class DiscriminatorBank(nn.Module):
         rank = 2 + self.dims
         if x.dim() != rank or x.shape[1] != 1:
             raise ValueError(f"{type(self).__name__}: expected input {self.input_layout}, got shape {tuple(x.shape)}")
+        x = x.float()        # under bf16 autocast the generator hands over bf16: the bank computes in fp32
         if resolve_impl(self.impl, x.device, type(self).__name__) == "ref":
             return self._forward_grouped(x)
         h = self._project(x)                                              # [K, B, 1, ...]

@@ -106,6 +106,8 @@ class FrozenFrameGenerator(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.dim() != 2 or codes.shape[1] != self.z_dim:
             raise ValueError(f"{OP}: codes must be [M, {self.z_dim}], got {tuple(codes.shape)}")
+        if torch.is_autocast_enabled(codes.device.type):    # bf16 codes from an autocast G_V: render in fp32
+            codes = codes.to(self.fc_weight.dtype)
         if codes.dtype != self.fc_weight.dtype or codes.device != self.fc_weight.device:
             raise ValueError(f"{OP}: codes are {codes.dtype} on {codes.device}, the module is "
                              f"{self.fc_weight.dtype} on {self.fc_weight.device}")

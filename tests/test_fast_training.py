@@ -1,0 +1,144 @@
+"""--fast training: fast steps equal reference steps (CPU, Triton interpreter), the fallback warning, checkpoint
+interchange between the paths, and (GPU only) CUDA-graph replay equal to eager steps.
+
+Tolerances: the fast ops equal their references to fp32 rounding (~1e-6 relative, tests/test_bank.py and
+tests/test_frozen_generator.py); after a few RMSprop steps, whose first updates are about lr * 10 * sign(grad),
+parameters agree to 2e-5 absolute and losses to 1e-5 relative.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from vidgan_fast import train
+from vidgan_fast.config import preset
+from vidgan_fast.fast import backend
+from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
+from vidgan_fast.fast.engine import to_fast
+from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
+from vidgan_fast.models import DiscriminatorList
+
+SMALL = dict(frames_k=3, video_k=2, frames_batch=5, video_batch=3, gf_widths=(16, 16, 8, 8), df_widths=(4, 8, 8),
+             gv_hidden=(16, 32), gv_lstm=8, dv_widths=(4, 4, 8), n_videos=16)
+STEPS = 2
+
+
+def small_cfg(**kw):
+    return preset("tiny", **{**SMALL, **kw})
+
+
+def fresh(cfg, phase):
+    """A new state of `phase`; phase 2 gets the same G_F weights every time (drawn from seed 123)."""
+    gf = None
+    if phase == "video":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(123)
+            gf = train.build_frame_generator(cfg).state_dict()
+    return train.build_state(cfg, phase, gf)
+
+
+def real_and_noise(cfg, phase, step):
+    _, batch, _, _ = train.phase_settings(cfg, phase)
+    gen = torch.Generator().manual_seed(100 + step)
+    shape = (batch, 1, 30, 30) if phase == "frames" else (batch, 1, 30, 30, 30)
+    return (torch.rand(shape, generator=gen) * 2 - 1, torch.randn(batch, 100, generator=gen),
+            torch.randn(batch, 100, generator=gen))
+
+
+def assert_states_close(a, b, atol=2e-5):
+    pa, pb = train.checkpoint_payload(a, False), train.checkpoint_payload(b, False)
+    for part in ("generator", "discriminators"):
+        assert pa[part].keys() == pb[part].keys()
+        for key in pa[part]:
+            torch.testing.assert_close(pa[part][key].float(), pb[part][key].float(), rtol=0, atol=atol,
+                                       msg=lambda m: f"{part}.{key}: {m}")
+
+
+@pytest.mark.parametrize("phase", ["frames", "video"])
+def test_fast_steps_equal_reference_steps(phase):
+    cfg = small_cfg()
+    ref, fast = fresh(cfg, phase), to_fast(fresh(cfg, phase))
+    assert fast.fast and isinstance(fast.discriminators, (FrameDiscriminatorBank, VideoDiscriminatorBank))
+    if phase == "video":
+        assert isinstance(fast.renderer, FrozenFrameGenerator)
+    for step in range(STEPS):
+        real, z_d, z_g = real_and_noise(cfg, phase, step)
+        d_ref, d_fast = train.d_step(ref, real, z_d), train.d_step(fast, real, z_d)
+        g_ref, g_fast = train.g_step(ref, z_g), train.g_step(fast, z_g)
+        torch.testing.assert_close(d_fast, d_ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-5, atol=0)
+    assert_states_close(ref, fast)
+
+
+def test_fallback_warns_once_and_runs_the_reference_path(monkeypatch):
+    monkeypatch.setattr(backend, "interpreter_enabled", lambda: False)
+    backend._warned.clear()
+    state = fresh(small_cfg(), "frames")
+    with pytest.warns(RuntimeWarning, match="--fast: running the reference path instead: no CUDA GPU"):
+        out = to_fast(state)
+    assert out is state and not out.fast and isinstance(out.discriminators, DiscriminatorList)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # the second time: no new warning
+        to_fast(fresh(small_cfg(), "frames"))
+
+
+@pytest.mark.parametrize("phase", ["frames", "video"])
+def test_checkpoints_interchange_between_paths(phase):
+    """A fast checkpoint loads on the reference path and back, weights and optimizer states unchanged."""
+    cfg = small_cfg()
+    fast = to_fast(fresh(cfg, phase))
+    real, z_d, z_g = real_and_noise(cfg, phase, 0)
+    train.d_step(fast, real, z_d), train.g_step(fast, z_g)
+    saved = copy.deepcopy(train.checkpoint_payload(fast, False))
+    as_ref = train.state_from_checkpoint(saved, "fast.ckpt")
+    assert isinstance(as_ref.discriminators, DiscriminatorList)
+    again = train.checkpoint_payload(as_ref, False)
+    back = train.checkpoint_payload(to_fast(train.state_from_checkpoint(again, "ref.ckpt")), False)
+    for payload in (again, back):
+        for part in ("generator", "discriminators"):
+            for key, value in saved[part].items():
+                assert torch.equal(payload[part][key], value), f"{part}.{key}"
+        for name in ("generator", "discriminators"):
+            a, b = saved["optimizers"][name]["state"], payload["optimizers"][name]["state"]
+            assert a.keys() == b.keys()
+            for i in a:
+                for key in a[i]:
+                    assert torch.equal(a[i][key].cpu(), b[i][key].cpu()), f"{name} state {i} {key}"
+
+
+def test_fast_then_reference_continues_the_same_run():
+    """1 fast step, checkpoint, 1 reference step == 2 reference steps (within the fp32 tolerance)."""
+    cfg = small_cfg()
+    straight = fresh(cfg, "frames")
+    fast = to_fast(fresh(cfg, "frames"))
+    real, z_d, z_g = real_and_noise(cfg, "frames", 0)
+    train.d_step(straight, real, z_d), train.g_step(straight, z_g)
+    train.d_step(fast, real, z_d), train.g_step(fast, z_g)
+    resumed = train.state_from_checkpoint(copy.deepcopy(train.checkpoint_payload(fast, False)), "fast.ckpt")
+    real, z_d, z_g = real_and_noise(cfg, "frames", 1)
+    train.d_step(straight, real, z_d), train.g_step(straight, z_g)
+    train.d_step(resumed, real, z_d), train.g_step(resumed, z_g)
+    assert_states_close(straight, resumed)
+
+
+def test_cli_fast_phase1_under_the_interpreter(tmp_path):
+    from click.testing import CliRunner
+
+    from vidgan_fast.cli import main
+    result = CliRunner().invoke(main, ["train", "frames", "--preset", "tiny", "--fast", "--steps", "2",
+                                       "--frames-k", "2", "--frames-batch", "4", "--df-widths", "4,8,8",
+                                       "--gf-widths", "16,16,8,8", "--n-videos", "8", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    ckpt = torch.load(tmp_path / "frames.ckpt", weights_only=True)
+    assert ckpt["config"]["fast"] is True and "0.conv1.weight" in ckpt["discriminators"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("phase", ["frames", "video"])
+def test_graph_replay_equals_eager_steps(phase):
+    from vidgan_fast.fast.graphs import check_graphed_steps
+    worst, rel, tol, passed, note = check_graphed_steps(phase, "cuda")
+    assert passed, f"{note}: max abs {worst:.3g}, relative {rel:.3g} > {tol}"
