@@ -49,24 +49,34 @@ def _state(cfg, phase: str):
 
 
 def make_fast(state, impl: str, tf32: bool):
-    """The fast path on `state`: a discriminator bank (and, in phase 2, the frozen Triton G_F), in place.
+    """The fast path on `state`, exactly as `--fast` builds it (vidgan_fast.fast.engine.to_fast), in place.
 
-    Uses vidgan_fast.train's own switch when it has one (so the benchmark measures what `--fast` runs);
-    otherwise swaps the modules the way train.build_state's comment says the fast path does.
+    impl='ref' (CPU: the interpreter is no speed measure) swaps in the same modules on their PyTorch path.
     """
-    hook = getattr(train, "make_fast", None)
-    if hook is not None:
-        return hook(state, impl=impl)
-    from vidgan_fast.fast import FrameDiscriminatorBank, FrozenFrameGenerator, VideoDiscriminatorBank
-    bank_cls = FrameDiscriminatorBank if state.phase == "frames" else VideoDiscriminatorBank
-    lr = state.d_opt.param_groups[0]["lr"]
-    state.discriminators = bank_cls.from_reference(list(state.discriminators), impl=impl, tf32=tf32)
-    state.discriminators = state.discriminators.to(state.device).train()
-    state.d_opt = torch.optim.RMSprop(state.discriminators.parameters(), lr=lr)
-    if state.phase == "video" and state.f_opt is None:
-        state.frame_generator = FrozenFrameGenerator.from_reference(state.frame_generator, impl=impl, tf32=tf32)
-        state.frame_generator = state.frame_generator.to(state.device)
+    from vidgan_fast.fast.engine import to_fast
+    state = to_fast(state, tf32=tf32, warn=False)
+    if impl == "ref" and state.fast:
+        state.discriminators.impl = "ref"
+        if state.renderer is not state.frame_generator:
+            state.renderer.impl = "ref"
+    elif impl == "ref":      # to_fast fell back (CPU without the interpreter): build the modules on 'ref'
+        from vidgan_fast.fast import FrameDiscriminatorBank, FrozenFrameGenerator, VideoDiscriminatorBank
+        bank_cls = FrameDiscriminatorBank if state.phase == "frames" else VideoDiscriminatorBank
+        lr = state.d_opt.param_groups[0]["lr"]
+        state.discriminators = bank_cls.from_reference(list(state.discriminators), impl="ref").to(state.device)
+        state.d_opt = torch.optim.RMSprop(state.discriminators.parameters(), lr=lr)
+        if state.phase == "video" and state.f_opt is None:
+            state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, impl="ref")
     return state
+
+
+def graphed_step(state, which: str, real_shape, batch: int):
+    """On CUDA the fast column replays the captured step, as `--fast` training does (noise drawn in-graph)."""
+    from vidgan_fast.fast.graphs import GraphedSteps
+    graphed = GraphedSteps(state, real_shape, batch)
+    if which == "D":
+        return lambda inp: graphed.d(inp[0])
+    return lambda inp: graphed.g()
 
 
 def _step_flops(cfg, phase: str, which: str) -> int:
@@ -106,6 +116,8 @@ def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf3
                 state = _state(cfg, phase)
                 if column == "fast":
                     make_fast(state, settings.fast_impl, fast_tf32)
+                    if state.fast and state.device.type == "cuda":
+                        return graphed_step(state, which, real_shape, batch)
                 step = train.d_step if which == "D" else train.g_step
                 if column == "compile":
                     step = torch.compile(step, **settings.compile_kwargs)

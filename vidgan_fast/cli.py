@@ -238,3 +238,21 @@ def sample(checkpoint, n, out, seed, device):
     folder = Path(out) if out else Path(checkpoint).parent / "samples"
     for path in write_samples(checkpoint, folder, n=n, seed=seed, device=device):
         click.echo(f"wrote {path}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.pass_context
+def bench(ctx):
+    """The performance report: reference vs torch.compile vs fast, per op and per step (--help for options)."""
+    from benchmarks.report import main as report_main
+    code = report_main(ctx.args)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+from .check import check_command  # noqa: E402  (the commands live beside what they run)
+from .evaluate import eval_command  # noqa: E402
+
+main.add_command(check_command, "check")
+main.add_command(eval_command, "eval")
