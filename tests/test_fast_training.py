@@ -136,6 +136,23 @@ def test_cli_fast_phase1_under_the_interpreter(tmp_path):
     assert ckpt["config"]["fast"] is True and "0.conv1.weight" in ckpt["discriminators"]
 
 
+def test_cli_fast_refuses_to_train_when_an_op_disagrees(tmp_path, monkeypatch):
+    """`vidgan train --fast` checks its ops first: a kernel that is off stops it with one line, nothing saved."""
+    import kernels.projection
+    from click.testing import CliRunner
+
+    from vidgan_fast.cli import main
+    original = kernels.projection.project_forward
+    monkeypatch.setattr(kernels.projection, "project_forward", lambda *a, **kw: original(*a, **kw) + 1e-3)
+    (tmp_path / "keep.txt").write_text("x")
+    result = CliRunner().invoke(main, ["train", "frames", "--preset", "tiny", "--fast", "--steps", "2",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and result.output.startswith("error: fast path check failed: "
+                                                                         "project_frames forward")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("phase", ["frames", "video"])
 def test_graph_replay_equals_eager_steps(phase):
