@@ -73,6 +73,14 @@ def test_fast_steps_equal_reference_steps(phase):
     assert_states_close(ref, fast)
 
 
+def test_to_fast_leaves_the_random_streams_alone():
+    """--fast must draw the same noise as the reference path from the same seed."""
+    state = fresh(small_cfg(), "frames")
+    before = torch.get_rng_state()
+    to_fast(state)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_fallback_warns_once_and_runs_the_reference_path(monkeypatch):
     monkeypatch.setattr(backend, "interpreter_enabled", lambda: False)
     backend._warned.clear()

@@ -134,8 +134,11 @@ class DiscriminatorBank(nn.Module):
                     raise ValueError(f"{cls.__name__}.from_reference: discriminator {i} {name} has stride "
                                      f"{conv.stride} padding {conv.padding}, the bank implements {stride} {padding}")
         projections = torch.stack([d.projection.detach().reshape(d.projection.shape[-2:]) for d in refs])
-        bank = cls(projections, refs[0].widths, impl=impl, tf32=tf32, seeds=[d.seed for d in refs],
-                   layer_impl=layer_impl)
+        device = projections.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            # the constructor's random init is overwritten below: it must not move the run's RNG streams
+            bank = cls(projections, refs[0].widths, impl=impl, tf32=tf32, seeds=[d.seed for d in refs],
+                       layer_impl=layer_impl)
         with torch.no_grad():
             for bank_name, suffix in cls.stacked_parameter_names():
                 getattr(bank, bank_name).copy_(torch.stack([d.get_parameter(suffix).detach() for d in refs]))

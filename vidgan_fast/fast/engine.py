@@ -79,5 +79,5 @@ def reference_state(discriminators) -> dict:
 
 def reference_optimizer_state(discriminators, d_opt) -> dict:
     """The discriminator optimizer's state in the reference layout."""
-    sd = d_opt.state_dict()
+    sd = portable_optimizer_state(d_opt.state_dict())
     return optimizer_state_to_reference(discriminators, sd) if is_bank(discriminators) else sd
