@@ -188,11 +188,13 @@ def train():
 @config_options
 def train_frames(preset, out, resume, **kwargs):
     """Phase 1: the frame generator G_F against K frame discriminators."""
+    from .distributed import launched
     from .train import open_phase, train_phase
-    cfg, overrides = configure(preset, kwargs, resume, "frames")
-    folder = run_folder(out, preset)
-    state = train_phase(open_phase("frames", folder, cfg, resume, overrides), folder)
-    click.echo(f"{summary(state)}; saved {folder / 'frames.ckpt'}")
+    with launched():                  # torchrun: join the group (nothing on one process)
+        cfg, overrides = configure(preset, kwargs, resume, "frames")
+        folder = run_folder(out, preset)
+        state = train_phase(open_phase("frames", folder, cfg, resume, overrides), folder)
+        click.echo(f"{summary(state)}; saved {folder / 'frames.ckpt'}")
 
 
 @train.command("video")
@@ -203,13 +205,15 @@ def train_frames(preset, out, resume, **kwargs):
 @config_options
 def train_video(frames_ckpt, preset, out, resume, **kwargs):
     """Phase 2: the video generator G_V (through the frozen G_F) against K video discriminators."""
+    from .distributed import launched
     from .train import open_phase, train_phase
     if frames_ckpt is None and not resume:
         raise click.UsageError("Missing option '--frames' (a phase-1 checkpoint)")
-    cfg, overrides = configure(preset, kwargs, resume, "video")
-    folder = run_folder(out, preset)
-    state = train_phase(open_phase("video", folder, cfg, resume, overrides, frames=frames_ckpt), folder)
-    click.echo(f"{summary(state)}; saved {folder / 'video.ckpt'}")
+    with launched():                  # torchrun: join the group (nothing on one process)
+        cfg, overrides = configure(preset, kwargs, resume, "video")
+        folder = run_folder(out, preset)
+        state = train_phase(open_phase("video", folder, cfg, resume, overrides, frames=frames_ckpt), folder)
+        click.echo(f"{summary(state)}; saved {folder / 'video.ckpt'}")
 
 
 @train.command("all")
@@ -217,12 +221,14 @@ def train_video(frames_ckpt, preset, out, resume, **kwargs):
 @config_options
 def train_all_command(preset, out, resume, **kwargs):
     """Both phases, then a sample GIF and PNG strips in OUT/samples (the main job)."""
+    from .distributed import launched
     from .train import train_all
-    cfg, overrides = configure(preset, kwargs, resume)
-    folder, start = run_folder(out, preset), time.perf_counter()
-    for path in train_all(cfg, folder, resume, overrides):
-        click.echo(f"wrote {path}")
-    click.echo(f"both phases done in {time.perf_counter() - start:.1f} s; run folder {folder}")
+    with launched():                  # torchrun: join the group (nothing on one process)
+        cfg, overrides = configure(preset, kwargs, resume)
+        folder, start = run_folder(out, preset), time.perf_counter()
+        for path in train_all(cfg, folder, resume, overrides):
+            click.echo(f"wrote {path}")
+        click.echo(f"both phases done in {time.perf_counter() - start:.1f} s; run folder {folder}")
 
 
 @main.command()

@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import losses
-from .checkpoint import load_checkpoint, load_matching, restore_rng_states, rng_states, save_checkpoint
+from . import distributed, losses
+from .checkpoint import load_checkpoint, load_matching, restore_rng_states, rng_states
 from .config import TrainConfig, check_batch
 from .data import VideoSource, load_videos, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from .loop import LossLog, stop_requests
+from .loop import LossLog
 from .models import FrameGenerator, VideoGenerator, frame_discriminators, video_discriminators
 from .profiling import nvtx_range
 
@@ -288,6 +288,7 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
     diverged model is never saved. SIGINT/SIGTERM: finish the step, save, raise TrainingInterrupted.
     """
     cfg, out = state.cfg, Path(out)
+    distributed.prepare(state)            # torchrun: keep this rank's discriminators (nothing on one process)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{state.phase}.ckpt"
     source, n = open_source(cfg)
@@ -300,13 +301,13 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
         if DeviceVideoSource.fits(source, state.device):
             with nvtx_range("data to the GPU", "data"):
                 source = DeviceVideoSource(source, state.device)
-        if cfg.graphs:
+        if cfg.graphs and not distributed.active():      # collectives are not captured
             shape = (batch, 1, FRAMES, 30, 30) if state.phase == "video" else (batch, 1, 30, 30)
             graphed = GraphedSteps(state, shape, batch)
-    log = LossLog(out / "log.jsonl", state.phase, PHASE_NUMBER[state.phase], state.step)
+    log = LossLog(distributed.rank_path(out / "log.jsonl"), state.phase, PHASE_NUMBER[state.phase], state.step)
     saved_step = state.step if ckpt_path.exists() else None        # the step of the checkpoint on disk
     bar = tqdm(total=total, initial=state.step, desc=f"phase {PHASE_NUMBER[state.phase]} ({state.phase})",
-               unit="step", disable=not progress, dynamic_ncols=True)
+               unit="step", disable=not progress or not distributed.is_main(), dynamic_ncols=True)
 
     def flush() -> None:
         kept = f"{ckpt_path} (step {saved_step}) is kept" if saved_step is not None else "nothing was saved"
@@ -318,10 +319,10 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
     def save() -> None:
         nonlocal saved_step
         flush()                                   # never save a model whose losses went NaN
-        save_checkpoint(ckpt_path, checkpoint_payload(state, complete=state.step >= total))
+        distributed.save_checkpoint(state, ckpt_path, checkpoint_payload(state, complete=state.step >= total))
         saved_step = state.step
 
-    with stop_requests() as stop, bar:
+    with distributed.stop_requests() as stop, bar:
         while state.step < total:
             with nvtx_range("data", "data"):
                 real = real_batch(state, source, n)
@@ -338,6 +339,7 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
             if state.batch_in_epoch == per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             bar.update(1)
+            distributed.agree_stop(stop)          # torchrun: a signal to any rank stops every rank here
             if state.step % cfg.log_every == 0:
                 flush()
             if state.step % cfg.checkpoint_every == 0 or state.step == total or stop:
@@ -389,6 +391,8 @@ def train_all(cfg: TrainConfig, out: str | Path, resume: bool = False, overrides
         cfg, resume = state.cfg, False          # phase 2 starts fresh, with the config phase 1 ran with
     state = open_phase("video", out, cfg, resume, overrides, frames=frames_path)
     train_phase(state, out, progress)
+    if not distributed.is_main():               # torchrun: rank 0 writes the samples
+        return []
     samples = out / "samples"
     return (write_samples(frames_path, samples, n=state.cfg.sample_n, seed=state.cfg.seed)
             + write_samples(video_path, samples, n=state.cfg.sample_n, seed=state.cfg.seed))
