@@ -23,13 +23,7 @@ QUICK = ["--preset", "tiny", "--steps", "4", "--log-every", "2"]
 MAIN_JOB_STEPS = 30   # enough for G_F's eval-mode frames to differ (Pillow merges identical GIF frames)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
 
 
 def vidgan(*args, ok=True):

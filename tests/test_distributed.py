@@ -51,13 +51,7 @@ CLI_OPTIONS = ["--preset", "tiny", "--steps", "3", "--n-videos", "16", "--frames
                "--checkpoint-every", "2", "--sample-n", "4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """As in the workers (OMP_NUM_THREADS=1): tiny models gain nothing from threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
 
 
 def small_cfg(**kw):

@@ -16,13 +16,7 @@ def small_cfg(**kw):
     return preset("tiny", **{**SMALL, **kw})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
 
 
 def snapshot(module):
