@@ -96,6 +96,7 @@ def check_graphed_steps(phase: str, device, seed: int = 0):
     from vidgan_fast.models import FrameGenerator
     from vidgan_fast.train import build_state, d_step, g_step, phase_settings
 
+    phase = {1: "frames", 2: "video"}.get(phase, phase)        # vidgan check numbers the phases
     cfg = preset("tiny", device=str(device), seed=seed)
     g_f = None if phase == "frames" else FrameGenerator(widths=cfg.gf_widths).state_dict()
     state = to_fast(build_state(cfg, phase, g_f), warn=False)
