@@ -303,7 +303,11 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
                 source = DeviceVideoSource(source, state.device)
         if cfg.graphs and not distributed.active():      # collectives are not captured
             shape = (batch, 1, FRAMES, 30, 30) if state.phase == "video" else (batch, 1, 30, 30)
-            graphed = GraphedSteps(state, shape, batch)
+            try:
+                graphed = GraphedSteps(state, shape, batch)
+            except RuntimeError as e:     # capture is restored-from-snapshot safe: fall back to eager steps
+                warnings.warn(f"--fast: CUDA graph capture failed ({str(e).splitlines()[0]}); running the fast "
+                              f"steps without graphs (--no-graphs silences this)", RuntimeWarning, stacklevel=2)
     log = LossLog(distributed.rank_path(out / "log.jsonl"), state.phase, PHASE_NUMBER[state.phase], state.step)
     saved_step = state.step if ckpt_path.exists() else None        # the step of the checkpoint on disk
     bar = tqdm(total=total, initial=state.step, desc=f"phase {PHASE_NUMBER[state.phase]} ({state.phase})",

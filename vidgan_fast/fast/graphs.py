@@ -52,21 +52,29 @@ class GraphedSteps:
             return g_step(state, self.z_g)
 
         snap, rng = _snapshot(state), torch.cuda.get_rng_state(dev)
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), nvtx_range("graph warm-up"):
-            for _ in range(warmup):
-                d_body(), g_body()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        _restore(state, snap)
-        torch.cuda.set_rng_state(rng, dev)
-        torch.cuda.synchronize(dev)
-        self.d_graph, self.g_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with nvtx_range("graph capture"):
-            with torch.cuda.graph(self.d_graph):
-                self.d_loss = d_body()
-            with torch.cuda.graph(self.g_graph, pool=self.d_graph.pool()):
-                self.g_loss = g_body()
+
+        def rewind():
+            torch.cuda.synchronize(dev)
+            _restore(state, snap)
+            torch.cuda.set_rng_state(rng, dev)
+
+        try:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side), nvtx_range("graph warm-up"):
+                for _ in range(warmup):
+                    d_body(), g_body()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            rewind()
+            self.d_graph, self.g_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with nvtx_range("graph capture"):
+                with torch.cuda.graph(self.d_graph):
+                    self.d_loss = d_body()
+                with torch.cuda.graph(self.g_graph, pool=self.d_graph.pool()):
+                    self.g_loss = g_body()
+        except Exception:
+            rewind()             # a failed warm-up or capture leaves the run exactly where it was
+            raise
 
     def d(self, real: torch.Tensor) -> torch.Tensor:
         """Replay the discriminator step on `real`; returns its loss (a copy, valid after later replays)."""
