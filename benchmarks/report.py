@@ -188,7 +188,7 @@ def format_table(rows: list[dict], markdown: bool = True) -> str:
     for (c, why), names in skipped.items():
         where = "all rows" if len(names) == len(timed) else "; ".join(names)
         notes.append(f"- skip* {c} ({where}): {why}")
-    head = [f"- columns: " + "; ".join(f"{c} = {labels[c]}" for c in COLUMNS if c in labels)] if labels else []
+    head = ["- columns: " + "; ".join(f"{c} = {labels[c]}" for c in COLUMNS if c in labels)] if labels else []
     head.append("- fast vs ref / fast vs compile: time ratio (>1 = fast is faster); TFLOP/s and % of the measured "
                 "matmul rate are of the fast column (or of the column named in brackets); peak MiB is "
                 "torch.cuda.max_memory_allocated of that column (- on CPU)")

@@ -255,9 +255,9 @@ def test_rmsprop_step_on_bank_equals_step_on_references(kind):
     bank = cls.from_reference(list(refs), impl="ref")
     x = make_input(kind, b)
     real = torch.ones(k, b)
-    for step in range(2):        # two steps, so the optimizer state carries over too
-        ref_opt = ref_opt if step else torch.optim.RMSprop(refs.parameters(), lr=3e-4)
-        bank_opt = bank_opt if step else torch.optim.RMSprop(bank.parameters(), lr=3e-4)
+    ref_opt = torch.optim.RMSprop(refs.parameters(), lr=3e-4)
+    bank_opt = torch.optim.RMSprop(bank.parameters(), lr=3e-4)
+    for _ in range(2):           # two steps, so the optimizer state carries over too
         ref_opt.zero_grad()
         F.binary_cross_entropy_with_logits(refs(x), real, reduction="none").mean(1).sum().backward()
         ref_opt.step()

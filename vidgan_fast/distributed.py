@@ -31,8 +31,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
-import time
 
 import torch
 import torch.distributed as dist
@@ -311,35 +309,10 @@ def save_checkpoint(state, path, payload: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- stopping
 
-@contextlib.contextmanager
 def stop_requests():
-    """loop.stop_requests on one process. Under torchrun the same signal may arrive twice at once (the
-    terminal's Ctrl-C and torchrun forwarding it), so only a repeat after REPEAT_WINDOW_S stops at once."""
-    if not active():
-        with one_process_stop_requests() as caught:
-            yield caught
-        return
-    caught: list[int] = []
-    first = []
-
-    def handler(signum, frame):
-        if caught and time.monotonic() - first[0] > REPEAT_WINDOW_S:
-            raise KeyboardInterrupt
-        if not caught:
-            caught.append(signum)
-            first.append(time.monotonic())
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:        # not the main thread
-        pass
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    """loop.stop_requests. Under torchrun the same signal may arrive twice at once (the terminal's Ctrl-C and
+    torchrun forwarding it), so only a repeat after REPEAT_WINDOW_S stops at once."""
+    return one_process_stop_requests(REPEAT_WINDOW_S if active() else 0.0)
 
 
 def agree_stop(stop: list[int]) -> None:

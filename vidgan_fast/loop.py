@@ -14,14 +14,18 @@ from .errors import TrainingError
 
 
 @contextlib.contextmanager
-def stop_requests():
-    """Turn SIGINT/SIGTERM into a request to stop after the current step (a second one stops at once)."""
+def stop_requests(repeat_window_s: float = 0.0):
+    """Turn SIGINT/SIGTERM into a request to stop after the current step; a second signal more than
+    `repeat_window_s` after the first stops at once (KeyboardInterrupt)."""
     caught: list[int] = []
+    first: list[float] = []
 
     def handler(signum, frame):
-        if caught:
+        if caught and time.monotonic() - first[0] > repeat_window_s:
             raise KeyboardInterrupt
-        caught.append(signum)
+        if not caught:
+            caught.append(signum)
+            first.append(time.monotonic())
 
     previous = {}
     try:
