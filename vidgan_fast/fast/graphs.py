@@ -112,11 +112,19 @@ def check_graphed_steps(phase: str, device, seed: int = 0):
     _, batch, _, _ = phase_settings(cfg, phase)
     shape = (batch, 1, 30, 30) if phase == "frames" else (batch, 1, 30, 30, 30)
     real = torch.rand(shape, device=state.device) * 2 - 1
-    graphed = GraphedSteps(state, shape, batch)
-    graphed.step(real)
-    torch.cuda.synchronize(state.device)
-    d_step(eager, real, graphed.z_d.clone())
-    g_step(eager, graphed.z_g.clone())
+    # Deterministic cuDNN for this comparison: gradients whose true value is 0 (biases before a train-mode batch
+    # norm) are rounding noise, and RMSprop's first step turns any noise into +-10 lr; with the same
+    # deterministic kernels in the graph and eagerly, both see the same noise.
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        graphed = GraphedSteps(state, shape, batch)
+        graphed.step(real)
+        torch.cuda.synchronize(state.device)
+        d_step(eager, real, graphed.z_d.clone())
+        g_step(eager, graphed.z_g.clone())
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
     worst, scale = 0.0, 0.0
     for mod in ("generator", "discriminators"):
         for (name, a), (_, b) in zip(getattr(state, mod).named_parameters(), getattr(eager, mod).named_parameters()):
