@@ -8,6 +8,7 @@ parameters agree to 2e-5 absolute and losses to 1e-5 relative.
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 
 import pytest
@@ -142,6 +143,27 @@ def test_cli_fast_phase1_under_the_interpreter(tmp_path):
     assert result.exit_code == 0, result.output
     ckpt = torch.load(tmp_path / "frames.ckpt", weights_only=True)
     assert ckpt["config"]["fast"] is True and "0.conv1.weight" in ckpt["discriminators"]
+
+
+def test_cli_fast_without_a_gpu_warns_in_one_line_and_trains(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from vidgan_fast.cli import main
+    monkeypatch.setattr(backend, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)    # restored after the test
+    backend._warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # print warnings as a user's terminal would (pytest otherwise records them instead)
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        result = CliRunner().invoke(main, ["train", "frames", "--preset", "tiny", "--fast", "--steps", "2",
+                                           "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "--fast" in line]
+    assert lines == ["warning: --fast: running the reference path instead: no CUDA GPU (set TRITON_INTERPRET=1 "
+                     "to run the Triton kernels on the CPU through the interpreter)"]
+    assert (tmp_path / "frames.ckpt").exists()
 
 
 def test_cli_fast_refuses_to_train_when_an_op_disagrees(tmp_path, monkeypatch):

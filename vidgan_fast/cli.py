@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -131,6 +132,7 @@ class Main(click.Group):
     """A click group that reports errors as one `error: ...` line (exit 1; usage errors exit 2)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        warnings.formatwarning = one_line_warning
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
@@ -151,6 +153,11 @@ class Main(click.Group):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line as one `warning: ...` line (no source location)."""
+    return "warning: " + " ".join(str(message).split()) + "\n"
 
 
 def fail(message: str, code: int) -> int:
