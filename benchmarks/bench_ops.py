@@ -12,7 +12,7 @@ import os
 import torch
 
 from benchmarks.bench_steps import bench_config, resolve_size
-from benchmarks.timing import COLUMNS, Case, column_settings, bench_case
+from benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
 
 try:
     import pytest
@@ -48,7 +48,7 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
              compile_enabled: bool = True) -> list[Case]:
     from vidgan_fast.fast import FrameDiscriminatorBank, FrozenFrameGenerator, VideoDiscriminatorBank
     from vidgan_fast.fast.projection import project_frames, project_videos
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    device = resolve_device(device)
     size = resolve_size(size, device)
     cfg = bench_config(size, device)
     settings = column_settings(device, kind="op", compile_enabled=compile_enabled)

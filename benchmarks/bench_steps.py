@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from benchmarks.timing import COLUMNS, Case, bench_case, column_settings
+from benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
 
 try:
     import pytest
@@ -95,7 +95,7 @@ def _step_flops(cfg, phase: str, which: str) -> int:
 def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32: bool = True,
                compile_enabled: bool = True) -> list[Case]:
     """The four training steps as timing cases (columns reference / compile / fast, built lazily)."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    device = resolve_device(device)
     size = resolve_size(size, device)
     cfg = bench_config(size, device)
     settings = column_settings(device, kind="step", compile_enabled=compile_enabled)

@@ -26,7 +26,7 @@ import torch
 if __package__ in (None, ""):          # `python benchmarks/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import COLUMNS, Case, device_info, matrix_rate, time_call  # noqa: E402
+from benchmarks.timing import COLUMNS, Case, device_info, matrix_rate, resolve_device, time_call  # noqa: E402
 
 SIZES = ("auto", "paper", "tiny")
 WHAT = ("all", "ops", "steps")
@@ -94,7 +94,7 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
         raise ValueError(f"report size must be one of {SIZES}, got {size!r}")
     if what not in WHAT:
         raise ValueError(f"report rows must be one of {WHAT}, got {what!r}")
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"report device {device!r}: no CUDA GPU is available on this machine")
     size = resolve_size(size, dev)

@@ -26,6 +26,11 @@ class Timing:
                     peak_bytes=self.peak_bytes)
 
 
+def resolve_device(device: torch.device | str) -> torch.device:
+    """'auto' -> cuda where a GPU is available, else cpu; anything else as torch.device."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
