@@ -25,7 +25,6 @@ from vidgan_fast import train
 from vidgan_fast.config import preset
 from vidgan_fast.models import frame_discriminators, video_discriminators
 
-Z_DIM = 100
 BUFFERS = 3          # rotated input buffers per case
 if os.environ.get("VIDGAN_BENCH_THREADS"):      # e.g. 1 on a shared CPU, where spinning OpenMP threads mislead
     torch.set_num_threads(int(os.environ["VIDGAN_BENCH_THREADS"]))
@@ -105,7 +104,7 @@ def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf3
         label = {"frames": "phase1", "video": "phase2"}[phase]
         for which in ("D", "G"):
             gen = torch.Generator(device="cpu").manual_seed(0)
-            z = [torch.randn(batch, Z_DIM, generator=gen).to(device) for _ in range(BUFFERS)]
+            z = [torch.randn(batch, train.Z_DIM, generator=gen).to(device) for _ in range(BUFFERS)]
             if which == "D":
                 real = [(torch.rand(real_shape, generator=gen) * 2 - 1).to(device) for _ in range(BUFFERS)]
                 inputs = list(zip(real, z))

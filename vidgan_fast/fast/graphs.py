@@ -16,7 +16,6 @@ import torch
 
 from vidgan_fast.profiling import nvtx_range
 
-Z_DIM = 100
 WARMUP_STEPS = 3
 
 
@@ -40,8 +39,8 @@ class GraphedSteps:
             raise RuntimeError("CUDA graphs need a CUDA device")
         self.state, dev = state, state.device
         self.real = torch.zeros(real_shape, device=dev)
-        self.z_d = torch.zeros(batch, Z_DIM, device=dev)
-        self.z_g = torch.zeros(batch, Z_DIM, device=dev)
+        self.z_d = torch.zeros(batch, state.generator.z_dim, device=dev)
+        self.z_g = torch.zeros(batch, state.generator.z_dim, device=dev)
 
         def d_body():
             self.z_d.normal_()
