@@ -10,18 +10,19 @@ Each kernel is an implicit GEMM (no im2col buffer) with the discriminator index 
 Layouts (contiguous): x [K, B, Cin, D, H, W], w [K, Cout, Cin, kd, kh, kw], b [K, Cout], y [K, B, Cout, OD, OH, OW].
 2D convolutions are the 3D kernels with D = kd = 1 (the wrappers accept 5-D x / 5-D w for that).
 
-tf32=False gives exact fp32 products ("ieee"), which the tests rely on; tf32=True is the fast GPU option.
+precision: "fp32" (exact products), "tf32" or "bf16" (tensor cores, fp32 accumulation): kernels/common.py.
+tiles: "auto" (GPU tiles when compiled, larger ones under the interpreter) or "gpu" / "interpreter".
 These are launch wrappers only: no autograd (see vidgan_fast.fast.bank).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-NEGATIVE_SLOPE = 0.2
+from kernels.common import dot_precision, gpu_tiles, mma, tile
+
+NEGATIVE_SLOPE = tl.constexpr(0.2)     # a plain Python global would be rejected by the compiler (not the interpreter)
 
 
 @triton.jit
@@ -61,7 +62,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
         a = tl.load(x_k + a_off, mask=a_mask, other=0.0)
         w_mask = (offs_r[:, None] < R) & (offs_n[None, :] < COUT)
         w = tl.load(w_k + offs_n[None, :] * R + offs_r[:, None], mask=w_mask, other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        acc = mma(a, w, acc, PRECISION)
     acc += tl.load(b_ptr + k * COUT + offs_n, mask=offs_n < COUT, other=0.0)[None, :]
     if LEAKY:
         acc = tl.where(acc > 0, acc, acc * NEGATIVE_SLOPE)
@@ -132,7 +133,7 @@ def _conv_dgrad_kernel(dy_ptr, y_ptr, w_ptr, dx_ptr,
         w_off = (co[:, None] * CIN + offs_n[None, :]) * KVOL + ((kd * KH + kh) * KW + kw)[:, None]
         w_mask = r_ok[:, None] & (offs_n[None, :] < CIN)
         w = tl.load(w_k + w_off, mask=w_mask, other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        acc = mma(a, w, acc, PRECISION)
     dx_off = ((b[:, None] * CIN + offs_n[None, :]) * D + i_d[:, None]) * (H * W) + (i_h * W + i_w)[:, None]
     dx_mask = m_ok[:, None] & (offs_n[None, :] < CIN)
     tl.store(dx_ptr + k * B * CIN * D * H * W + dx_off, acc, mask=dx_mask)
@@ -181,7 +182,7 @@ def _conv_wgrad_kernel(dy_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
                   & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W))
         x_off = (((b[:, None] * CIN + ci[None, :]) * D + i_d) * H + i_h) * W + i_w
         xs = tl.load(x_k + x_off, mask=x_mask, other=0.0)
-        acc = tl.dot(g, xs, acc, input_precision=PRECISION)
+        acc = mma(g, xs, acc, PRECISION)
         bias_acc += tl.sum(g, axis=1)
     dw_mask = (offs_m[:, None] < COUT) & (offs_n[None, :] < N)
     tl.store(dw_ptr + k * COUT * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=dw_mask)
@@ -224,18 +225,20 @@ def _geometry(x_shape, w_shape, stride, padding):
     return (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# GPU tiles: (BLOCK_M, BLOCK_N, BLOCK_R, warps) per kernel. 64x64 output tiles with 32-deep reduction steps; the
+# backward kernels gather with 3-D index arithmetic on [BLOCK_M, BLOCK_R] tiles, which at 4 warps spilled registers
+# on sm_80/sm_90 (the compile gate measured 32-72 bytes; vidgan kernels shows it), so they run 8 warps: half the
+# accumulator and index registers per thread. A dimension of 1 (the logit layer's one output channel, the one
+# projected input channel) takes a block of 16, tl.dot's minimum; every other dimension the full tile (common.tile).
+GPU_TILES = {"forward": (64, 64, 32, 4), "dgrad": (64, 64, 32, 8), "wgrad": (64, 64, 32, 8)}
+INTERPRETER_TILE_CAPS = (256, 64, 128)    # the interpreter: same code, fewer and larger numpy steps
 
 
-def tile_caps() -> tuple[int, int, int]:
-    """Largest (BLOCK_M, BLOCK_N, BLOCK_R): GPU-sized tiles, larger under TRITON_INTERPRET (same code, fewer
-    and larger numpy steps). Every block is at least 16, as tl.dot requires."""
-    return (256, 64, 128) if _interpreting() else (64, 64, 32)
-
-
-def _blocks(m: int, n: int, r: int) -> tuple[int, int, int]:
-    return tuple(max(16, min(cap, triton.next_power_of_2(v))) for v, cap in zip((m, n, r), tile_caps()))
+def _blocks(kernel: str, m: int, n: int, r: int, tiles: str) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_R, num_warps) of `kernel` for an M x N output with an R-long reduction."""
+    gpu = gpu_tiles(tiles)
+    *caps, warps = GPU_TILES[kernel] if gpu else (*INTERPRETER_TILE_CAPS, 4)
+    return (*(tile(v, cap, gpu) for v, cap in zip((m, n, r), caps)), warps)
 
 
 def _fp32(*tensors):
@@ -245,11 +248,8 @@ def _fp32(*tensors):
     return [t.contiguous() for t in tensors]
 
 
-def _precision(tf32: bool) -> str:
-    return "tf32" if tf32 else "ieee"
-
-
-def conv_forward(x, w, bias, stride, padding, leaky: bool, tf32: bool = False) -> torch.Tensor:
+def conv_forward(x, w, bias, stride, padding, leaky: bool, precision: str = "fp32",
+                 tiles: str = "auto") -> torch.Tensor:
     """y[k] = conv(x[k], w[k]) + bias[k], then LeakyReLU(0.2) if `leaky`. 2D or 3D; returns y [K, B, Cout, ...]."""
     (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x.shape, w.shape, stride, padding)
     if tuple(bias.shape) != (K, COUT):
@@ -257,14 +257,15 @@ def conv_forward(x, w, bias, stride, padding, leaky: bool, tf32: bool = False) -
     x, w, bias = _fp32(x, w, bias)
     y = torch.empty((K, B, COUT, OD, OH, OW), device=x.device, dtype=torch.float32)
     M, R = B * OD * OH * OW, CIN * consts["KD"] * consts["KH"] * consts["KW"]
-    BM, BN, BR = _blocks(M, COUT, R)
+    BM, BN, BR, warps = _blocks("forward", M, COUT, R, tiles)
     grid = (triton.cdiv(M, BM), triton.cdiv(COUT, BN), K)
     _conv_fwd_kernel[grid](x, w, bias, y, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
-                           LEAKY=leaky, PRECISION=_precision(tf32), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR)
+                           LEAKY=leaky, PRECISION=dot_precision(precision), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR,
+                           num_warps=warps)
     return y.view(K, B, COUT, OH, OW) if x.dim() == 5 else y
 
 
-def conv_input_grad(dy, w, x_shape, stride, padding, y=None, tf32: bool = False) -> torch.Tensor:
+def conv_input_grad(dy, w, x_shape, stride, padding, y=None, precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
     """dx (shape x_shape) of y = act(conv(x, w) + b) given dy = dL/dy [K, B, Cout, ...]; pass the forward's
     output y when act is LeakyReLU(0.2) (its derivative is read from the sign of y), None when act is identity."""
     (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x_shape, w.shape, stride, padding)
@@ -277,14 +278,15 @@ def conv_input_grad(dy, w, x_shape, stride, padding, y=None, tf32: bool = False)
     per_class = B * triton.cdiv(D, consts["SD"]) * triton.cdiv(H, consts["SH"]) * triton.cdiv(W, consts["SW"])
     taps = triton.cdiv(consts["KD"], consts["SD"]) * triton.cdiv(consts["KH"], consts["SH"]) * \
         triton.cdiv(consts["KW"], consts["SW"])
-    BM, BN, BR = _blocks(per_class, CIN, COUT * taps)
+    BM, BN, BR, warps = _blocks("dgrad", per_class, CIN, COUT * taps, tiles)
     grid = (classes * triton.cdiv(per_class, BM), triton.cdiv(CIN, BN), K)
     _conv_dgrad_kernel[grid](dy, y, w, dx, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
-                             LEAKY=leaky, PRECISION=_precision(tf32), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR)
+                             LEAKY=leaky, PRECISION=dot_precision(precision), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR,
+                             num_warps=warps)
     return dx
 
 
-def conv_weight_grad(dy, x, w_shape, stride, padding, y=None, tf32: bool = False):
+def conv_weight_grad(dy, x, w_shape, stride, padding, y=None, precision: str = "fp32", tiles: str = "auto"):
     """(dw of shape w_shape, db [K, Cout]) of y = act(conv(x, w) + b) given dy = dL/dy [K, B, Cout, ...];
     y as in conv_input_grad."""
     (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x.shape, w_shape, stride, padding)
@@ -295,8 +297,9 @@ def conv_weight_grad(dy, x, w_shape, stride, padding, y=None, tf32: bool = False
     N = CIN * consts["KD"] * consts["KH"] * consts["KW"]
     dw = torch.empty(w_shape, device=x.device, dtype=torch.float32)
     db = torch.empty((K, COUT), device=x.device, dtype=torch.float32)
-    BM, BN, BR = _blocks(COUT, N, B * OD * OH * OW)
+    BM, BN, BR, warps = _blocks("wgrad", COUT, N, B * OD * OH * OW, tiles)
     grid = (triton.cdiv(COUT, BM), triton.cdiv(N, BN), K)
     _conv_wgrad_kernel[grid](dy, y, x, dw, db, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
-                             LEAKY=leaky, PRECISION=_precision(tf32), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR)
+                             LEAKY=leaky, PRECISION=dot_precision(precision), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR,
+                             num_warps=warps)
     return dw, db

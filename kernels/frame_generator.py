@@ -21,35 +21,29 @@ Backward (input gradient only; the frozen weights need none)
                      mask (saved activation > 0) of the layer below.
     dense (again)    grad_codes = grad @ w_fc
 
-tf32=False gives exact fp32 products (input_precision "ieee"), which the tests rely on; tf32=True is the fast
-GPU option. Launch wrappers only: no autograd (see vidgan_fast.fast.frozen_generator).
+precision: "fp32" (exact products), "tf32" or "bf16" (tensor cores, fp32 accumulation): kernels/common.py.
+Launch wrappers only: no autograd (see vidgan_fast.fast.frozen_generator).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-# Tile sizes. On a GPU: 64-row tiles, N up to 64, reduction steps of 32 (fp32 operands, 4 warps). The
-# interpreter pays per tile operation rather than per element, so there bigger tiles (fewer programs and loop
-# steps) run many times faster; the kernels and masks are the same. Read at import time, like triton.jit reads
-# TRITON_INTERPRET; tests may override the module globals to run the GPU tiles under the interpreter.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-BLOCK_M = 256 if _INTERPRET else 64      # rows (frames x positions) per program
-MAX_BLOCK_N = 128 if _INTERPRET else 64
-MAX_BLOCK_K = 128 if _INTERPRET else 32
-NUM_WARPS = 4
+from kernels.common import dot_precision, gpu_tiles, mma, tile
+
+# Tiles (BLOCK_M rows per program, N up to MAX_BLOCK_N, reduction steps of MAX_BLOCK_K, warps). On a GPU: 64-row
+# tiles, N up to 64, steps of 32 (fp32 operands, 4 warps). The interpreter pays per tile operation rather than
+# per element, so there bigger tiles (fewer programs and loop steps) run many times faster; the kernels and masks
+# are the same. Chosen per call from `tiles` (kernels/common.py). Channel counts are runtime arguments and the
+# GPU tiles do not shrink with them (common.tile), so every width launches the same specialization of a layer.
+GPU_TILES = dict(BLOCK_M=64, MAX_BLOCK_N=64, MAX_BLOCK_K=32, NUM_WARPS=4)
+INTERPRETER_TILES = dict(BLOCK_M=256, MAX_BLOCK_N=128, MAX_BLOCK_K=128, NUM_WARPS=4)
 
 
-def _precision(tf32: bool) -> str:
-    return "tf32" if tf32 else "ieee"
-
-
-def _block(n: int, cap: int) -> int:
-    """Power-of-two block for a dimension of size n: at least 16 (tl.dot's minimum), at most cap."""
-    return max(16, min(cap, triton.next_power_of_2(n)))
+def _tiles(tiles: str) -> dict:
+    gpu = gpu_tiles(tiles)
+    return dict(GPU_TILES if gpu else INTERPRETER_TILES, gpu=gpu)
 
 
 def _check(t: torch.Tensor, name: str, dims: int) -> None:
@@ -77,7 +71,7 @@ def _dense_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
                     mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
         b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
                     mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = mma(a, b, acc, PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
     if RELU:
@@ -86,7 +80,7 @@ def _dense_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
 
 
 def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-          tf32: bool = False) -> torch.Tensor:
+          precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
     """x [M, K] @ w [K, N] (+ bias [N]) (then ReLU) -> [M, N]. w may be a strided view (e.g. a transpose)."""
     _check(x, "dense input", 2)
     if w.dim() != 2 or w.shape[0] != x.shape[1] or w.dtype != torch.float32:
@@ -94,12 +88,13 @@ def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, re
     M, K = x.shape
     N = w.shape[1]
     out = torch.empty(M, N, device=x.device, dtype=torch.float32)
-    bn, bk = _block(N, MAX_BLOCK_N), _block(K, MAX_BLOCK_K)
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, bn))
+    t = _tiles(tiles)
+    bn, bk = tile(N, t["MAX_BLOCK_N"], t["gpu"]), tile(K, t["MAX_BLOCK_K"], t["gpu"])
+    grid = (triton.cdiv(M, t["BLOCK_M"]), triton.cdiv(N, bn))
     _dense_kernel[grid](x, w, bias if bias is not None else out, out, M, N, K,
                         x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-                        HAS_BIAS=bias is not None, RELU=relu, PRECISION=_precision(tf32),
-                        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS)
+                        HAS_BIAS=bias is not None, RELU=relu, PRECISION=dot_precision(precision),
+                        BLOCK_M=t["BLOCK_M"], BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"])
     return out
 
 
@@ -138,7 +133,7 @@ def _phase_rows(pid_m, phase, PAD: tl.constexpr, OH: tl.constexpr, OW: tl.conste
 
 @triton.jit
 def _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M,
-                  H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, HA: tl.constexpr, WA: tl.constexpr):
+                  H: tl.constexpr, W: tl.constexpr, CIN, HA: tl.constexpr, WA: tl.constexpr):
     """The [rows, k] tile of a phase's implicit-GEMM input: x[m, a + dy - ty, b + dx - tx, ci]."""
     tap = k // CIN
     ci = k % CIN
@@ -151,7 +146,7 @@ def _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M,
 
 @triton.jit
 def _conv_transpose_relu_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
-                                H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                                H: tl.constexpr, W: tl.constexpr, CIN, COUT,
                                 PAD: tl.constexpr, PRECISION: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     OH: tl.constexpr = 2 * H + 2 - 2 * PAD
@@ -166,7 +161,7 @@ def _conv_transpose_relu_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
         xa = _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M, H, W, CIN, OH // 2, OW // 2)
         wb = tl.load(w_phase + k[:, None] * COUT + co[None, :],
                      mask=(k[:, None] < 4 * CIN) & (co[None, :] < COUT), other=0.0)
-        acc = tl.dot(xa, wb, acc, input_precision=PRECISION)
+        acc = mma(xa, wb, acc, PRECISION)
     acc = tl.maximum(acc + tl.load(bias_ptr + co, mask=co < COUT, other=0.0)[None, :], 0.0)
     oy = 2 * a + py
     ox = 2 * b + px
@@ -179,7 +174,7 @@ def _out_size(h: int, pad: int) -> int:
 
 
 def conv_transpose_relu(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int,
-                        tf32: bool = False) -> torch.Tensor:
+                        precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
     """relu(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4; NHWC x [M, H, W, Cin] -> NHWC out."""
     _check(x, "conv_transpose input", 4)
     M, H, W, cin = x.shape
@@ -190,11 +185,12 @@ def conv_transpose_relu(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Ten
     OH, OW = _out_size(H, pad), _out_size(W, pad)
     y = torch.empty(M, OH, OW, cout, device=x.device, dtype=torch.float32)
     _check(y, "conv_transpose output", 4)
-    bn, bk = _block(cout, MAX_BLOCK_N), _block(4 * cin, MAX_BLOCK_K)
-    grid = (triton.cdiv(M * (OH // 2) * (OW // 2), BLOCK_M), triton.cdiv(cout, bn), 4)
+    t = _tiles(tiles)
+    bn, bk = tile(cout, t["MAX_BLOCK_N"], t["gpu"]), tile(4 * cin, t["MAX_BLOCK_K"], t["gpu"])
+    grid = (triton.cdiv(M * (OH // 2) * (OW // 2), t["BLOCK_M"]), triton.cdiv(cout, bn), 4)
     _conv_transpose_relu_kernel[grid](x, w_packed, bias, y, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
-                                      PRECISION=_precision(tf32), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk,
-                                      num_warps=NUM_WARPS)
+                                      PRECISION=dot_precision(precision), BLOCK_M=t["BLOCK_M"], BLOCK_N=bn,
+                                      BLOCK_K=bk, num_warps=t["NUM_WARPS"])
     return y
 
 
@@ -212,7 +208,7 @@ def _tanh(x):
 
 @triton.jit
 def _conv_transpose_tanh_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
-                                H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, PAD: tl.constexpr,
+                                H: tl.constexpr, W: tl.constexpr, CIN, PAD: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     OH: tl.constexpr = 2 * H + 2 - 2 * PAD
     OW: tl.constexpr = 2 * W + 2 - 2 * PAD
@@ -231,7 +227,8 @@ def _conv_transpose_tanh_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
     tl.store(y_ptr + (m * OH + oy) * OW + ox, y, mask=rows < M * (OH // 2) * (OW // 2))
 
 
-def conv_transpose_tanh(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int) -> torch.Tensor:
+def conv_transpose_tanh(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int,
+                        tiles: str = "auto") -> torch.Tensor:
     """tanh(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4, Cout = 1; NHWC x -> [M, OH, OW]."""
     _check(x, "conv_transpose_tanh input", 4)
     M, H, W, cin = x.shape
@@ -240,10 +237,11 @@ def conv_transpose_tanh(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Ten
                          f"do not fit input with {cin} channels and 1 output channel")
     OH, OW = _out_size(H, pad), _out_size(W, pad)
     y = torch.empty(M, OH, OW, device=x.device, dtype=torch.float32)
-    grid = (triton.cdiv(M * (OH // 2) * (OW // 2), BLOCK_M), 4)
+    t = _tiles(tiles)
+    grid = (triton.cdiv(M * (OH // 2) * (OW // 2), t["BLOCK_M"]), 4)
     _conv_transpose_tanh_kernel[grid](x, w_packed, bias, y, M, H=H, W=W, CIN=cin, PAD=pad,
-                                      BLOCK_M=BLOCK_M, BLOCK_K=_block(4 * cin, MAX_BLOCK_K),
-                                      num_warps=NUM_WARPS)
+                                      BLOCK_M=t["BLOCK_M"], BLOCK_K=tile(4 * cin, t["MAX_BLOCK_K"], t["gpu"]),
+                                      num_warps=t["NUM_WARPS"])
     return y
 
 
@@ -258,8 +256,8 @@ def pack_backward_weight(w: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
-                                      H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr,
-                                      COUT: tl.constexpr, PAD: tl.constexpr,
+                                      H: tl.constexpr, W: tl.constexpr, CIN, COUT,
+                                      PAD: tl.constexpr,
                                       TANH_GRAD: tl.constexpr, RELU_MASK: tl.constexpr,
                                       PRECISION: tl.constexpr,
                                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -286,7 +284,7 @@ def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
             ga = ga * (1.0 - yv * yv)
         wb = tl.load(w_ptr + k[:, None] * CIN + ci[None, :],
                      mask=(k[:, None] < 16 * COUT) & (ci[None, :] < CIN), other=0.0)
-        acc = tl.dot(ga, wb, acc, input_precision=PRECISION)
+        acc = mma(ga, wb, acc, PRECISION)
     io = rows[:, None] * CIN + ci[None, :]
     io_ok = (rows[:, None] < M * H * W) & (ci[None, :] < CIN)
     if RELU_MASK:                                                    # ReLU' of the layer below: saved h > 0
@@ -297,7 +295,7 @@ def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
 
 def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pad: int,
                               relu_input: torch.Tensor | None = None, tanh_out: torch.Tensor | None = None,
-                              tf32: bool = False) -> torch.Tensor:
+                              precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
     """Gradient of a k4 s2 transposed convolution with respect to its NHWC input [M, H, W, Cin].
 
     grad_out: NHWC [M, OH, OW, Cout], the gradient of the layer's output (of tanh's output when tanh_out, the
@@ -318,11 +316,12 @@ def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pa
             raise ValueError(f"conv_transpose_input_grad: {name} {tuple(t.shape)} should be contiguous {want}")
     dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=torch.float32)
     _check(dx, "conv_transpose_input_grad output", 4)
-    bn, bk = _block(cin, MAX_BLOCK_N), _block(16 * cout, MAX_BLOCK_K)
-    grid = (triton.cdiv(M * H * W, BLOCK_M), triton.cdiv(cin, bn))
+    t = _tiles(tiles)
+    bn, bk = tile(cin, t["MAX_BLOCK_N"], t["gpu"]), tile(16 * cout, t["MAX_BLOCK_K"], t["gpu"])
+    grid = (triton.cdiv(M * H * W, t["BLOCK_M"]), triton.cdiv(cin, bn))
     _conv_transpose_input_grad_kernel[grid](
         grad_out, tanh_out if tanh_out is not None else grad_out, w_packed,
         relu_input if relu_input is not None else dx, dx, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
-        TANH_GRAD=tanh_out is not None, RELU_MASK=relu_input is not None, PRECISION=_precision(tf32),
-        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS)
+        TANH_GRAD=tanh_out is not None, RELU_MASK=relu_input is not None, PRECISION=dot_precision(precision),
+        BLOCK_M=t["BLOCK_M"], BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"])
     return dx

@@ -11,17 +11,17 @@ These are launch wrappers only: no autograd (see vidgan_fast.fast.projection).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from kernels.common import block, dot_precision, gpu_tiles, mma
 
 
 @triton.jit
 def _project_fwd_kernel(x_ptr, f_ptr, out_ptr, N, H, W, OH, OW, K,
                         STRIDE: tl.constexpr, PAD: tl.constexpr, KS: tl.constexpr, TAPS: tl.constexpr,
-                        BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+                        PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     # out[k, p] = sum over taps t of patch[p, t] * f[k, t]: a [BLOCK_P x TAPS] @ [TAPS x BLOCK_K] product
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)   # output pixels (n, oh, ow)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)   # projections
@@ -37,7 +37,7 @@ def _project_fwd_kernel(x_ptr, f_ptr, out_ptr, N, H, W, OH, OW, K,
     patch = tl.load(x_ptr + (n[:, None] * H + ih) * W + iw, mask=x_mask, other=0.0)
     f_mask = (offs_t[:, None] < KS * KS) & (offs_k[None, :] < K)
     f = tl.load(f_ptr + offs_k[None, :] * KS * KS + offs_t[:, None], mask=f_mask, other=0.0)
-    out = tl.dot(patch, f, input_precision="ieee")
+    out = mma(patch, f, tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32), PRECISION)
     out_mask = (offs_p[:, None] < P) & (offs_k[None, :] < K)
     tl.store(out_ptr + offs_k[None, :].to(tl.int64) * P + offs_p[:, None], out, mask=out_mask)
 
@@ -71,10 +71,9 @@ def _project_bwd_kernel(dout_ptr, f_ptr, dx_ptr, N, H, W, OH, OW, K,
     tl.store(dx_ptr + offs_p, acc, mask=offs_p < S)
 
 
-def tiles() -> tuple[int, int]:
-    """(pixels per program, projections per backward reduction step): GPU-sized (64, 1), larger under
-    TRITON_INTERPRET (fewer, larger numpy steps; the same code)."""
-    return (512, 4) if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else (64, 1)
+# (pixels per program, projections per program (forward) or per reduction step (backward)).
+GPU_TILES = (64, 32, 1)
+INTERPRETER_TILES = (512, 64, 4)
 
 
 def _check(images: torch.Tensor, filters: torch.Tensor):
@@ -86,22 +85,25 @@ def _check(images: torch.Tensor, filters: torch.Tensor):
         raise ValueError(f"projection: float32 tensors only, got {images.dtype} and {filters.dtype}")
 
 
-def project_forward(images: torch.Tensor, filters: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+def project_forward(images: torch.Tensor, filters: torch.Tensor, stride: int, padding: int, precision: str = "fp32",
+                    tiles: str = "auto") -> torch.Tensor:
     """images [N, H, W], filters [K, k, k] -> [K, N, OH, OW]: every filter applied to every image."""
     _check(images, filters)
     images, filters = images.contiguous(), filters.contiguous()
     (N, H, W), (K, KS, _) = images.shape, filters.shape
     OH, OW = (H + 2 * padding - KS) // stride + 1, (W + 2 * padding - KS) // stride + 1
     out = torch.empty((K, N, OH, OW), device=images.device, dtype=torch.float32)
-    block_p = tiles()[0]
-    block_k = max(16, min(64, triton.next_power_of_2(K)))   # tl.dot needs blocks of at least 16
+    block_p, max_k, _ = GPU_TILES if gpu_tiles(tiles) else INTERPRETER_TILES
+    block_k = block(K, max_k)                                # tl.dot needs blocks of at least 16
     grid = (triton.cdiv(N * OH * OW, block_p), triton.cdiv(K, block_k))
     _project_fwd_kernel[grid](images, filters, out, N, H, W, OH, OW, K, STRIDE=stride, PAD=padding, KS=KS,
-                              TAPS=triton.next_power_of_2(KS * KS), BLOCK_P=block_p, BLOCK_K=block_k)
+                              TAPS=triton.next_power_of_2(KS * KS), PRECISION=dot_precision(precision),
+                              BLOCK_P=block_p, BLOCK_K=block_k)
     return out
 
 
-def project_backward(dout: torch.Tensor, filters: torch.Tensor, image_shape, stride: int, padding: int):
+def project_backward(dout: torch.Tensor, filters: torch.Tensor, image_shape, stride: int, padding: int,
+                     tiles: str = "auto"):
     """dout [K, N, OH, OW] -> d images [N, H, W] = sum over k of the transposed projection k."""
     N, H, W = image_shape
     K, KS = filters.shape[0], filters.shape[1]
@@ -110,7 +112,7 @@ def project_backward(dout: torch.Tensor, filters: torch.Tensor, image_shape, str
         raise ValueError(f"projection backward: expected dout {(K, N, OH, OW)}, got {tuple(dout.shape)}")
     _check(dout[0], filters)
     dx = torch.empty((N, H, W), device=dout.device, dtype=torch.float32)
-    block_p, block_k = tiles()
+    block_p, _, block_k = GPU_TILES if gpu_tiles(tiles) else INTERPRETER_TILES
     block_k = min(block_k, triton.next_power_of_2(K))         # block_k projections x 64 taps per step
     grid = (triton.cdiv(N * H * W, block_p),)
     _project_bwd_kernel[grid](dout.contiguous(), filters.contiguous(), dx, N, H, W, OH, OW, K,

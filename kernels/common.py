@@ -1,0 +1,82 @@
+"""What the kernel modules share: compiled-or-interpreted, the precision of products, and the tile policy.
+
+Precision (the `precision` argument of every launch wrapper that multiplies):
+    "fp32"  exact fp32 products (tl.dot input_precision "ieee": FMA, no tensor core)
+    "tf32"  TF32 tensor-core products (10-bit mantissa), fp32 accumulation
+    "bf16"  operands rounded to bf16 (round-to-nearest-even), bf16 tensor-core products, fp32 accumulation;
+            tensors stay fp32 in memory
+The interpreter ignores input_precision and mishandles bf16 dots, so there "bf16" rounds the operands with
+integer bit operations and multiplies them exactly: the same products the tensor cores form. (TF32 cannot be
+seen under the interpreter; tests read the compiled PTX for it, see kernels/aot.py.)
+
+Tiles: each launcher has GPU tiles (what a GPU runs; what the compile gate checks for registers and spills)
+and larger interpreter tiles (the same code in fewer, larger numpy steps). `tiles="auto"` takes the GPU tiles
+when compiled and the interpreter tiles when interpreted; tests pass `tiles="gpu"` to run the GPU tiling under
+the interpreter.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+TILE_POLICIES = ("auto", "gpu", "interpreter")
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1, read as triton.jit does)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# Fixed at import, exactly like triton.jit's own choice between compiling and interpreting.
+INTERPRETED = tl.constexpr(interpreting())
+
+
+def dot_precision(precision: str) -> str:
+    """The kernels' PRECISION constexpr for a user-facing precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16"}[precision]
+
+
+def gpu_tiles(tiles: str) -> bool:
+    """Whether a launcher uses its GPU tiles under the policy `tiles`."""
+    if tiles not in TILE_POLICIES:
+        raise ValueError(f"tiles must be one of {TILE_POLICIES}, got {tiles!r}")
+    return tiles == "gpu" or (tiles == "auto" and not interpreting())
+
+
+def block(n: int, cap: int) -> int:
+    """Power-of-two block for a dimension of size n: at least 16 (tl.dot's minimum), at most cap."""
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def tile(n: int, cap: int, gpu: bool) -> int:
+    """The block of a dimension of size n. On a GPU the full tile `cap` at any size but 1 (which takes 16, tl.dot's
+    minimum): every width then launches the same specialization, so the tiny and paper configurations compile and
+    are gated as one. Under the interpreter the smallest power of two that holds n (fewer wasted numpy lanes)."""
+    if gpu:
+        return 16 if n == 1 else cap
+    return block(n, cap)
+
+
+@triton.jit
+def round_to_bf16(x):
+    """fp32 -> the nearest bf16 value (ties to even), kept in fp32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def mma(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b with fp32 accumulation at PRECISION ("ieee", "tf32" or "bf16")."""
+    if PRECISION == "bf16":
+        if INTERPRETED:
+            return tl.dot(round_to_bf16(a), round_to_bf16(b), acc, input_precision="ieee")
+        else:
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
