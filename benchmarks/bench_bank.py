@@ -68,7 +68,8 @@ def _model(kind, column):
     if DEVICE.type != "cuda" or reason is not None:
         why = reason or "the CPU interpreter is no speed measure"
         pytest.skip(f"Triton column needs a CUDA GPU Triton supports ({why})")
-    return cls.from_reference(list(refs), impl="triton", tf32=column == "bank_triton_tf32")
+    return cls.from_reference(list(refs), impl="triton",
+                              precision="tf32" if column == "bank_triton_tf32" else "fp32")
 
 
 def _step(model, x, mode):
@@ -148,7 +149,8 @@ def test_bank_layer(benchmark, kind, layer, impl, mode):
     if impl == "grouped":
         layer_fn = lambda: grouped_conv(x, w, bias, stride, padding, leaky)  # noqa: E731
     else:
-        layer_fn = lambda: BatchedConv.apply(x, w, bias, stride, padding, leaky, impl == "triton_tf32")  # noqa: E731
+        layer_fn = lambda: BatchedConv.apply(x, w, bias, stride, padding, leaky,
+                                              "tf32" if impl == "triton_tf32" else "fp32")  # noqa: E731
     if mode == "forward":
         def fn():
             with torch.no_grad():

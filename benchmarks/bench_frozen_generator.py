@@ -3,9 +3,9 @@
     python -m pytest benchmarks/bench_frozen_generator.py --benchmark-group-by=group
 
 Columns (one pytest-benchmark group per mode and frame count; compare ratios within a group only):
-    fast       FrozenFrameGenerator impl='triton', tf32=True (the eager and compiled references convolve in
+    fast       FrozenFrameGenerator impl='triton', precision='tf32' (the eager and compiled references convolve in
                tf32 too: torch's default cudnn.allow_tf32 is True)
-    fast-fp32  impl='triton', exact fp32 products (tf32=False)
+    fast-fp32  impl='triton', exact fp32 products (precision='fp32')
     eager      the reference FrameGenerator, eval mode, parameters with requires_grad off
     compile    torch.compile of that reference (skipped with the reason where it cannot compile)
     ref        FrozenFrameGenerator impl='ref': the BN-folded weights in plain PyTorch
@@ -40,7 +40,8 @@ def generator(impl: str):
     if impl in ("fast", "fast-fp32"):
         if not CUDA:
             pytest.skip("the Triton interpreter on CPU is not a speed measure")
-        return FrozenFrameGenerator.from_reference(g, impl="triton", tf32=impl == "fast")
+        return FrozenFrameGenerator.from_reference(g, impl="triton",
+                                                   precision="tf32" if impl == "fast" else "fp32")
     if impl == "ref":
         return FrozenFrameGenerator.from_reference(g, impl="ref")
     if impl == "compile":

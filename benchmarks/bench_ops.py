@@ -75,7 +75,8 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
 
     def bank(what):
         cls = FrameDiscriminatorBank if what == "D_F" else VideoDiscriminatorBank
-        return cls.from_reference(list(models(what)), impl=impl, tf32=fast_tf32).to(device).train()
+        return cls.from_reference(list(models(what)), impl=impl,
+                                   precision="tf32" if fast_tf32 else "fp32").to(device).train()
 
     def projection_ref(what):
         ds = models(what)
@@ -87,7 +88,8 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
         return lambda x: project(x, filters, impl=impl)
 
     def frozen_fast(_):
-        return FrozenFrameGenerator.from_reference(models("G_F"), impl=impl, tf32=fast_tf32).to(device)
+        return FrozenFrameGenerator.from_reference(models("G_F"), impl=impl,
+                                                   precision="tf32" if fast_tf32 else "fp32").to(device)
 
     # (name, model, mode, inputs, flops, reference forward, fast forward)
     meta = {}

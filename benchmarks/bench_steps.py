@@ -53,7 +53,7 @@ def make_fast(state, impl: str, tf32: bool):
     impl='ref' (CPU: the interpreter is no speed measure) swaps in the same modules on their PyTorch path.
     """
     from vidgan_fast.fast.engine import to_fast
-    state = to_fast(state, tf32=tf32, warn=False)
+    state = to_fast(state, precision="tf32" if tf32 else "fp32", warn=False)
     if impl == "ref" and state.fast:
         state.discriminators.impl = "ref"
         if state.renderer is not state.frame_generator:

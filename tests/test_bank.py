@@ -7,6 +7,7 @@ and gradients are O(1) and relative errors are meaningful. Widths are tiny (4, 8
 under the interpreter on CPU.
 """
 import copy
+import math
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from vidgan_fast import models
 from vidgan_fast.fast import backend
 from vidgan_fast.fast.bank import BatchedConv, FrameDiscriminatorBank, VideoDiscriminatorBank, grouped_conv
+from vidgan_fast.tolerance import relative_error, tolerance
 
 RTOL = 2e-5
 WIDTHS = (4, 8, 16)
@@ -39,10 +41,10 @@ def randomize(module, seed):
     return module
 
 
-def make_references(kind, k, seed=0):
+def make_references(kind, k, seed=0, widths=WIDTHS):
     torch.manual_seed(seed)
     make = models.frame_discriminators if kind == "frame" else models.video_discriminators
-    return randomize(make(k, WIDTHS), seed)
+    return randomize(make(k, widths), seed)
 
 
 def make_input(kind, b, seed=0):
@@ -64,10 +66,10 @@ def run(model, x, grad_logits):
     return logits.detach(), x.grad, grads
 
 
-def check_bank(kind, k, b, impl, seed=0, device="cpu", tf32=False, rtol=RTOL):
-    refs = make_references(kind, k, seed).to(device)
+def check_bank(kind, k, b, impl, seed=0, device="cpu", precision="fp32", rtol=RTOL, widths=WIDTHS, tiles="auto"):
+    refs = make_references(kind, k, seed, widths).to(device)
     cls = FrameDiscriminatorBank if kind == "frame" else VideoDiscriminatorBank
-    bank = cls.from_reference(list(refs), impl=impl, tf32=tf32)
+    bank = cls.from_reference(list(refs), impl=impl, precision=precision, tiles=tiles)
     x = make_input(kind, b, seed).to(device)
     grad_logits = torch.randn(k, b, generator=torch.Generator().manual_seed(seed + 3)).to(device)
     logits, dx, grads = run(bank, x, grad_logits)
@@ -75,6 +77,8 @@ def check_bank(kind, k, b, impl, seed=0, device="cpu", tf32=False, rtol=RTOL):
     logits64, dx64, grads64 = run(copy.deepcopy(refs).double(), x.double(), grad_logits.double())
     assert logits.shape == (k, b)
     assert_fp64_close("logits", logits, logits32, logits64, rtol)
+    if precision != "fp32":    # rounded products flip LeakyReLU masks near 0: gradients have no bound vs fp64
+        return                 # (bf16 gradients: test_bf16_layer_is_bf16_operands_with_fp32_accumulation)
     assert_fp64_close("input gradient", dx, dx32, dx64, rtol)
     for name in grads64:
         assert grads[name].shape == grads64[name].shape, name
@@ -94,12 +98,76 @@ def test_video_bank_matches_references(k, b, impl):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 @pytest.mark.parametrize("kind", ["frame", "video"])
-def test_bank_on_gpu_matches_references(kind, tf32, monkeypatch):
-    """On a GPU: exact fp32 ('ieee' dots, cuDNN TF32 off) at RTOL; TF32 dots at 5e-3 (10-bit mantissa)."""
+def test_bank_on_gpu_matches_references(kind, precision, monkeypatch):
+    """On a GPU, at widths spanning several tiles: fp32 logits and every gradient; tf32/bf16 logits within their
+    derived bound (vidgan_fast.tolerance); PyTorch's own TF32 off so that the fp32 reference is fp32."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    check_bank(kind, 5, 3, "triton", seed=1, device="cuda", tf32=tf32, rtol=5e-3 if tf32 else RTOL)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_bank(kind, 5, 3, "triton", seed=1, device="cuda", precision=precision, widths=(80, 130, 72),
+               rtol=tolerance(precision, 16 * 130, layers=4))
+
+
+# ---- widths that span several GPU tiles (64 channels), at the GPU tiles, every gradient ----
+
+@pytest.mark.parametrize("kind", ["frame", "video"])
+def test_bank_multi_tile_widths_at_gpu_tiles(kind):
+    """Widths 80 / 130 / 72 (video: 72 / 80 / 68) span 2-3 of the GPU's 64-channel tiles in every layer (forward
+    N, dgrad N, wgrad M and N), run at the GPU tiles under the interpreter, logits and every gradient against fp64. What it catches (each
+    tried by breaking kernels/batched_conv.py on purpose): a forward or wgrad that ignores the output-channel tile
+    index (program_id(1) -> 0), a dgrad that ignores the input-channel tile, a bias gradient written only for the
+    first tile of channels, a channel mask `< BLOCK_N` instead of `< COUT`; all pass at widths <= 16 (one tile)."""
+    widths = (80, 130, 72) if kind == "frame" else (72, 80, 68)     # 3D layers cost 4x per channel: 2 tiles
+    tol = tolerance("fp32", 16 * max(widths) if kind == "frame" else 64 * max(widths))
+    check_bank(kind, 2, 2, "triton", seed=5, rtol=tol, widths=widths, tiles="gpu")
+
+
+def bf16(t):
+    """t rounded to the nearest bf16 value (ties to even), in fp64: the operands the bf16 kernels multiply."""
+    return t.to(torch.bfloat16).double()
+
+
+@pytest.mark.parametrize("x_shape,conv,stride,padding", [
+    ((2, 2, 80, 8, 8), (130, (4, 4)), (2, 2), (1, 1)),            # conv2-like, 2-3 channel tiles each way
+    ((2, 1, 72, 4, 5, 5), (80, (4, 4, 4)), (1, 1, 1), (0, 1, 1)),   # 3D, conv3-like
+])
+def test_bf16_layer_is_bf16_operands_with_fp32_accumulation(x_shape, conv, stride, padding):
+    """precision='bf16' means: every product's operands rounded to bf16, fp32 accumulation. So the reference is an
+    fp64 run on exactly those rounded operands (x and w forward; the masked dy and w for dgrad; the masked dy and
+    x for wgrad) and what remains is fp32 accumulation: the fp32 tolerance applies, at multi-tile widths and the
+    GPU tiles. A bf16 switch that did nothing (fp32 products) or rounded differently fails this test."""
+    gen = torch.Generator().manual_seed(11)
+    cout, kernel = conv
+    K, _, cin = x_shape[:3]
+    x = torch.randn(x_shape, generator=gen)
+    w = torch.randn((K, cout, cin, *kernel), generator=gen) / (cin * 16) ** 0.5
+    b = torch.randn((K, cout), generator=gen) * 0.1
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    br = b.clone().requires_grad_()
+    y = BatchedConv.apply(xr, wr, br, stride, padding, True, "bf16", "gpu")
+    dy = torch.randn(y.shape, generator=gen)
+    y.backward(dy)
+    conv_nd = F.conv2d if x.dim() == 5 else F.conv3d
+    grad_in = torch.nn.grad.conv2d_input if x.dim() == 5 else torch.nn.grad.conv3d_input
+    grad_w = torch.nn.grad.conv2d_weight if x.dim() == 5 else torch.nn.grad.conv3d_weight
+    y64, dx64, dw64, db64 = [], [], [], []
+    for k in range(K):
+        pre = conv_nd(bf16(x[k]), bf16(w[k]), b[k].double(), stride, padding)
+        out = F.leaky_relu(pre, 0.2)
+        dpre = torch.where(y[k] > 0, dy[k], dy[k] * 0.2)             # the kernels' fp32 mask, then rounded
+        y64.append(out)
+        dx64.append(grad_in(x[k].shape, bf16(w[k]), bf16(dpre), stride, padding))
+        dw64.append(grad_w(bf16(x[k]), w[k].shape, bf16(dpre), stride, padding))
+        db64.append(dpre.double().sum(dim=[0, *range(2, dpre.dim())]))
+    n = cin * math.prod(kernel)
+    for what, got, ref in (("y", y, y64), ("dx", xr.grad, dx64), ("dw", wr.grad, dw64), ("db", br.grad, db64)):
+        ref = torch.stack(ref)
+        err = relative_error(got, ref)
+        assert err <= tolerance("fp32", max(n, cout * math.prod(kernel), x_shape[1] * y[0].numel() // cout)), \
+            f"{what}: relative error {err:.3g}"
+    exact = BatchedConv.apply(x, w, b, stride, padding, True, "fp32", "gpu")
+    assert relative_error(exact, torch.stack(y64)) > 1e-4        # the rounding is real: fp32 products differ
 
 
 # ---- single layers: more geometries than the two architectures use, 2D and 3D, odd sizes ----
@@ -121,7 +189,7 @@ def grouped_reference(x, w, bias, stride, padding, leaky):
 
 @pytest.mark.parametrize("leaky", [True, False])
 @pytest.mark.parametrize("x_shape,conv,stride,padding", LAYER_CASES)
-def test_batched_conv_layer_matches_fp64(x_shape, conv, stride, padding, leaky):
+def test_batched_conv_layer_matches_fp64(x_shape, conv, stride, padding, leaky, tiles="auto"):
     gen = torch.Generator().manual_seed(sum(x_shape))
     cout, kernel = conv
     K, _, cin = x_shape[:3]
@@ -129,7 +197,7 @@ def test_batched_conv_layer_matches_fp64(x_shape, conv, stride, padding, leaky):
     w64 = torch.randn((K, cout, cin, *kernel), generator=gen, dtype=torch.float64)
     b64 = torch.randn((K, cout), generator=gen, dtype=torch.float64)
     results = {}
-    for name, fn, dtype in [("triton", lambda *a: BatchedConv.apply(*a, False), torch.float32),
+    for name, fn, dtype in [("triton", lambda *a: BatchedConv.apply(*a, "fp32", tiles), torch.float32),
                             ("grouped", grouped_conv, torch.float32),
                             ("ref32", grouped_reference, torch.float32), ("ref64", grouped_reference, torch.float64)]:
         x, w, b = (t.to(dtype).requires_grad_() for t in (x64, w64, b64))
@@ -142,12 +210,10 @@ def test_batched_conv_layer_matches_fp64(x_shape, conv, stride, padding, leaky):
             assert_fp64_close(f"{name} {what}", fast.detach(), r32.detach(), r64.detach())
 
 
-def test_batched_conv_with_gpu_tile_sizes(monkeypatch):
+def test_batched_conv_with_gpu_tile_sizes():
     """The interpreter normally runs larger tiles (fewer numpy steps); the GPU tiles must be right too."""
-    import kernels.batched_conv as bc
-    monkeypatch.setattr(bc, "tile_caps", lambda: (64, 64, 32))
-    test_batched_conv_layer_matches_fp64(*LAYER_CASES[0], leaky=True)
-    test_batched_conv_layer_matches_fp64(*LAYER_CASES[2], leaky=True)
+    test_batched_conv_layer_matches_fp64(*LAYER_CASES[0], leaky=True, tiles="gpu")
+    test_batched_conv_layer_matches_fp64(*LAYER_CASES[2], leaky=True, tiles="gpu")
 
 
 def test_batched_conv_rejects_bad_shapes():

@@ -21,6 +21,7 @@ import kernels.frame_generator as K
 from vidgan_fast.fast import backend
 from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
 from vidgan_fast.models import FrameGenerator, VideoGenerator
+from vidgan_fast.tolerance import tolerance
 
 FP32_TOL = 1e-5
 TINY = (16, 16, 16, 16)
@@ -95,15 +96,12 @@ def test_small_outputs_at_dcgan_init(impl, device):
     assert rel_err(code_grad, ref_grad) < FP32_TOL
 
 
-def test_gpu_tile_sizes(device, monkeypatch):
+def test_gpu_tile_sizes(device):
     """The GPU tiles (64 rows, N <= 64, reduction steps of 32 inside one tap) also under the interpreter."""
-    monkeypatch.setattr(K, "BLOCK_M", 64)
-    monkeypatch.setattr(K, "MAX_BLOCK_N", 64)
-    monkeypatch.setattr(K, "MAX_BLOCK_K", 32)
     g = random_frame_generator((64, 80, 48, 16), seed=3).to(device)
     codes, grad_frames = torch.randn(3, 100, device=device), torch.randn(3, 1, 30, 30, device=device)
     y64, dz64 = fp64_reference(g, codes, grad_frames)
-    y, dz = run(FrozenFrameGenerator.from_reference(g, impl="triton"), codes, grad_frames)
+    y, dz = run(FrozenFrameGenerator.from_reference(g, impl="triton", tiles="gpu"), codes, grad_frames)
     assert rel_err(y, y64) < FP32_TOL and rel_err(dz, dz64) < FP32_TOL
 
 
@@ -223,10 +221,13 @@ def test_triton_on_cpu_without_interpreter(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tf32,tol", [(False, FP32_TOL), (True, 5e-3)])
-def test_paper_widths_on_gpu(tf32, tol):
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_paper_widths_on_gpu(precision):
     g = random_frame_generator((1024, 1024, 512, 256), seed=1).cuda()
     codes, grad_frames = torch.randn(240, 100, device="cuda"), torch.randn(240, 1, 30, 30, device="cuda")
     y64, dz64 = fp64_reference(g, codes, grad_frames)
-    y, dz = run(FrozenFrameGenerator.from_reference(g, impl="triton", tf32=tf32), codes, grad_frames)
-    assert rel_err(y, y64) < tol and rel_err(dz, dz64) < tol
+    tol = tolerance(precision, 16 * 1024, layers=5)
+    y, dz = run(FrozenFrameGenerator.from_reference(g, impl="triton", precision=precision), codes, grad_frames)
+    assert rel_err(y, y64) < tol
+    if precision == "fp32":    # rounded products flip ReLU masks near 0: the code gradient has no bound vs fp64
+        assert rel_err(dz, dz64) < tol

@@ -12,6 +12,7 @@ import torch
 from vidgan_fast import models
 from vidgan_fast.fast import backend
 from vidgan_fast.fast.projection import project_frames, project_videos
+from vidgan_fast.tolerance import relative_error, tolerance
 
 RTOL = 1e-5
 
@@ -31,37 +32,37 @@ def run_reference(discriminators, x, grad_out):
     return out.detach(), x.grad
 
 
-def check_projection(project, discriminators, x, impl):
+def check_projection(project, discriminators, x, impl, tiles="auto", precision="fp32", rtol=RTOL):
     gen = torch.Generator().manual_seed(1)
     filters = torch.stack([d.projection[0, 0] for d in discriminators]).requires_grad_()
     xf = x.clone().requires_grad_()
-    out = project(xf, filters, impl=impl)
+    out = project(xf, filters, impl=impl, tiles=tiles, precision=precision)
     grad_out = torch.randn(out.shape, generator=gen)
     out.backward(grad_out)
     ref32, dx32 = run_reference(discriminators, x, grad_out)
     ref64, dx64 = run_reference([copy.deepcopy(d).double() for d in discriminators], x.double(), grad_out.double())
     assert out.shape == ref64.shape
-    assert_fp64_close("projection", out, ref32, ref64)
-    assert_fp64_close("input gradient", xf.grad, dx32, dx64)
+    assert_fp64_close("projection", out, ref32, ref64, rtol)
+    assert_fp64_close("input gradient", xf.grad, dx32, dx64)     # the backward has no precision choice
     assert filters.grad is None, "the projections are fixed: they must never get a gradient"
 
 
 @pytest.mark.parametrize("impl", ["triton", "ref"])
 @pytest.mark.parametrize("k,b,size", [(1, 1, 30), (3, 3, 30), (5, 2, 30), (70, 1, 30), (3, 2, 17)])
-def test_project_frames_matches_reference(impl, k, b, size):
+def test_project_frames_matches_reference(impl, k, b, size, tiles="auto"):
     torch.manual_seed(k * 100 + b)
     ds = [models.FrameDiscriminator(seed=i, widths=(2, 2, 2)) for i in range(k)]
     x = torch.rand(b, 1, size, size + 2) * 2 - 1      # odd, non-square frames exercise every mask
-    check_projection(project_frames, ds, x, impl)
+    check_projection(project_frames, ds, x, impl, tiles)
 
 
 @pytest.mark.parametrize("impl", ["triton", "ref"])
 @pytest.mark.parametrize("k,b,t", [(1, 1, 30), (3, 2, 7), (5, 3, 5), (16, 1, 3)])
-def test_project_videos_matches_reference(impl, k, b, t):
+def test_project_videos_matches_reference(impl, k, b, t, tiles="auto"):
     torch.manual_seed(k * 100 + b)
     ds = [models.VideoDiscriminator(seed=1000 + i, widths=(2, 2, 2)) for i in range(k)]
     x = torch.rand(b, 1, t, 30, 30) * 2 - 1
-    check_projection(project_videos, ds, x, impl)
+    check_projection(project_videos, ds, x, impl, tiles)
 
 
 def test_projection_output_shapes_follow_design():
@@ -93,9 +94,30 @@ def test_projection_impl_resolution_on_cpu_without_interpreter(monkeypatch):
     assert torch.equal(out, project_frames(x, filters, impl="ref"))
 
 
-def test_projection_with_gpu_tile_sizes(monkeypatch):
+def test_projection_with_gpu_tile_sizes():
     """The interpreter normally runs larger tiles (fewer numpy steps); the GPU tiles must be right too."""
-    import kernels.projection as kp
-    monkeypatch.setattr(kp, "tiles", lambda: (64, 1))
-    test_project_frames_matches_reference("triton", 5, 2, 30)
-    test_project_videos_matches_reference("triton", 3, 2, 7)
+    test_project_frames_matches_reference("triton", 5, 2, 30, tiles="gpu")
+    test_project_videos_matches_reference("triton", 3, 2, 7, tiles="gpu")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_projection_k48_at_gpu_tiles(precision):
+    """K=48 (the paper's frame discriminators) spans two of the GPU's 32-projection tiles, and 3 frames of 225
+    outputs span 11 pixel tiles. What it catches (each tried by breaking the kernel): a forward that ignores the
+    projection-tile index (program_id(1)) or masks k < BLOCK_K instead of k < K; a pixel mask off by one tile.
+    bf16 means bf16-rounded operands with fp32 accumulation, so its reference is fp64 on the rounded frames and
+    filters, within the fp32 bound; it must also differ from fp32 (a switch that silently does nothing fails)."""
+    torch.manual_seed(48)
+    ds = [models.FrameDiscriminator(seed=i, widths=(2, 2, 2)) for i in range(48)]
+    x = torch.rand(3, 1, 30, 30) * 2 - 1
+    if precision == "fp32":
+        check_projection(project_frames, ds, x, "triton", "gpu")
+        return
+    filters = torch.stack([d.projection[0, 0] for d in ds])
+    out = project_frames(x, filters, "triton", "bf16", "gpu")
+    rounded = [copy.deepcopy(d).double() for d in ds]
+    for d in rounded:
+        d.projection.copy_(d.projection.float().bfloat16().double())
+    ref = torch.stack([d.project(x.bfloat16().double()) for d in rounded])
+    assert relative_error(out, ref) <= tolerance("fp32", 64)
+    assert relative_error(project_frames(x, filters, "triton", "fp32", "gpu"), ref) > 1e-4

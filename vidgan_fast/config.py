@@ -58,8 +58,18 @@ class TrainConfig:
     graphs: bool = _opt("with --fast on a GPU: capture the D and G steps as CUDA graphs", default=True)
     fast_check: bool = _opt("with --fast: check every fast op against its reference before training",
                             default=True)
-    tf32: bool = _opt("with --fast: TF32 products in the Triton kernels (about 1e-3 relative)", default=False)
-    bf16: bool = _opt("bf16 autocast of the forward passes (GPUs with bf16 only)", default=False)
+    # Precision of products on a GPU. Default TF32, as PyTorch's own cuDNN convolutions on Ampere and newer: the
+    # same choice is applied to both paths (PyTorch's TF32 switches follow --tf32), so a fast-vs-reference
+    # comparison compares like with like; --no-tf32 gives exact fp32 products everywhere.
+    tf32: bool = _opt("TF32 products (fp32 accumulation) in the Triton kernels and PyTorch's matmuls and "
+                      "convolutions, on GPUs that have them (sm_80+); --no-tf32: exact fp32", default=True)
+    bf16: bool = _opt("bf16: the fast kernels multiply bf16-rounded operands (fp32 accumulation), the reference "
+                      "path autocasts its forward passes (GPUs with bf16 only)", default=False)
+
+    @property
+    def precision(self) -> str:
+        """The products' precision of the fast kernels: "bf16", "tf32" or "fp32"."""
+        return "bf16" if self.bf16 else "tf32" if self.tf32 else "fp32"
 
     def replace(self, **changes) -> "TrainConfig":
         """A validated copy with `changes` applied (None values are ignored: 'not given')."""

@@ -228,8 +228,8 @@ def shard_state(state) -> None:
         from .fast.interchange import optimizer_state_from_reference
         refs = full.to_reference()
         with torch.random.fork_rng(devices=[state.device] if state.device.type == "cuda" else []):
-            local = type(full).from_reference(refs[rows.start:rows.stop], impl=full.impl, tf32=full.tf32,
-                                              layer_impl=full.layer_impl).to(state.device)   # its init draws
+            local = type(full).from_reference(refs[rows.start:rows.stop], impl=full.impl, precision=full.precision,
+                                              layer_impl=full.layer_impl, tiles=full.tiles).to(state.device)   # its init draws
         local.train(full.training)
         local_opt_state = optimizer_state_from_reference(local, local_opt_state)
     else:

@@ -14,6 +14,7 @@ the folded Triton G_F, and replays the two steps as CUDA graphs on a GPU (fast/g
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import warnings
@@ -79,7 +80,7 @@ class TrainState:
 
     def autocast(self):
         """bf16 autocast of the forward passes when cfg.bf16 holds on this device, else a no-op."""
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(self.device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     @property
     def bf16(self) -> bool:
@@ -100,10 +101,14 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 def build_state(cfg: TrainConfig, phase: str, frame_generator_state: dict | None = None,
-                frames_path: str | Path = "the frames checkpoint") -> TrainState:
-    """Fresh models and optimizers for `phase`, initialised from cfg.seed (phase 2: G_F from its state)."""
+                frames_path: str | Path = "the frames checkpoint", device: torch.device | None = None) -> TrainState:
+    """Fresh models and optimizers for `phase`, initialised from cfg.seed (phase 2: G_F from its state).
+
+    `device` overrides cfg.device (the compile gate builds shape-only states on the meta device)."""
     check_batch(cfg, phase)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    if device.type == "cuda":       # PyTorch's TF32 switches follow the run's choice, as the kernels do
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     k, _, lr, _ = phase_settings(cfg, phase)
     torch.manual_seed(cfg.seed * 2 + PHASE_NUMBER[phase] - 1)
     renderer, f_opt = None, None
@@ -137,10 +142,10 @@ def apply_fast(state: TrainState) -> TrainState:
     if not state.cfg.fast:
         return state
     from .fast.engine import to_fast
-    state = to_fast(state, tf32=state.cfg.tf32)
+    state = to_fast(state)
     if state.fast and state.cfg.fast_check:
         from .check import first_step_check
-        first_step_check(state.device, phase=PHASE_NUMBER[state.phase], tf32=state.cfg.tf32)
+        first_step_check(state.device, phase=PHASE_NUMBER[state.phase])
     return state
 
 

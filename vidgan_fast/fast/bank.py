@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vidgan_fast import models
-from vidgan_fast.fast.backend import resolve_impl
+from vidgan_fast.fast.backend import check_precision, resolve_impl
 from vidgan_fast.fast.projection import project_frames, project_videos
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4")   # conv1..conv3 are followed by LeakyReLU(0.2), conv4 is the logit
@@ -33,24 +33,24 @@ class BatchedConv(torch.autograd.Function):
     """y[k] = act(conv(x[k], w[k]) + b[k]) for all k in one launch; x [K, B, Cin, ...], y [K, B, Cout, ...]."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, leaky, tf32):
+    def forward(ctx, x, weight, bias, stride, padding, leaky, precision="fp32", tiles="auto"):
         from kernels.batched_conv import conv_forward
-        y = conv_forward(x, weight, bias, stride, padding, leaky, tf32)
+        y = conv_forward(x, weight, bias, stride, padding, leaky, precision, tiles)
         ctx.save_for_backward(x, weight, y if leaky else None)   # LReLU'(pre) is read from the sign of y
-        ctx.conf = (stride, padding, leaky, tf32)
+        ctx.conf = (stride, padding, precision, tiles)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         from kernels.batched_conv import conv_input_grad, conv_weight_grad
         x, weight, y = ctx.saved_tensors
-        stride, padding, leaky, tf32 = ctx.conf
+        stride, padding, precision, tiles = ctx.conf
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = conv_input_grad(grad_y, weight, x.shape, stride, padding, y, tf32)
+            grad_x = conv_input_grad(grad_y, weight, x.shape, stride, padding, y, precision, tiles)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_w, grad_b = conv_weight_grad(grad_y, x, weight.shape, stride, padding, y, tf32)
-        return grad_x, grad_w, grad_b, None, None, None, None
+            grad_w, grad_b = conv_weight_grad(grad_y, x, weight.shape, stride, padding, y, precision, tiles)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def grouped_conv(x, weight, bias, stride, padding, leaky):
@@ -71,8 +71,8 @@ class DiscriminatorBank(nn.Module):
     geometry: dict = {}     # layer -> (stride, padding) exactly as in the reference class
     input_layout = ""
 
-    def __init__(self, projections: torch.Tensor, widths, impl: str = "auto", tf32: bool = False,
-                 seeds=None, layer_impl: dict | None = None):
+    def __init__(self, projections: torch.Tensor, widths, impl: str = "auto", precision: str = "fp32",
+                 seeds=None, layer_impl: dict | None = None, tiles: str = "auto"):
         super().__init__()
         if projections.dim() != 3:
             raise ValueError(f"{type(self).__name__}: projections must be [K, 8, 8], got {tuple(projections.shape)}")
@@ -80,7 +80,7 @@ class DiscriminatorBank(nn.Module):
         self.widths = tuple(int(c) for c in widths)
         if len(self.widths) != 3:
             raise ValueError(f"{type(self).__name__}: widths must be 3 channel counts, got {widths}")
-        self.impl, self.tf32 = impl, bool(tf32)
+        self.impl, self.precision, self.tiles = impl, check_precision(precision), tiles
         self.seeds = list(range(K)) if seeds is None else [int(s) for s in seeds]
         self.layer_impl = {name: "triton" for name in LAYERS}
         self.set_layer_impl(layer_impl or {})
@@ -105,7 +105,7 @@ class DiscriminatorBank(nn.Module):
             self.layer_impl[name] = choice
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, widths={self.widths}, impl={self.impl!r}, tf32={self.tf32}"
+        return f"k={self.k}, widths={self.widths}, impl={self.impl!r}, precision={self.precision!r}"
 
     # ---- layout conversion to and from K reference discriminators ----
 
@@ -115,8 +115,8 @@ class DiscriminatorBank(nn.Module):
         return [(f"{layer}_{kind}", f"{layer}.{kind}") for layer in LAYERS for kind in ("weight", "bias")]
 
     @classmethod
-    def from_reference(cls, discriminators, impl: str = "auto", tf32: bool = False,
-                       layer_impl: dict | None = None):
+    def from_reference(cls, discriminators, impl: str = "auto", precision: str = "fp32",
+                       layer_impl: dict | None = None, tiles: str = "auto"):
         """A bank holding the weights and projections of K reference discriminators (copies)."""
         refs = list(discriminators)
         if not refs:
@@ -137,8 +137,8 @@ class DiscriminatorBank(nn.Module):
         device = projections.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # the constructor's random init is overwritten below: it must not move the run's RNG streams
-            bank = cls(projections, refs[0].widths, impl=impl, tf32=tf32, seeds=[d.seed for d in refs],
-                       layer_impl=layer_impl)
+            bank = cls(projections, refs[0].widths, impl=impl, precision=precision, seeds=[d.seed for d in refs],
+                       layer_impl=layer_impl, tiles=tiles)
         with torch.no_grad():
             for bank_name, suffix in cls.stacked_parameter_names():
                 getattr(bank, bank_name).copy_(torch.stack([d.get_parameter(suffix).detach() for d in refs]))
@@ -195,7 +195,7 @@ class DiscriminatorBank(nn.Module):
             stride, padding = self.geometry[name]
             leaky = name != LAYERS[-1]
             if self.layer_impl[name] == "triton":
-                h = BatchedConv.apply(h, w, b, stride, padding, leaky, self.tf32)
+                h = BatchedConv.apply(h, w, b, stride, padding, leaky, self.precision, self.tiles)
             else:
                 h = grouped_conv(h, w, b, stride, padding, leaky)
         return h.reshape(self.k, x.shape[0], -1).squeeze(2)
@@ -224,7 +224,7 @@ class FrameDiscriminatorBank(DiscriminatorBank):
     input_layout = "frames [B, 1, H, W]"
 
     def _project(self, x):
-        return project_frames(x, self.projections, impl="triton")
+        return project_frames(x, self.projections, "triton", self.precision, self.tiles)
 
     def _project_grouped(self, x):
         return F.conv2d(x, self.projections.unsqueeze(1), **models.FRAME_PROJ)   # [B, K, 15, 15]
@@ -240,7 +240,7 @@ class VideoDiscriminatorBank(DiscriminatorBank):
     input_layout = "videos [B, 1, T, H, W]"
 
     def _project(self, x):
-        return project_videos(x, self.projections, impl="triton")
+        return project_videos(x, self.projections, "triton", self.precision, self.tiles)
 
     def _project_grouped(self, x):
         B, _, T, H, W = x.shape

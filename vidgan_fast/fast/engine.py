@@ -42,17 +42,21 @@ def _rebuild_optimizer(opt: torch.optim.Optimizer, params, state_dict: dict, cap
     return new
 
 
-def to_fast(state, tf32: bool = False, warn: bool = True):
-    """The fast twin of a (reference) TrainState, in place; returns it. Falls back with a warning."""
+def to_fast(state, precision: str | None = None, warn: bool = True):
+    """The fast twin of a (reference) TrainState, in place; returns it. Falls back with a warning.
+
+    precision: of the kernels' products, "fp32" | "tf32" | "bf16" (default: the run's, state.cfg.precision)."""
     from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
     reason = fast_unavailable_reason(state.device)
     if reason is not None:
         if warn:
             warn_once(f"--fast: running the reference path instead: {reason}")
         return state
+    precision = precision or state.cfg.precision
     capturable = state.device.type == "cuda"
     bank_cls = FrameDiscriminatorBank if state.phase == "frames" else VideoDiscriminatorBank
-    bank = bank_cls.from_reference(list(state.discriminators), impl="triton", tf32=tf32).to(state.device)
+    bank = bank_cls.from_reference(list(state.discriminators), impl="triton", precision=precision)
+    bank = bank.to(state.device)
     bank.train(state.discriminators.training)
     d_opt_state = optimizer_state_from_reference(bank, state.d_opt.state_dict())
     state.d_opt = _rebuild_optimizer(state.d_opt, bank.parameters(), d_opt_state, capturable)
@@ -63,7 +67,8 @@ def to_fast(state, tf32: bool = False, warn: bool = True):
         state.f_opt = _rebuild_optimizer(state.f_opt, state.frame_generator.parameters(),
                                          state.f_opt.state_dict(), capturable)
     elif state.frame_generator is not None:
-        state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, impl="triton", tf32=tf32)
+        state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, impl="triton",
+                                                            precision=precision)
     state.fast = True
     return state
 

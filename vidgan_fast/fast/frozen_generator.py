@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from kernels import frame_generator as K
-from vidgan_fast.fast.backend import IMPLS, resolve_impl
+from vidgan_fast.fast.backend import IMPLS, check_precision, resolve_impl
 
 OP = "FrozenFrameGenerator"
 UP_PADDING = (1, 1, 1, 2)   # up1, up2, up3: k4 s2 p1 (2 -> 4 -> 8 -> 16); out: k4 s2 p2 (16 -> 30)
@@ -47,13 +47,14 @@ class FrozenFrameGenerator(nn.Module):
     """G_F in eval mode with batch norm folded in: codes [M, z_dim] -> frames [M, 1, 30, 30]."""
 
     def __init__(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor, up_weights: list[torch.Tensor],
-                 up_biases: list[torch.Tensor], impl: str = "auto", tf32: bool = False):
+                 up_biases: list[torch.Tensor], impl: str = "auto", precision: str = "fp32",
+                 tiles: str = "auto"):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"{OP}: impl must be one of {IMPLS}, got {impl!r}")
         if len(up_weights) != 4 or len(up_biases) != 4 or up_weights[-1].shape[1] != 1:
             raise ValueError(f"{OP}: expected 4 transposed convolutions, the last with 1 output channel")
-        self.impl, self.tf32 = impl, bool(tf32)
+        self.impl, self.precision, self.tiles = impl, check_precision(precision), tiles
         self.z_dim = fc_weight.shape[1]
         self.widths = tuple(w.shape[0] for w in up_weights)
         if fc_weight.shape[0] != 4 * self.widths[0]:
@@ -68,7 +69,8 @@ class FrozenFrameGenerator(nn.Module):
         self.register_load_state_dict_post_hook(_repack)
 
     @classmethod
-    def from_reference(cls, g: nn.Module, impl: str = "auto", tf32: bool = False) -> "FrozenFrameGenerator":
+    def from_reference(cls, g: nn.Module, impl: str = "auto", precision: str = "fp32",
+                       tiles: str = "auto") -> "FrozenFrameGenerator":
         """Fold g's batch norms (running statistics, i.e. eval mode) into the preceding layers, once."""
         names = ("fc", "fc_bn", "up1", "bn1", "up2", "bn2", "up3", "bn3", "out")
         if not all(hasattr(g, n) for n in names):
@@ -86,7 +88,8 @@ class FrozenFrameGenerator(nn.Module):
             up_biases.append(_bias(g.out, 1))
         dtype = g.fc.weight.dtype
         cast = lambda ts: [t.to(dtype) for t in ts]   # noqa: E731
-        return cls(fc_weight.to(dtype), fc_bias.to(dtype), cast(up_weights), cast(up_biases), impl, tf32)
+        return cls(fc_weight.to(dtype), fc_bias.to(dtype), cast(up_weights), cast(up_biases), impl, precision,
+                   tiles)
 
     @torch.no_grad()
     def _pack(self) -> None:
@@ -101,13 +104,13 @@ class FrozenFrameGenerator(nn.Module):
             self.register_buffer(f"up{i}_backward", K.pack_backward_weight(w), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, widths={self.widths}, impl={self.impl!r}, tf32={self.tf32}"
+        return f"z_dim={self.z_dim}, widths={self.widths}, impl={self.impl!r}, precision={self.precision!r}"
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.dim() != 2 or codes.shape[1] != self.z_dim:
             raise ValueError(f"{OP}: codes must be [M, {self.z_dim}], got {tuple(codes.shape)}")
-        if torch.is_autocast_enabled(codes.device.type):    # bf16 codes from an autocast G_V: render in fp32
-            codes = codes.to(self.fc_weight.dtype)
+        if codes.dtype != self.fc_weight.dtype and codes.dtype in (torch.bfloat16, torch.float16):
+            codes = codes.to(self.fc_weight.dtype)          # from an autocast G_V: the kernels read fp32
         if codes.dtype != self.fc_weight.dtype or codes.device != self.fc_weight.device:
             raise ValueError(f"{OP}: codes are {codes.dtype} on {codes.device}, the module is "
                              f"{self.fc_weight.dtype} on {self.fc_weight.device}")
@@ -128,25 +131,26 @@ class FrozenFrameGenerator(nn.Module):
     def forward_kernels(self, codes: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Triton forward without autograd: (NHWC ReLU activations h0..h3, tanh output [M, 30, 30])."""
         M, c0 = codes.shape[0], self.widths[0]
-        h = K.dense(codes.contiguous(), self.fc_weight_nhwc.t(), self.fc_bias_nhwc, relu=True, tf32=self.tf32)
+        opts = dict(precision=self.precision, tiles=self.tiles)
+        h = K.dense(codes.contiguous(), self.fc_weight_nhwc.t(), self.fc_bias_nhwc, relu=True, **opts)
         acts = [h.view(M, 2, 2, c0)]
         for i, pad in enumerate(UP_PADDING[:3], start=1):
             acts.append(K.conv_transpose_relu(acts[-1], getattr(self, f"up{i}_forward"),
-                                              getattr(self, f"up{i}_bias"), pad, tf32=self.tf32))
-        y = K.conv_transpose_tanh(acts[-1], self.up4_forward, self.up4_bias, UP_PADDING[3])
+                                              getattr(self, f"up{i}_bias"), pad, **opts))
+        y = K.conv_transpose_tanh(acts[-1], self.up4_forward, self.up4_bias, UP_PADDING[3], tiles=self.tiles)
         return acts, y
 
     def backward_kernels(self, grad_frames: torch.Tensor, acts: list[torch.Tensor],
                          y: torch.Tensor) -> torch.Tensor:
         """Code gradient [M, z_dim] from the frames' gradient and the saved forward (no weight gradients)."""
-        M = y.shape[0]
+        M, opts = y.shape[0], dict(precision=self.precision, tiles=self.tiles)
         g = grad_frames.reshape(M, *y.shape[1:], 1).contiguous()                 # NHWC with C = 1
         g = K.conv_transpose_input_grad(g, self.up4_backward, UP_PADDING[3], relu_input=acts[3],
-                                        tanh_out=y.view(g.shape), tf32=self.tf32)
+                                        tanh_out=y.view(g.shape), **opts)
         for i in (3, 2, 1):
             g = K.conv_transpose_input_grad(g, getattr(self, f"up{i}_backward"), UP_PADDING[i - 1],
-                                            relu_input=acts[i - 1], tf32=self.tf32)
-        return K.dense(g.view(M, -1), self.fc_weight_nhwc, tf32=self.tf32)
+                                            relu_input=acts[i - 1], **opts)
+        return K.dense(g.view(M, -1), self.fc_weight_nhwc, **opts)
 
 
 def _repack(module: FrozenFrameGenerator, incompatible_keys) -> None:

@@ -16,21 +16,21 @@ class _Projection(torch.autograd.Function):
     """images [N, H, W] -> [K, N, OH, OW]; gradient to the images only."""
 
     @staticmethod
-    def forward(ctx, images, filters, stride, padding):
+    def forward(ctx, images, filters, stride, padding, precision, tiles):
         from kernels.projection import project_forward
         ctx.save_for_backward(filters)
-        ctx.geometry = (tuple(images.shape), stride, padding)
-        return project_forward(images, filters, stride, padding)
+        ctx.geometry = (tuple(images.shape), stride, padding, tiles)
+        return project_forward(images, filters, stride, padding, precision, tiles)
 
     @staticmethod
     def backward(ctx, grad_out):
         from kernels.projection import project_backward
         (filters,) = ctx.saved_tensors
-        image_shape, stride, padding = ctx.geometry
+        image_shape, stride, padding, tiles = ctx.geometry
         grad_images = None
-        if ctx.needs_input_grad[0]:
-            grad_images = project_backward(grad_out, filters, image_shape, stride, padding)
-        return grad_images, None, None, None
+        if ctx.needs_input_grad[0]:      # a sum of products with fixed filters: no tensor-core choice to make
+            grad_images = project_backward(grad_out, filters, image_shape, stride, padding, tiles)
+        return grad_images, None, None, None, None, None
 
 
 def _check(x: torch.Tensor, filters: torch.Tensor, rank: int, what: str):
@@ -47,24 +47,27 @@ def project_images_ref(images: torch.Tensor, filters: torch.Tensor, stride: int,
     return out.transpose(0, 1)
 
 
-def _project(images, filters, stride, padding, impl, op):
+def _project(images, filters, stride, padding, impl, op, precision, tiles):
     if resolve_impl(impl, images.device, op) == "triton":
-        return _Projection.apply(images, filters.detach(), stride, padding)
+        return _Projection.apply(images, filters.detach(), stride, padding, precision, tiles)
     return project_images_ref(images, filters, stride, padding)
 
 
-def project_frames(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+def project_frames(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto", precision: str = "fp32",
+                   tiles: str = "auto") -> torch.Tensor:
     """frames [B, 1, 30, 30], filters [K, 8, 8] -> [K, B, 1, 15, 15] (stride 2, padding 3)."""
     _check(x, filters, 4, "frames")
     B, _, H, W = x.shape
-    out = _project(x.reshape(B, H, W), filters, FRAME_PROJ["stride"], FRAME_PROJ["padding"], impl, "project_frames")
+    out = _project(x.reshape(B, H, W), filters, FRAME_PROJ["stride"], FRAME_PROJ["padding"], impl, "project_frames",
+                   precision, tiles)
     return out.unsqueeze(2)
 
 
-def project_videos(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+def project_videos(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto", precision: str = "fp32",
+                   tiles: str = "auto") -> torch.Tensor:
     """videos [B, 1, T, 30, 30], filters [K, 8, 8] -> [K, B, 1, T, 9, 9] (each frame, stride 3, padding 2)."""
     _check(x, filters, 5, "videos")
     B, _, T, H, W = x.shape
     out = _project(x.reshape(B * T, H, W), filters, VIDEO_PROJ["stride"], VIDEO_PROJ["padding"], impl,
-                   "project_videos")
+                   "project_videos", precision, tiles)
     return out.view(out.shape[0], B, 1, T, *out.shape[-2:])
