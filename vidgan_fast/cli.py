@@ -264,6 +264,21 @@ def bench(ctx):
         raise click.exceptions.Exit(code)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.pass_context
+def kernels(ctx):
+    """Compile every Triton kernel specialization the fast path launches for real GPU targets (no GPU needed):
+    registers, spills, shared memory, tensor-core instructions, CTAs per SM (--help for options)."""
+    import os
+    import subprocess
+    args = [sys.executable, "-m", "vidgan_fast.fast.kernel_gate", *ctx.args]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # the compiler, not the interpreter
+    code = subprocess.run(args, env=env).returncode
+    if code:
+        raise click.exceptions.Exit(code)
+
+
 from .check import check_command  # noqa: E402  (the commands live beside what they run)
 from .evaluate import eval_command  # noqa: E402
 

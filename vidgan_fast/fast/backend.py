@@ -8,6 +8,7 @@ Every fast op takes `impl='auto'|'triton'|'ref'`:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -16,10 +17,38 @@ import warnings
 import torch
 
 IMPLS = ("auto", "triton", "ref")
+PRECISIONS = ("fp32", "tf32", "bf16")     # of the products in the kernels; the same as kernels.common.PRECISIONS
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of PRECISIONS, else a ValueError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def interpreter_enabled() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1, read as triton.jit does)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_recording = False      # inside recording_launches(): launches on meta tensors are recorded, not run
+
+
+@contextlib.contextmanager
+def recording_launches():
+    """Shape-only capture (the compile gate): the fast ops take their Triton path on `meta` tensors and every
+    kernel launch is recorded (kernels/aot.py) instead of run. Yields the list of recorded launches."""
+    global _recording
+    from kernels.aot import record_launches
+    if interpreter_enabled():
+        raise RuntimeError("recording launches needs compiled-mode kernels: unset TRITON_INTERPRET")
+    with record_launches() as launches:
+        _recording = True
+        try:
+            yield launches
+        finally:
+            _recording = False
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,9 +58,9 @@ def _triton_importable() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _cuda_reason(index: int) -> str | None:
-    major, _ = torch.cuda.get_device_capability(index)
+    major, minor = torch.cuda.get_device_capability(index)
     if major < 7:   # Triton targets compute capability 7.0 and newer (Volta+); a 1080 Ti (6.1) is not supported
-        return f"GPU {torch.cuda.get_device_name(index)} (sm_{major}x) is older than Triton supports (sm_70)"
+        return f"GPU {torch.cuda.get_device_name(index)} (sm_{major}{minor}) is older than Triton supports (sm_70)"
     return None
 
 
@@ -42,6 +71,8 @@ def triton_unavailable_reason(device: torch.device | str) -> str | None:
         return "Triton is not installed"
     if device.type == "cpu":
         return None if interpreter_enabled() else "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
+    if device.type == "meta":
+        return None if _recording else "meta tensors hold no data (only the compile gate records launches on them)"
     if device.type == "cuda":
         if interpreter_enabled():
             return "TRITON_INTERPRET=1 runs on CPU tensors only"

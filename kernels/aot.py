@@ -1,0 +1,160 @@
+"""Ahead-of-time compilation of recorded kernel launches for real GPU targets, without a GPU.
+
+The Triton interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors but accepts code the real compiler
+rejects and ignores `input_precision`. This module closes that gap:
+
+    with record_launches() as launches:      # kernel[grid](...) records its specialization, launches nothing
+        run_the_fast_step_on_meta_tensors()
+    report = compile_launch(launches[0], GPUTarget("cuda", 90, 32))   # PTX + cubin via the wheel's ptxas
+    report.registers, report.spill_bytes, report.shared_bytes, report.mma
+
+The recorder binds the launch arguments with Triton's own binder for a CUDA backend, so the signature,
+constexprs and divisibility attributes are exactly those a launch on a GPU would compile (tensors may live on
+the `meta` device: only their dtype and alignment matter). It needs compiled-mode kernels: import `kernels`
+in a process without TRITON_INTERPRET. Registers and spills come from ptxas' own -v report.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass, field
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+_BINDING_TARGET = GPUTarget("cuda", 80, 32)        # binding (dtype, alignment) does not depend on the arch
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel specialization as a GPU launch would compile it."""
+    kernel: JITFunction
+    signature: tuple          # ((name, type), ...): '*fp32', 'i32', 'constexpr', ...
+    constexprs: tuple         # ((path, value), ...)
+    attrs: tuple              # ((path, attributes), ...): e.g. tt.divisibility 16
+    options: tuple            # ((name, value), ...) of LAUNCH_OPTIONS given at the launch
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+    def constant(self, name: str):
+        index = self.kernel.arg_names.index(name)
+        return dict(self.constexprs).get((index,))
+
+    def describe(self) -> str:
+        """The constexprs and launch options, short: the row label of a specialization."""
+        names = self.kernel.arg_names
+        parts = [f"{names[path[0]]}={value}" for path, value in self.constexprs if len(path) == 1]
+        parts += [f"{k}={v}" for k, v in self.options]
+        return " ".join(parts)
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Inside: every `kernel[grid](...)` appends its Launch (deduplicated, in first-launch order) to the
+    yielded list and returns without running anything."""
+    launches: list[Launch] = []
+    seen: set = set()
+    backend = make_backend(_BINDING_TARGET)
+    original = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        binder = create_function_from_signature(self.signature, self.params, backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        _, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
+        launch = Launch(self, tuple(signature.items()), tuple(sorted(constexprs.items())),
+                        tuple(sorted((k, tuple(map(tuple, v))) for k, v in attrs.items())),
+                        tuple((k, kwargs[k]) for k in LAUNCH_OPTIONS if k in kwargs))
+        if launch not in seen:
+            seen.add(launch)
+            launches.append(launch)
+
+    JITFunction.run = record
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original
+
+
+@dataclass
+class CompileReport:
+    """What the compiler made of one Launch for one target."""
+    launch: Launch
+    arch: int
+    error: str | None = None
+    registers: int | None = None
+    spill_bytes: int | None = None        # spill stores + spill loads (ptxas -v)
+    stack_bytes: int | None = None
+    shared_bytes: int | None = None
+    num_warps: int | None = None
+    mma: str = "none"                     # tensor-core instruction kind in the PTX: wgmma / mma.<type> / none
+    ctas_per_sm: int | None = None
+    ptx: str = field(default="", repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# Per-SM limits (CUDA occupancy tables): registers, shared memory bytes, threads, resident CTAs.
+SM_LIMITS = {61: (65536, 98304, 2048, 32), 75: (65536, 65536, 1024, 16), 80: (65536, 167936, 2048, 32),
+             86: (65536, 102400, 1536, 16), 89: (65536, 102400, 1536, 24), 90: (65536, 233472, 2048, 32)}
+
+
+def ctas_per_sm(arch: int, registers: int, shared: int, num_warps: int) -> int:
+    """Resident CTAs per SM from registers (allocated per warp in units of 256), shared memory and threads."""
+    regs, smem, threads, max_ctas = SM_LIMITS[arch]
+    per_warp = -(-max(registers, 1) * 32 // 256) * 256
+    by_regs = regs // (per_warp * num_warps)
+    by_smem = smem // shared if shared else max_ctas
+    return max(0, min(by_regs, by_smem, threads // (32 * num_warps), max_ctas))
+
+
+def mma_kind(ptx: str) -> str:
+    """The tensor-core instruction the PTX uses, e.g. 'wgmma.tf32', 'mma.bf16', or 'none' (FMA only)."""
+    m = re.search(r"\bwgmma\.mma_async\.\S*?\.(tf32|bf16|f16)\b", ptx)
+    if m:
+        return f"wgmma.{m.group(1)}"
+    m = re.search(r"\bmma\.sync\.aligned\.\S*?\.(tf32|bf16|f16)\b", ptx)
+    return f"mma.{m.group(1)}" if m else "none"
+
+
+_PTXAS_USAGE = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def compile_launch(launch: Launch, target: GPUTarget) -> CompileReport:
+    """Compile `launch` for `target` down to a cubin; a compile error is reported, not raised."""
+    report = CompileReport(launch, target.arch)
+    src = ASTSource(launch.kernel, dict(launch.signature), dict(launch.constexprs),
+                    {k: [list(a) for a in v] for k, v in launch.attrs})
+    log = io.StringIO()
+    saved = triton.knobs.nvidia.dump_ptxas_log
+    triton.knobs.nvidia.dump_ptxas_log = True            # ptxas -v's report goes to stdout
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=target, options=dict(launch.options))
+    except Exception as e:                                # noqa: BLE001 - a failed compile is a result
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        where, why = (lines[0], lines[-1]) if lines else ("", "")
+        report.error = f"{type(e).__name__}: {why}" + (f" ({where})" if where != why else "")
+        return report
+    finally:
+        triton.knobs.nvidia.dump_ptxas_log = saved
+    text = log.getvalue()
+    used, spill = _PTXAS_USAGE.search(text), _PTXAS_SPILL.search(text)
+    report.registers = int(used.group(1)) if used else None
+    if spill:
+        report.stack_bytes, report.spill_bytes = int(spill.group(1)), int(spill.group(2)) + int(spill.group(3))
+    report.shared_bytes = compiled.metadata.shared
+    report.num_warps = compiled.metadata.num_warps
+    report.ptx = compiled.asm["ptx"]
+    report.mma = mma_kind(report.ptx)
+    if report.registers is not None and target.arch in SM_LIMITS:
+        report.ctas_per_sm = ctas_per_sm(target.arch, report.registers, report.shared_bytes, report.num_warps)
+    return report

@@ -1,0 +1,31 @@
+"""Which GPUs the fast path runs on, decided without one: the paper's GTX 1080 Ti (sm_61) gets one warning line
+and the reference path; Volta and newer get the Triton kernels."""
+import pytest
+import torch
+
+from vidgan_fast.fast import backend, engine
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    def install(name, capability):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)           # a compiled run on a GPU
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        backend._cuda_reason.cache_clear()
+    yield install
+    backend._cuda_reason.cache_clear()
+
+
+def test_gtx_1080_ti_takes_the_reference_path_with_one_line(fake_gpu):
+    fake_gpu("NVIDIA GeForce GTX 1080 Ti", (6, 1))
+    reason = engine.fast_unavailable_reason(torch.device("cuda", 0))
+    assert reason == "GPU NVIDIA GeForce GTX 1080 Ti (sm_61) is older than Triton supports (sm_70)"
+    assert "\n" not in reason
+
+
+@pytest.mark.parametrize("capability", [(7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)])
+def test_volta_and_newer_run_the_kernels(fake_gpu, capability):
+    fake_gpu("some GPU", capability)
+    assert engine.fast_unavailable_reason(torch.device("cuda", 0)) is None
