@@ -35,6 +35,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -191,7 +192,6 @@ def read_check(path: Path) -> dict:
 
 
 def read_tests(lines: list[str]) -> dict:
-    import re
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?)",
                                                  lines[-1] if lines else "")}
     return {"counts": counts, "summary": lines[-1] if lines else ""}
