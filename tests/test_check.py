@@ -53,11 +53,59 @@ def test_every_op_passes_on_the_kernel_path(all_results):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour of the captured-step rows")
-def test_captured_step_rows_are_skipped_on_cpu(all_results):
+def test_captured_step_rows_are_not_checked_on_cpu(all_results):
     steps = [r for r in all_results if r.op.startswith("captured")]
     assert [r.op for r in steps] == ["captured D+G steps, phase 1", "captured D+G steps, phase 2"]
     for r in steps:
-        assert r.skipped and r.status == "skipped" and "CUDA graphs need a GPU" in r.note
+        assert r.skipped and not r.passed and r.status == "NOT CHECKED" and "CUDA graphs need a GPU" in r.note
+    table = format_table(all_results)
+    assert f"{len(OP_ROWS)} pass, 2 skipped (not checked), 0 failed" in table
+    assert "NOT CHECKED (a skipped row is not a pass): captured D+G steps, phase 1 (CUDA graphs need a GPU)" in table
+    assert check.exit_status(all_results) == 3 and check.exit_status(all_results, allow_skip=True) == 0
+
+
+def fake_rows(*statuses):
+    make = {"pass": lambda i: CheckResult(f"op{i}", "-", 0.0, 0.0, 1e-5, True, "triton kernel"),
+            "fail": lambda i: CheckResult(f"op{i}", "-", 1.0, 1.0, 1e-5, False, "triton kernel"),
+            "skip": lambda i: check.not_checked(f"op{i}", "-", "no GPU")}
+    return [make[s](i) for i, s in enumerate(statuses)]
+
+
+@pytest.mark.parametrize("statuses,summary,code,allowed", [
+    (("pass", "pass"), "2 pass, 0 skipped (not checked), 0 failed", 0, 0),
+    (("pass", "skip"), "1 pass, 1 skipped (not checked), 0 failed", 3, 0),
+    (("skip", "skip"), "0 pass, 2 skipped (not checked), 0 failed", 3, 0),
+    (("pass", "skip", "fail"), "1 pass, 1 skipped (not checked), 1 failed: op2", 1, 1),
+])
+def test_a_skipped_row_is_not_a_pass(statuses, summary, code, allowed):
+    """Catches a summary or exit status that counts NOT CHECKED rows as passes (the old table did)."""
+    rows = fake_rows(*statuses)
+    table = format_table(rows)
+    assert table.splitlines()[-2 if "skip" in statuses else -1] == summary
+    assert ("NOT CHECKED (a skipped row is not a pass)" in table) == ("skip" in statuses)
+    assert (check.exit_status(rows), check.exit_status(rows, allow_skip=True)) == (code, allowed)
+
+
+def test_command_exits_3_when_rows_are_not_checked(monkeypatch, tmp_path):
+    """A run whose rows were skipped prints NOT CHECKED and exits 3, or 0 with --allow-skip; a failure wins."""
+    monkeypatch.setitem(check.STEP_CHECKS, "step_skip", lambda device, paper, seed, tf32=False: check.not_checked(
+        "skipped step", "-", "no GPU"))
+    monkeypatch.setitem(check.STEP_CHECKS, "step_fail", lambda device, paper, seed, tf32=False: CheckResult(
+        "failed step", "-", 1.0, 1.0, 1e-5, False, "CUDA graph"))
+    out = tmp_path / "check.json"
+    res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_skip", "--json", str(out)])
+    assert res.exit_code == 3, res.output
+    assert "NOT CHECKED" in res.output and "0 pass, 1 skipped (not checked), 0 failed" in res.output
+    assert json.loads(out.read_text())["summary"] == {"pass": 0, "skipped": 1, "failed": 0, "exit_status": 3}
+    res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_skip", "--allow-skip"])
+    assert res.exit_code == 0 and "NOT CHECKED" in res.output, res.output
+    res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_skip", "--op", "step_fail",
+                                             "--allow-skip"])
+    assert res.exit_code == 1, res.output
+    if not torch.cuda.is_available():        # the real captured-step rows on a CPU
+        res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_phase1", "--op", "step_phase2"])
+        assert res.exit_code == 3 and "0 pass, 2 skipped (not checked), 0 failed" in res.output, res.output
+    assert "--allow-skip" in CliRunner().invoke(check_command, ["--help"]).output
 
 
 def test_table_lists_every_row_and_the_totals(all_results, device):
@@ -143,22 +191,27 @@ def test_a_fallback_is_never_a_pass_of_the_kernel(monkeypatch):
 
 
 def test_step_registry_and_engine_hook(monkeypatch):
-    monkeypatch.setitem(check.STEP_CHECKS, "step_fake", lambda device, paper, seed: CheckResult(
+    monkeypatch.setitem(check.STEP_CHECKS, "step_fake", lambda device, paper, seed, tf32=False: CheckResult(
         "fake step", "-", 1.0, 1.0, 1e-5, False, "CUDA graph"))
-    monkeypatch.setitem(check.STEP_CHECKS, "step_crash", lambda device, paper, seed: 1 / 0)
+    monkeypatch.setitem(check.STEP_CHECKS, "step_crash", lambda device, paper, seed, tf32=False: 1 / 0)
     rows = run_checks("cpu", ops=["step_fake", "step_crash"])
     assert [r.status for r in rows] == ["FAIL", "FAIL"] and "ZeroDivisionError" in rows[1].note
-    # on a GPU the rows call vidgan_fast.fast.graphs.check_graphed_steps(phase, device) when it exists
+    # on a GPU the rows call vidgan_fast.fast.graphs.check_graphed_steps(phase, device, ...) when it exists
     cuda = torch.device("cuda")
     if "vidgan_fast.fast.graphs" not in sys.modules:
         monkeypatch.setitem(sys.modules, "vidgan_fast.fast.graphs", None)   # makes the import fail
         row = check.STEP_CHECKS["step_phase1"](cuda, False, 0)
-        assert row.skipped and "not available" in row.note
-    fake = types.ModuleType("vidgan_fast.fast.graphs")
-    fake.check_graphed_steps = lambda phase, device: (2e-7, 1e-7, 1e-5, phase == 1, f"phase {phase}")
+        assert row.skipped and not row.passed and "not available" in row.note
+    fake, calls = types.ModuleType("vidgan_fast.fast.graphs"), []
+
+    def check_graphed_steps(phase, device, **options):
+        calls.append(options)
+        return 2e-7, 1e-7, 1e-5, phase == 1, f"phase {phase}"
+    fake.check_graphed_steps = check_graphed_steps
     monkeypatch.setitem(sys.modules, "vidgan_fast.fast.graphs", fake)
-    one, two = (check.STEP_CHECKS[f"step_phase{p}"](cuda, False, 0) for p in (1, 2))
+    one, two = (check.STEP_CHECKS[f"step_phase{p}"](cuda, True, 5, tf32=True) for p in (1, 2))
     assert (one.status, one.path, one.rel_err, two.status) == ("pass", "CUDA graph", 1e-7, "FAIL")
+    assert calls[0] == {"paper_size": True, "seed": 5, "tf32": True}     # the configuration being checked
 
 
 def test_bad_requests_are_one_line_errors(monkeypatch):
@@ -192,4 +245,4 @@ def test_cpu_command_turns_the_interpreter_on_itself():
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "TRITON_INTERPRET: 1 (set by vidgan check" in res.stdout
-    assert res.stdout.count("triton interpreter") == 2 and "2 pass, 0 skipped, 0 failed" in res.stdout
+    assert res.stdout.count("triton interpreter") == 2 and "2 pass, 0 skipped (not checked), 0 failed" in res.stdout

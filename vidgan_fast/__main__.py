@@ -1,5 +1,7 @@
-"""`python -m vidgan_fast ...` is the `vidgan` command."""
+"""`python -m vidgan_fast ...` is the `vidgan` command (with its exit status, as the console script's sys.exit(main()))."""
+import sys
+
 from .cli import main
 
 if __name__ == "__main__":
-    main(prog_name="vidgan")
+    sys.exit(main(prog_name="vidgan"))

@@ -19,8 +19,10 @@ Each row says which path ran: 'triton kernel' (CUDA GPU), 'triton interpreter' (
 'pytorch fallback' (Triton cannot run here, the op used its plain PyTorch twin). A fallback row is FALLBACK and
 fails, unless allow_fallback: it never counts as a pass of the kernel.
 
-STEP_CHECKS holds the captured-step rows (CUDA graph replay vs eager step, per phase): a dict name -> function
-(device, paper_size, seed) -> CheckResult, so the --fast engine can add rows.
+STEP_CHECKS holds the captured-step rows (CUDA graph replays vs eager steps, per phase, fast/graphs.py): a dict
+name -> function (device, paper_size, seed, tf32=False) -> CheckResult, so the --fast engine can add rows. On a
+CPU they cannot run: NOT CHECKED, which is not a pass (check_report.py: the summary counts such rows apart, and
+the command exits 3 unless --allow-skip).
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import sys
 from dataclasses import asdict, dataclass
 
@@ -39,39 +40,18 @@ import torch
 import torch.nn as nn
 
 from vidgan_fast import models
+from vidgan_fast.check_report import (PATH_FALLBACK, PATH_INTERPRETER, PATH_KERNEL, CheckResult,  # noqa: F401
+                                      environment, exit_status, format_table, not_checked, tally)
 from vidgan_fast.errors import ConfigError, TrainingError
 from vidgan_fast.tolerance import tolerance
 from vidgan_fast.fast.backend import interpreter_enabled, triton_unavailable_reason
 
 KERNEL_MODULES = ("kernels.projection", "kernels.batched_conv", "kernels.frame_generator")
-PATH_KERNEL, PATH_INTERPRETER, PATH_FALLBACK = "triton kernel", "triton interpreter", "pytorch fallback"
 
 
 def fp32_tolerance(reduction: int) -> float:
     """Relative bound for fp32 results whose longest sum has `reduction` terms (vidgan_fast.tolerance)."""
     return tolerance("fp32", reduction)
-
-
-@dataclass
-class CheckResult:
-    op: str
-    shape: str
-    max_abs_err: float | None
-    rel_err: float | None          # max_abs_err / max |fp64 reference|
-    tol: float | None              # bound on rel_err
-    passed: bool
-    path: str                      # PATH_KERNEL, PATH_INTERPRETER, PATH_FALLBACK, or what a step check ran
-    note: str = ""
-    ref_rel_err: float | None = None   # the fp32 eager reference's own rel_err, for scale
-    skipped: bool = False
-
-    @property
-    def status(self) -> str:
-        if self.skipped:
-            return "skipped"
-        if self.path == PATH_FALLBACK:
-            return "pass (fallback)" if self.passed else "FALLBACK"
-        return "pass" if self.passed else "FAIL"
 
 
 @dataclass(frozen=True)
@@ -266,12 +246,11 @@ PHASE_OPS = {1: ("project_frames", "frame_bank"), 2: ("project_videos", "video_b
 # ---- captured steps (CUDA graphs), filled by the --fast engine ----
 
 def _graphed_steps(phase: int):
-    """Row: vidgan_fast.fast.graphs.check_graphed_steps(phase, device) -> (max_abs_err, rel_err, tol, passed, note)."""
-    def check(device: torch.device, paper_size: bool, seed: int) -> CheckResult:
-        op, shape = f"captured D+G steps, phase {phase}", "one D step and one G step vs eager"
-        skipped = lambda why: CheckResult(op, shape, None, None, None, True, "-", why, skipped=True)   # noqa: E731
+    """Row: vidgan_fast.fast.graphs.check_graphed_steps: 3 replays vs 3 eager steps, every tensor compared."""
+    def check(device: torch.device, paper_size: bool, seed: int, tf32: bool = False) -> CheckResult:
+        op, shape = f"captured D+G steps, phase {phase}", "3 replays vs 3 eager steps"
         if device.type != "cuda":
-            return skipped("skipped (CUDA graphs need a GPU)")
+            return not_checked(op, shape, "CUDA graphs need a GPU")
         try:
             graphs = importlib.import_module("vidgan_fast.fast.graphs")
         except ModuleNotFoundError as e:
@@ -279,8 +258,10 @@ def _graphed_steps(phase: int):
                 raise
             graphs = None
         if not hasattr(graphs, "check_graphed_steps"):
-            return skipped("skipped: the --fast engine (vidgan_fast.fast.graphs.check_graphed_steps) is not available")
-        err, rel, tol, passed, note = graphs.check_graphed_steps(phase, device)
+            return not_checked(op, shape, "the --fast engine (vidgan_fast.fast.graphs.check_graphed_steps) is "
+                                          "not available")
+        err, rel, tol, passed, note = graphs.check_graphed_steps(phase, device, paper_size=paper_size, seed=seed,
+                                                                 tf32=tf32)
         return CheckResult(op, shape, err, rel, tol, bool(passed), "CUDA graph", note or "")
     return check
 
@@ -311,8 +292,9 @@ def check_names() -> list[str]:
 
 
 def run_checks(device="cpu", paper_size: bool = False, seed: int = 0, ops=None,
-               allow_fallback: bool = False) -> list[CheckResult]:
-    """Run the checks named in `ops` (default all: check_names()) on `device`; one CheckResult per row."""
+               allow_fallback: bool = False, tf32: bool = False) -> list[CheckResult]:
+    """Run the checks named in `ops` (default all: check_names()) on `device`; one CheckResult per row.
+    tf32: the captured-step rows run the steps with TF32 products (the op rows always use exact fp32)."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("check: --device cuda but PyTorch sees no CUDA GPU; use --device cpu")
@@ -331,7 +313,7 @@ def run_checks(device="cpu", paper_size: bool = False, seed: int = 0, ops=None,
                 if name in OP_CHECKS:
                     results += OP_CHECKS[name](ctx)
                 else:
-                    results.append(STEP_CHECKS[name](device, paper_size, seed))
+                    results.append(STEP_CHECKS[name](device, paper_size, seed, tf32=tf32))
             except Exception as e:   # a crash of one op (e.g. a kernel that fails to compile) is that op's FAIL
                 results.append(_failed_row(name, e, ctx.path if name in OP_CHECKS else "-"))
     return results
@@ -351,7 +333,9 @@ def first_step_check(device, phase: int | None = None, seed: int = 0, ops=None,
     for r in run_checks(device, seed=seed, ops=ops, allow_fallback=allow_fallback):
         if r.passed:
             continue
-        if r.rel_err is None:
+        if r.skipped:
+            problem = f"was not checked ({r.note})"
+        elif r.rel_err is None:
             problem = r.note
         elif r.path == PATH_FALLBACK and not allow_fallback:
             problem = f"took the PyTorch fallback ({r.note})"
@@ -361,46 +345,7 @@ def first_step_check(device, phase: int | None = None, seed: int = 0, ops=None,
                             f"or train without --fast")
 
 
-# ---- reporting ----
-
-def environment(device) -> dict[str, str]:
-    """Device, versions and modes, for the header of the table."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(index)
-        name = f"{torch.cuda.get_device_name(index)} (sm_{major}{minor})"
-    else:
-        name = f"CPU ({platform.processor() or platform.machine()})"
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda or "none (CPU build of torch)",
-            "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "unset"),
-            "python": platform.python_version()}
-
-
-def _num(v) -> str:
-    return "-" if v is None else f"{v:.2e}"
-
-
-def format_table(results: list[CheckResult], header: dict[str, str] | None = None) -> str:
-    columns = ("op", "shape", "path", "max abs err", "rel err", "tol", "fp32 ref", "status", "note")
-    rows = [(r.op, r.shape, r.path, _num(r.max_abs_err), _num(r.rel_err), _num(r.tol), _num(r.ref_rel_err),
-             r.status, r.note) for r in results]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()   # noqa: E731
-    out = [f"{k}: {v}" for k, v in (header or {}).items()]
-    out += ["" if header else None, line(columns), line(["-" * w for w in widths]), *map(line, rows)]
-    failed = [r.op for r in results if not r.passed]
-    skipped = sum(r.skipped for r in results)
-    out += ["", f"{len(results) - len(failed) - skipped} pass, {skipped} skipped, {len(failed)} failed"
-            + (f": {', '.join(failed)}" if failed else "")]
-    return "\n".join(o for o in out if o is not None)
-
+# ---- the command (the table and exit status: check_report.py) ----
 
 def _interpreter_for_cpu() -> str | None:
     """Make sure CPU runs go through the Triton interpreter: set TRITON_INTERPRET=1 for this process when no
@@ -421,15 +366,27 @@ def _interpreter_for_cpu() -> str | None:
 @click.option("--paper-size", is_flag=True, help="paper widths, K and batch sizes (GPU only)")
 @click.option("--op", "ops", multiple=True, help="only this check (repeatable): " + ", ".join(check_names()))
 @click.option("--allow-fallback", is_flag=True, help="count PyTorch-fallback rows as passes")
+@click.option("--tf32", is_flag=True, help="run the captured-step rows (CUDA graphs vs eager) with TF32 products; "
+                                            "the op rows always check exact fp32 products")
+@click.option("--allow-skip", is_flag=True,
+              help="exit 0 although rows were not checked (e.g. the CUDA-graph rows on a CPU); they still print "
+                   "as NOT CHECKED")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the rows here")
-def check_command(device, paper_size, ops, allow_fallback, seed, json_path):
-    """Check every fast op against its reference twin on this machine; exit status 1 if any fails."""
+def check_command(device, paper_size, tf32, ops, allow_fallback, allow_skip, seed, json_path):
+    """Check every fast op against its reference twin on this machine (and, on a GPU, the CUDA-graph steps
+    against eager steps).
+
+    \b
+    Exit status: 0 every row ran and passed; 1 a row failed;
+    3 nothing failed but rows were NOT CHECKED (skipped: the CUDA-graph rows on a CPU).
+    A row that was not checked is not a pass: pass --allow-skip to accept that (exit 0), or --op to choose rows.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     interpret_note = _interpreter_for_cpu() if device == "cpu" else None
     try:
         results = run_checks(device, paper_size=paper_size, seed=seed, ops=ops or None,
-                             allow_fallback=allow_fallback)
+                             allow_fallback=allow_fallback, tf32=tf32)
     except ConfigError as e:
         raise click.UsageError(str(e))
     header = environment(device)
@@ -440,9 +397,12 @@ def check_command(device, paper_size, ops, allow_fallback, seed, json_path):
                       f"B={sizes.batch_frame}/{sizes.batch_video} for frames/videos)"
     header["precision"] = "fp32 (exact products; PyTorch TF32 off); tf32/bf16 products: `vidgan kernels`"
     click.echo(format_table(results, header))
+    status = exit_status(results, allow_skip)
     if json_path:
         rows = [dict(asdict(r), status=r.status) for r in results]
         with open(json_path, "w") as f:
-            json.dump({"environment": header, "results": rows}, f, indent=1)
-    if not all(r.passed for r in results):
-        click.get_current_context().exit(1)
+            json.dump({"environment": header, "results": rows,
+                       "summary": {k: len(v) for k, v in tally(results).items()} | {"exit_status": status}}, f,
+                      indent=1)
+    if status:
+        click.get_current_context().exit(status)

@@ -3,40 +3,145 @@ optimizer) are each captured once and replayed.
 
 Static buffers: the real batch (copied in before each replay) and the noise, drawn inside the graph
 (`normal_` on a static tensor, so every replay draws fresh noise from the graph-safe Philox generator).
-Optimizers must be built with capturable=True (engine.to_fast does). Warm-up runs on a side stream before
-capture (Triton compiles, cuBLAS/cuDNN pick algorithms, optimizer state is allocated); the warm-up steps change
-weights, so every model, optimizer and RNG state is restored before capture and the run continues exactly
-from where it was.
+Optimizers must be built with capturable=True (engine.to_fast does).
+
+A graph replays kernels on the memory it recorded, so every tensor the step reads or updates must exist before
+capture and stay the same tensor afterwards:
+- Optimizer state is allocated before warm-up (init_optimizer_state: zero, as RMSprop's lazy init would make
+  it). Left to the lazy init, it would be allocated inside the capture, and every replay would re-run the
+  recorded zero-fill of `square_avg` and `step`: each step RMSprop's first step.
+- Warm-up (Triton compiles, cuBLAS/cuDNN pick algorithms) changes weights, batch-norm buffers and optimizer
+  state; afterwards their saved values are copied back INTO THE SAME TENSORS (restore), never through
+  load_state_dict, which swaps in new ones, and the RNG is rewound: the run continues exactly where it was.
+  The saved values are host copies (state just initialised to zero is zeroed again instead of saved), so the
+  snapshot costs no GPU memory.
+- _same_state checks both rules after warm-up and after capture: a tensor made or replaced there is an error.
+
+`runtime` is what executes warm-up and capture: CudaRuntime here; the tests pass a CPU stand-in whose replay
+re-runs the step on the tensors the capture saw (tests/test_graphs.py).
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
 from vidgan_fast.profiling import nvtx_range
 
 WARMUP_STEPS = 3
+CHECK_STEPS = 3
 
 
-def _snapshot(state) -> dict:
-    parts = {"generator": state.generator, "discriminators": state.discriminators, "g_opt": state.g_opt,
-             "d_opt": state.d_opt, "frame_generator": state.frame_generator, "f_opt": state.f_opt}
-    return {name: copy.deepcopy(obj.state_dict()) for name, obj in parts.items() if obj is not None}
+def trained_parts(state) -> tuple[list, list]:
+    """([(name, module)], [(name, optimizer)]) of what the two steps change (a frozen G_F changes nothing)."""
+    modules = [("generator", state.generator), ("discriminators", state.discriminators)]
+    optimizers = [("g_opt", state.g_opt), ("d_opt", state.d_opt)]
+    if state.f_opt is not None:
+        modules.append(("frame_generator", state.frame_generator))
+        optimizers.append(("f_opt", state.f_opt))
+    return modules, optimizers
 
 
-def _restore(state, snap: dict) -> None:
-    for name, sd in snap.items():
-        getattr(state, name).load_state_dict(sd)
+def init_optimizer_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Allocate the state of every parameter that has none, exactly as RMSprop's lazy init (_init_group) would:
+    `step` a 0-d zero (on the parameter's device when capturable), `square_avg` (and `momentum_buffer`,
+    `grad_avg` when used) zeros like the parameter. Returns the tensors it made."""
+    if type(opt) is not torch.optim.RMSprop:
+        raise RuntimeError(f"CUDA graphs: no state initialiser for {type(opt).__name__} (only RMSprop)")
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    made = []
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if opt.state.get(p):
+                continue
+            s = {"step": torch.zeros((), dtype=scalar, device=p.device if group["capturable"] else "cpu"),
+                 "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            if group["momentum"] > 0:
+                s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["centered"]:
+                s["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            opt.state[p] = s
+            made += s.values()
+    return made
+
+
+def _held(optimizers) -> dict:
+    """{(optimizer, parameter, key): value} of every optimizer state entry (the objects themselves)."""
+    return {(id(opt), id(p), key): v for _, opt in optimizers for p, s in opt.state.items() for key, v in s.items()}
+
+
+def _same_state(held: dict, optimizers, when: str) -> None:
+    now = _held(optimizers)
+    changed = [k for k in held.keys() | now.keys() if k not in held or k not in now or now[k] is not held[k]]
+    if changed:
+        raise RuntimeError(f"CUDA graphs: {len(changed)} optimizer state tensors were created or replaced during "
+                           f"{when}; a captured step must update the tensors that exist before capture")
+
+
+def snapshot(modules, optimizers, zero=()) -> list:
+    """[(live tensor, host copy or None)] of every parameter, buffer and optimizer state tensor; None (restore
+    zeroes it) for the tensors in `zero`, state that was just initialised to zero."""
+    zero, out, seen = {id(t) for t in zero}, [], set()
+    live = [t for _, m in modules for t in (*m.parameters(), *m.buffers())]
+    live += [v for _, opt in optimizers for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    for t in live:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append((t, None if id(t) in zero else t.detach().to("cpu", copy=True)))
+    return out
+
+
+@torch.no_grad()
+def restore(saved: list) -> None:
+    """Copy the snapshot's values back into the same tensors."""
+    for live, value in saved:
+        if value is None:
+            live.zero_()
+        else:
+            live.copy_(value)
+
+
+class CudaRuntime:
+    """Warm-up on a side stream, capture into torch.cuda.CUDAGraph, the device's (graph-safe) RNG."""
+
+    def __init__(self, state):
+        if state.device.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        self.device = state.device
+
+    def get_rng(self):
+        return torch.cuda.get_rng_state(self.device)
+
+    def set_rng(self, rng) -> None:
+        torch.cuda.set_rng_state(rng, self.device)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def warm_up(self, fn, n: int) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(n):
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
+    def capture(self, fn, share_pool_with=None):
+        """(graph, output of fn as captured: overwritten by every replay)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=None if share_pool_with is None else share_pool_with.pool()):
+            out = fn()
+        return graph, out
 
 
 class GraphedSteps:
     """`step(real) -> (d_loss, g_loss)` replaying the captured D step then the captured G step."""
 
-    def __init__(self, state, real_shape: tuple[int, ...], batch: int, warmup: int = WARMUP_STEPS):
+    def __init__(self, state, real_shape: tuple[int, ...], batch: int, warmup: int = WARMUP_STEPS,
+                 runtime=CudaRuntime):
         from vidgan_fast.train import d_step, g_step
-        if state.device.type != "cuda":
-            raise RuntimeError("CUDA graphs need a CUDA device")
+        rt = runtime(state)
         self.state, dev = state, state.device
         self.real = torch.zeros(real_shape, device=dev)
         self.z_d = torch.zeros(batch, state.generator.z_dim, device=dev)
@@ -50,27 +155,24 @@ class GraphedSteps:
             self.z_g.normal_()
             return g_step(state, self.z_g)
 
-        snap, rng = _snapshot(state), torch.cuda.get_rng_state(dev)
+        modules, optimizers = trained_parts(state)
+        made = [t for _, opt in optimizers for t in init_optimizer_state(opt)]
+        saved, rng, held = snapshot(modules, optimizers, zero=made), rt.get_rng(), _held(optimizers)
 
         def rewind():
-            torch.cuda.synchronize(dev)
-            _restore(state, snap)
-            torch.cuda.set_rng_state(rng, dev)
+            rt.synchronize()
+            restore(saved)
+            rt.set_rng(rng)
 
         try:
-            side = torch.cuda.Stream(dev)
-            side.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side), nvtx_range("graph warm-up"):
-                for _ in range(warmup):
-                    d_body(), g_body()
-            torch.cuda.current_stream(dev).wait_stream(side)
+            with nvtx_range("graph warm-up"):
+                rt.warm_up(lambda: (d_body(), g_body()), warmup)
             rewind()
-            self.d_graph, self.g_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            _same_state(held, optimizers, "warm-up")
             with nvtx_range("graph capture"):
-                with torch.cuda.graph(self.d_graph):
-                    self.d_loss = d_body()
-                with torch.cuda.graph(self.g_graph, pool=self.d_graph.pool()):
-                    self.g_loss = g_body()
+                self.d_graph, self.d_loss = rt.capture(d_body)
+                self.g_graph, self.g_loss = rt.capture(g_body, share_pool_with=self.d_graph)
+            _same_state(held, optimizers, "capture")
         except Exception:
             rewind()             # a failed warm-up or capture leaves the run exactly where it was
             raise
@@ -93,42 +195,106 @@ class GraphedSteps:
         return self.d(real), self.g()
 
 
-def check_graphed_steps(phase: str, device, seed: int = 0):
-    """One captured D step + G step against the same steps run eagerly on a copy, at tiny size.
+# ---- graph replay vs eager steps (vidgan check, tests) ----
 
-    Returns (max_abs_err, rel_err, tol, passed, note) over every parameter after the step (vidgan check).
-    """
+def real_shape(state) -> tuple[int, ...]:
+    from vidgan_fast.train import phase_settings
+    _, batch, _, _ = phase_settings(state.cfg, state.phase)
+    return (batch, 1, 30, 30) if state.phase == "frames" else (batch, 1, 30, 30, 30)
+
+
+def graphed_vs_eager(state, steps: int = CHECK_STEPS, runtime=CudaRuntime, seed: int = 0) -> list[tuple]:
+    """Replay `steps` captured D+G steps on `state` and run the same steps eagerly on a copy, fed the same
+    batches and noise. Returns [(name, graphed, eager)]: every loss, then every parameter, buffer (batch-norm
+    running_mean/var, num_batches_tracked) and optimizer state tensor after the last step."""
+    from vidgan_fast.train import d_step, g_step
+    eager, shape = copy.deepcopy(state), real_shape(state)
+    gen = torch.Generator().manual_seed(seed)
+    graphed = GraphedSteps(state, shape, shape[0], runtime=runtime)
+    pairs = []
+    for i in range(1, steps + 1):
+        real = (torch.rand(shape, generator=gen) * 2 - 1).to(state.device)
+        d, g = graphed.step(real)
+        z_d, z_g = graphed.z_d.clone(), graphed.z_g.clone()
+        pairs += [(f"D loss, step {i}", d, d_step(eager, real, z_d)), (f"G loss, step {i}", g, g_step(eager, z_g))]
+    return pairs + _final_tensors(state, eager)
+
+
+def _final_tensors(a, b) -> list[tuple]:
+    (mods_a, opts_a), (mods_b, opts_b) = trained_parts(a), trained_parts(b)
+    pairs, names = [], {}
+    for (label, ma), (_, mb) in zip(mods_a, mods_b):
+        for (name, ta), (_, tb) in zip(ma.named_parameters(), mb.named_parameters()):
+            pairs.append((f"{label}.{name}", ta, tb))
+            names[id(ta)] = f"{label}.{name}"
+        pairs += [(f"{label}.{name}", ta, tb) for (name, ta), (_, tb) in zip(ma.named_buffers(), mb.named_buffers())]
+    for (label, oa), (_, ob) in zip(opts_a, opts_b):
+        params_a = [p for g in oa.param_groups for p in g["params"]]
+        params_b = [p for g in ob.param_groups for p in g["params"]]
+        for pa, pb in zip(params_a, params_b):
+            sa, sb = oa.state.get(pa, {}), ob.state.get(pb, {})
+            for key in sorted(sa.keys() | sb.keys()):
+                va, vb = sa.get(key), sb.get(key)
+                # state one side never made (a parameter that got no gradient) is the zero a lazy init makes
+                va = torch.zeros_like(vb) if va is None else va
+                vb = torch.zeros_like(va) if vb is None else vb
+                pairs.append((f"{label} state[{names.get(id(pa), '?')}].{key}", va, vb))
+    return pairs
+
+
+def worst_error(pairs) -> tuple[float, float, str]:
+    """(max abs err, rel err, name) of the pair with the largest max|a - b| / max|b| (NaN counts as inf)."""
+    worst = (-1.0, math.nan, math.inf, "nothing compared")
+    for name, a, b in pairs:
+        a, b = a.detach(), b.detach().to(a.device)
+        if not a.is_floating_point():
+            a, b = a.double(), b.double()
+        err = (a - b).abs().max().item() if a.numel() else 0.0
+        scale = b.abs().max().item() if b.numel() else 0.0
+        rel = err / scale if scale else (0.0 if err == 0 else math.inf)
+        rel = math.inf if math.isnan(rel) else rel
+        if rel > worst[0]:
+            worst = (rel, err, rel, name)
+    return worst[1], worst[2], worst[3]
+
+
+def step_tolerance(state, tf32: bool) -> float:
+    """vidgan_fast.tolerance for the step's precision and its longest sum n. The weight
+    gradient of a discriminator's first layer sums over 2 B samples times its output positions, bounded by
+    2 B x the pixels of a sample (30x30 frames, 30x30x30 videos); that bound exceeds every layer's fan-in at
+    paper and tiny sizes (the largest, D_V's last layer, is 768 x 64 = 49,152), so n = 2 B x pixels."""
+    from vidgan_fast.tolerance import tolerance
+    shape = real_shape(state)
+    return tolerance("tf32" if tf32 else "fp32", 2 * shape[0] * math.prod(shape[2:]))
+
+
+def check_graphed_steps(phase, device, paper_size: bool = False, seed: int = 0, tf32: bool = False,
+                        steps: int = CHECK_STEPS):
+    """`steps` captured D+G steps against the same steps run eagerly on a copy, fed the same batches and noise,
+    at the tiny preset's sizes or the paper's (paper_size). Compares the losses, every parameter, batch-norm
+    buffer and optimizer state tensor; relative error per tensor against step_tolerance.
+
+    Returns (max_abs_err, rel_err, tol, passed, note) of the worst tensor (vidgan check's step rows)."""
     from vidgan_fast.config import preset
     from vidgan_fast.fast.engine import to_fast
-    from vidgan_fast.models import FrameGenerator
-    from vidgan_fast.train import build_state, d_step, g_step, phase_settings
+    from vidgan_fast.train import build_frame_generator, build_state
 
     phase = {1: "frames", 2: "video"}.get(phase, phase)        # vidgan check numbers the phases
-    cfg = preset("tiny", device=str(device), seed=seed)
-    g_f = None if phase == "frames" else FrameGenerator(widths=cfg.gf_widths).state_dict()
-    state = to_fast(build_state(cfg, phase, g_f), warn=False)
-    eager = copy.deepcopy(state)
-    _, batch, _, _ = phase_settings(cfg, phase)
-    shape = (batch, 1, 30, 30) if phase == "frames" else (batch, 1, 30, 30, 30)
-    real = torch.rand(shape, device=state.device) * 2 - 1
+    device = torch.device(device)
+    cfg = preset("paper" if paper_size else "tiny", device=str(device), seed=seed, tf32=tf32)
+    g_f = None if phase == "frames" else build_frame_generator(cfg).state_dict()
+    state = to_fast(build_state(cfg, phase, g_f), warn=False)      # cfg.precision
     # Deterministic cuDNN for this comparison: gradients whose true value is 0 (biases before a train-mode batch
     # norm) are rounding noise, and RMSprop's first step turns any noise into +-10 lr; with the same
     # deterministic kernels in the graph and eagerly, both see the same noise.
     flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
-        graphed = GraphedSteps(state, shape, batch)
-        graphed.step(real)
-        torch.cuda.synchronize(state.device)
-        d_step(eager, real, graphed.z_d.clone())
-        g_step(eager, graphed.z_g.clone())
+        pairs = graphed_vs_eager(state, steps, seed=seed)
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
-    worst, scale = 0.0, 0.0
-    for mod in ("generator", "discriminators"):
-        for (name, a), (_, b) in zip(getattr(state, mod).named_parameters(), getattr(eager, mod).named_parameters()):
-            worst = max(worst, (a - b).abs().max().item())
-            scale = max(scale, b.abs().max().item())
-    tol = 1e-5
-    rel = worst / max(scale, 1e-30)
-    return worst, rel, tol, rel <= tol, f"phase {phase}: parameters after one replayed D+G step vs eager"
+    err, rel, name = worst_error(pairs)
+    tol = step_tolerance(state, tf32)
+    note = (f"phase {phase}: {steps} replays vs {steps} eager steps; losses, parameters, BN buffers, optimizer "
+            f"state ({len(pairs)} tensors); worst: {name}")
+    return err, rel, tol, rel <= tol, note
