@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vidgan_fast.errors import VidganError
+from vidgan_fast.errors import VidganError, os_reason
 
 BOX = 10.0          # side of the square box
 RADIUS = 1.2        # ball radius
@@ -324,25 +324,31 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, frames: int = 30, siz
     return path
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def load_videos(path: str | Path, frames: int = 30, size: int = 30) -> np.memmap:
     """Open a file written by write_dataset: read-only uint8 memmap [N, frames, size, size]."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} does not exist" if not path.exists() else
+                        f"data file {path} is not a file; pass the .npy file written by `vidgan data`")
+    write_one = f"write one with `vidgan data --n N --out {path.with_suffix('.npy')}`"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read data file {path} ({os_reason(e)})") from None
+    if magic != b"\x93NUMPY":
+        raise DataError(f"data file {path} is not a readable .npy array (it has no NumPy header: a text or other "
+                        f"file?); {write_one}") from None
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as e:  # numpy raises ValueError, OSError, EOFError... for files that are not .npy arrays
-        raise DataError(f"data file {path} is not a readable .npy array: {_first_line(e)}") from None
+    except Exception:  # numpy raises ValueError, OSError, EOFError... (its advice, e.g. allow_pickle, is not ours)
+        raise DataError(f"data file {path} is not a readable .npy array (truncated, damaged, or an array of "
+                        f"Python objects); {write_one}") from None
     expected = f"[N, {frames}, {size}, {size}] uint8"
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 4 \
             or array.shape[1:] != (frames, size, size):
         raise DataError(f"data file {path} has shape {tuple(array.shape)} and dtype {array.dtype} "
-                        f"but {expected} was expected")
+                        f"but {expected} was expected; {write_one}")
     if array.shape[0] == 0:
         raise DataError(f"data file {path} holds no videos")
     return array
@@ -353,6 +359,12 @@ def load_videos(path: str | Path, frames: int = 30, size: int = 30) -> np.memmap
 def to_model_range(x01: torch.Tensor) -> torch.Tensor:
     """[0, 1] intensities -> [-1, 1] model values."""
     return x01 * 2 - 1
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] model values -> uint8 as write_dataset stores [0, 1] intensities: round(clip((x + 1) / 2) * 255).
+    The inverse of reading a file (/ 255) and to_model_range: a stored video comes back unchanged."""
+    return ((x.detach().float() + 1) / 2).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 class VideoSource:
