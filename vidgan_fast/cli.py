@@ -172,7 +172,11 @@ class Main(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         warnings.formatwarning = one_line_warning
         try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            # click returns ctx.exit(N)'s N here (standalone_mode=False), e.g. `vidgan check` with a failed op
+            code = result if isinstance(result, int) and not isinstance(result, bool) else 0
+            if not standalone_mode:
+                return result
         except click.exceptions.Exit as e:
             code = e.exit_code
         except click.UsageError as e:
