@@ -1,4 +1,4 @@
-"""Bouncing-balls videos (DESIGN.md sections 1 and 6), generated vectorised and deterministic from (seed, index).
+"""Bouncing-balls videos (the paper's data set), generated vectorised and deterministic from (seed, index).
 
 The simulation is the classic one (Sutskever's bounce_n / matricize, as in the TSBN data handler): a 10x10 box,
 balls of radius 1.2 and equal mass, centres uniform in [2, 10) redrawn until no ball touches a wall or another
