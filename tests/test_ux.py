@@ -149,7 +149,7 @@ def test_two_runs_into_one_folder(tmp_path):
 
 def test_kill_9_then_resume_logs_every_step_once(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "frames", *QUICK, "--steps", 10, "--checkpoint-every", 3]
+    args = ["train", "frames", *QUICK, "--steps", 10, "--checkpoint-every", 4]
     proc = subprocess.Popen([sys.executable, "-m", "vidgan_fast", *map(str, args), "--out", str(out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log, deadline = out / "log.jsonl", time.time() + 300
@@ -160,7 +160,7 @@ def test_kill_9_then_resume_logs_every_step_once(tmp_path):
     proc.wait()
     saved = torch.load(out / "frames.ckpt", weights_only=True)["step"]
     logged = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.endswith("}")]
-    assert saved == 3 and max(logged) > saved and (out / ".lock").exists()
+    assert saved == 4 and max(logged) > saved and (out / ".lock").exists()
     vidgan("train", "frames", "--resume", "--out", out)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 11))
