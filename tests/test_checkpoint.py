@@ -55,8 +55,9 @@ def assert_identical(a, b, where="checkpoint"):
 
 
 def comparable(ckpt):
-    """Everything a run continues from (the config differs only in max_steps, which caps the run)."""
-    return {k: v for k, v in ckpt.items() if k != "config"}
+    """Everything a run continues from (the config differs only in max_steps, which caps the run; the run id
+    names the run, and two separate runs have two)."""
+    return {k: v for k, v in ckpt.items() if k not in ("config", "run")}
 
 
 def run(phase, out, cfg, frames=None, resume=False, overrides=None):
