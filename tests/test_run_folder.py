@@ -148,6 +148,10 @@ def test_os_errors_in_words():
     assert message.startswith("cannot write or read /runs/x/frames.ckpt: permission denied;")
     assert "Errno" not in message and ".tmp" not in message
     assert "a file is in the way" in os_error_message(NotADirectoryError(20, "Not a directory", "/a/b"))
+    for temp in (".balls.npy.4242.9f3a0b1c.tmp", ".log.jsonl.4242.tmp", ".frames.ckpt.123456.tmp"):
+        named = os_error_message(OSError(28, "No space left on device", f"/d/{temp}"))
+        assert named.startswith(f"cannot write or read /d/{temp[1:].split('.')[0]}.") and ".tmp" not in named
+        assert "no space left on the device" in named
 
 
 def test_checkpoints_follow_the_umask_and_a_failed_write_names_the_file(tmp_path, monkeypatch):

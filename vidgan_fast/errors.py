@@ -50,7 +50,7 @@ REASONS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", 
            errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
            errno.ENOTDIR: "a file is in the way of a folder in that path", errno.EISDIR: "it is a folder",
            errno.ENOENT: "it does not exist", errno.EEXIST: "it already exists"}
-TEMP_NAME = re.compile(r"^\.(?P<name>.+?)\.[^.]+\.tmp$")     # .frames.ckpt.abc123.tmp -> frames.ckpt
+TEMP_NAME = re.compile(r"^\.(?P<name>.+?)(\.\d+)?\.[^.]+\.tmp$")   # .frames.ckpt.k2j3.tmp, .balls.npy.41.9f3a.tmp
 
 
 def os_reason(e: OSError) -> str:
