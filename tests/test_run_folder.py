@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -181,4 +180,3 @@ def test_the_log_is_checked_before_the_first_step(tmp_path):
     (tmp_path / "log.jsonl").mkdir()                         # something that cannot be appended to
     with pytest.raises(TrainingError, match="cannot write the log .*log.jsonl \\(it is a folder\\)"):
         LossLog(tmp_path / "log.jsonl", "frames", 1, 0, "run")
-    time.sleep(0)

@@ -18,10 +18,10 @@ from vidgan_fast import train
 from vidgan_fast.check import check_command
 from vidgan_fast.cli import main
 from vidgan_fast.config import PRESETS
-from vidgan_fast.data import load_videos, to_model_range, to_uint8
+from vidgan_fast.data import load_videos, to_model_range
 from vidgan_fast.errors import TrainingInterrupted
 from vidgan_fast.evaluate import eval_command
-from vidgan_fast.sample import generate
+from vidgan_fast.sample import generate, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -180,7 +180,8 @@ def test_a_stopping_signal_exits_128_plus_its_number(signum, code, tmp_path, mon
         raise TrainingInterrupted(f"{signal.Signals(signum).name} at step 1 of phase 1: ...", signum=signum)
     monkeypatch.setattr(train, "train_phase", stopped)
     result = vidgan("train", "frames", *QUICK, "--out", tmp_path / "run", ok=False)
-    assert result.exit_code == code and one_error(result).startswith(f"error: interrupted by {signal.Signals(signum).name}")
+    name = signal.Signals(signum).name
+    assert result.exit_code == code and one_error(result).startswith(f"error: interrupted by {name}")
 
 
 # ----------------------------------------------------------------------------------------------- early checks

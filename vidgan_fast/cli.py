@@ -7,8 +7,9 @@
     vidgan sample runs/tiny/video.ckpt --n 16
 
 Every TrainConfig field that a command uses is an option (generated from the dataclass; not given = the
-preset's value, or on --resume the saved run's value). Every project error and usage error ends as one `error: ...` line on stderr
-and a non-zero exit, never a traceback. Torch is imported only when a command runs, so every --help is quick.
+preset's value, or on --resume the saved run's value). Every project error and usage error ends as one
+`error: ...` line on stderr and a non-zero exit, never a traceback. Torch is imported only when a command runs,
+so every --help is quick.
 """
 from __future__ import annotations
 

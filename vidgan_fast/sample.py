@@ -18,7 +18,6 @@ import torch
 
 from . import media
 from .checkpoint import load_checkpoint, load_matching
-from .data import to_uint8
 from .errors import ConfigError, VidganError, os_reason
 from .train import Z_DIM, build_frame_generator, build_video_generator, resolve_device, saved_config
 
@@ -40,6 +39,12 @@ def load_generator(ckpt_path: str | Path, device: str = "cpu"):
     load_matching(video_generator, ckpt["generator"], "the video generator", ckpt_path)
     video_generator, frame_generator = video_generator.to(dev).eval(), frame_generator.to(dev).eval()
     return "video", dev, lambda z: video_generator(z, frame_generator)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] model values -> uint8 as data.write_dataset stores [0, 1] intensities: round(clip((x + 1) / 2) * 255).
+    The inverse of reading a data file (/ 255, then data.to_model_range): a stored video comes back unchanged."""
+    return ((x.detach().float() + 1) / 2).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def noise(n: int, seed: int) -> torch.Tensor:
@@ -84,7 +89,7 @@ def write_samples(ckpt_path: str | Path, out: str | Path, n: int = 16, seed: int
 def write_array(ckpt_path: str | Path, path: str | Path, n: int = 16, seed: int = 0,
                 device: str = "cpu") -> tuple[Path, tuple[int, ...]]:
     """Write n samples as a uint8 .npy array: videos [n, 30, 30, 30] or frames [n, 30, 30], quantised as
-    `vidgan data` writes its videos (data.to_uint8). Atomic (a temporary file, then a rename); the samples are
+    `vidgan data` writes its videos (to_uint8). Atomic (a temporary file, then a rename); the samples are
     those of write_samples for the same seed (the same noise), generated ARRAY_BATCH at a time."""
     path = Path(path)
     z = noise(n, seed)
