@@ -8,7 +8,7 @@ Sizes: 'paper' (default on a GPU) is D_F K=48 on 128 frames and D_V K=16 on 16 v
 'tiny' (default on CPU) and 'moderate' are smaller. Columns: 'reference' (eager loop over K modules),
 'compile' (torch.compile of that loop), 'bank_ref' (the bank's grouped-convolution path), 'bank_triton_tf32' and
 'bank_triton_fp32' (the Triton kernels; GPU only: the CPU interpreter is no speed measure). Compare ratios
-within one group of one run only (DESIGN section 5).
+within one group of one run only.
 
 test_bank_layer times each bank layer alone, Triton kernels vs PyTorch grouped convolution (cuDNN, which uses
 TF32 by default on a GPU): the numbers that should set `bank.layer_impl` per layer (default: all 'triton').

@@ -1,13 +1,22 @@
-"""The performance report (issue 6): one table of ops and training steps, reference vs torch.compile vs fast,
-with the speed-ups, achieved TFLOP/s against the FLOP model (vidgan_fast/flops.py), the fraction of the device's
-measured matrix rate, and peak GPU memory; saved as JSON too.
+"""The performance report: one table of ops and training steps, reference vs torch.compile vs fast, with the
+speed-ups, achieved TFLOP/s against the FLOP model (vidgan_fast/flops.py), the fraction of the device's measured
+matrix rate, and peak GPU memory; saved as JSON too.
 
-    python -m benchmarks.report                       # paper sizes on a GPU, tiny on CPU
-    python -m benchmarks.report --size tiny --repeats 5 --no-compile --json out.json
+    vidgan bench                                      # defaults chosen for the device, see below
+    vidgan bench --size tiny --repeats 5 --no-compile --json out.json
+    python -m benchmarks.report ...                   # the same command
 
-From Python (what `vidgan bench` wraps):
+Defaults: on a GPU the paper sizes, 20 repeats after 3 warm-up calls, all three columns. On a CPU the tiny sizes,
+3 repeats after 1 warm-up call, 1 torch thread (spinning OpenMP threads on a shared CPU make timings meaningless)
+and no torch.compile column (compiling on a CPU takes minutes per case; --compile asks for it): a few minutes.
+The table header comes first, then each row as soon as it is measured (progress on stderr); the JSON file is
+rewritten after every row, so a stopped run keeps what it measured ("complete": false in its meta).
+
+From Python:
     rows = run_report(size="auto", device="auto", out_json="bench.json", repeats=20)
     print(format_table(rows))
+
+Torch is imported only when a report runs (so `vidgan bench --help` is quick).
 """
 from __future__ import annotations
 
@@ -21,15 +30,14 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
-
 if __package__ in (None, ""):          # `python benchmarks/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import COLUMNS, Case, device_info, matrix_rate, resolve_device, time_call  # noqa: E402
-
+COLUMNS = ("reference", "compile", "fast")          # benchmarks.timing.COLUMNS (torch-free copy; a test checks)
 SIZES = ("auto", "paper", "tiny")
 WHAT = ("all", "ops", "steps")
+CPU_DEFAULTS = dict(repeats=3, warmup=1, compile=False, threads=1)
+GPU_DEFAULTS = dict(repeats=20, warmup=3, compile=True, threads=None)
 
 
 def _error_cell(e: BaseException) -> str:
@@ -37,8 +45,11 @@ def _error_cell(e: BaseException) -> str:
     return f"failed: {type(e).__name__}: {line}"
 
 
-def measure_case(case: Case, device: torch.device, warmup: int, repeats: int, rates: dict) -> dict:
-    """Time every column of `case`; one JSON-ready row."""
+def measure_case(case, device, warmup: int, repeats: int, rates: dict) -> dict:
+    """Time every column of `case` (a benchmarks.timing.Case) on `device`; one JSON-ready row."""
+    import torch
+
+    from benchmarks.timing import time_call
     row = {"name": case.name, "kind": case.kind, "size": case.size, "flops": case.flops, "columns": {}}
     for column in COLUMNS:
         entry = case.columns[column]
@@ -80,16 +91,22 @@ def measure_case(case: Case, device: torch.device, warmup: int, repeats: int, ra
 
 def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | None = None, repeats: int = 20,
                warmup: int = 3, what: str = "all", compile_enabled: bool = True, fast_tf32: bool = True,
-               threads: int | None = None, progress=None) -> list[dict]:
-    """Build and time every case; return the rows (and write {'meta': ..., 'rows': ...} to out_json if given).
+               threads: int | None = None, progress=None, on_start=None, on_case=None,
+               command: str | None = None) -> list[dict]:
+    """Build and time every case; return the rows. With out_json, {'meta': ..., 'rows': ...} is written there
+    before the first case and again after every row (meta["complete"] turns true after the last).
 
     size: 'auto' (paper on CUDA, tiny on CPU), 'paper' or 'tiny'. device: 'auto', 'cpu', 'cuda', 'cuda:N'.
     what: 'all', 'ops' or 'steps'. fast_tf32: let the fast kernels use TF32 (PyTorch's cuDNN convolutions in
     the reference do by default). threads: torch CPU threads for the run (None: leave as is; on a shared CPU
     use 1, since OpenMP threads that spin while the cores are busy elsewhere make timings meaningless).
-    progress: a callable(list of cells) called once per finished row.
+    Callbacks: on_start(meta, number of rows) once the cases are built; on_case(i, n, name) before row i
+    (1-based) is measured; progress(list of cells) after each row.
     """
+    import torch
+
     from benchmarks.bench_steps import resolve_size
+    from benchmarks.timing import device_info, matrix_rate, resolve_device
     if size not in SIZES:
         raise ValueError(f"report size must be one of {SIZES}, got {size!r}")
     if what not in WHAT:
@@ -101,38 +118,55 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    rows: list[dict] = []
     try:
-        rows, rates = _run(size, dev, repeats, warmup, what, compile_enabled, fast_tf32, progress)
-    finally:
-        torch.set_num_threads(saved_threads)
-    if out_json is not None:
+        rates = matrix_rate(str(dev), torch.get_num_threads())
         meta = dict(device_info(dev), threads=threads or saved_threads, size=size, repeats=repeats, warmup=warmup,
-                    fast_tf32=fast_tf32, matrix_rate_flops=rates,
+                    fast_tf32=fast_tf32, compile=compile_enabled, matrix_rate_flops=rates,
                     load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                    command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
-        Path(out_json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+                    command=command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), complete=False)
+        cases = _cases(size, dev, what, compile_enabled, fast_tf32)
+        _save(out_json, meta, rows)
+        if on_start:
+            on_start(meta, len(cases))
+        for i, case in enumerate(cases, 1):
+            if on_case:
+                on_case(i, len(cases), case["name"] if isinstance(case, dict) else case.name)
+            rows.append(case if isinstance(case, dict) else measure_case(case, dev, warmup, repeats, rates))
+            _save(out_json, meta, rows)
+            if progress:
+                progress(format_row(rows[-1]))
+        meta["complete"] = True
+        _save(out_json, meta, rows)
+    finally:
+        torch.set_num_threads(saved_threads)
     return rows
 
 
-def _run(size, dev, repeats, warmup, what, compile_enabled, fast_tf32, progress) -> tuple[list[dict], dict]:
+def _save(out_json, meta: dict, rows: list[dict]) -> None:
+    """Write meta and the rows so far (a temporary file, then a rename: never half a file)."""
+    if out_json is None:
+        return
+    out_json = Path(out_json)
+    tmp = out_json.with_name(f".{out_json.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    os.replace(tmp, out_json)
+
+
+def _cases(size, dev, what, compile_enabled, fast_tf32) -> list:
+    """Every case to time, in table order; a group whose cases cannot be built is one error row (a dict)."""
     from benchmarks.bench_ops import op_cases
     from benchmarks.bench_steps import step_cases
-    rates = matrix_rate(str(dev), torch.get_num_threads())
     builders = {"ops": op_cases, "steps": step_cases}
-    rows = []
+    cases: list = []
     for group in (("ops", "steps") if what == "all" else (what,)):
         try:
-            cases = builders[group](size, dev, fast_tf32=fast_tf32, compile_enabled=compile_enabled)
+            cases += builders[group](size, dev, fast_tf32=fast_tf32, compile_enabled=compile_enabled)
         except Exception as e:   # noqa: BLE001 - e.g. a fast module not written yet: say so in the table
-            rows.append({"name": f"{group}: could not build the cases", "kind": group, "size": size, "flops": 0,
-                         "error": _error_cell(e), "columns": {}})
-            continue
-        for case in cases:
-            rows.append(measure_case(case, dev, warmup, repeats, rates))
-            if progress:
-                progress(format_row(rows[-1]))
-    return rows, rates
+            cases.append({"name": f"{group}: could not build the cases", "kind": group, "size": size, "flops": 0,
+                          "error": _error_cell(e), "columns": {}})
+    return cases
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -167,15 +201,29 @@ def format_row(row: dict) -> list[str]:
             "-" if peak is None else f"{peak / 2 ** 20:.0f}"]
 
 
+def header_lines(markdown: bool = True) -> list[str]:
+    """The table's header (Markdown: the header row and its rule)."""
+    return ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"] if markdown else []
+
+
+def row_line(row: dict) -> str:
+    """One Markdown table line of a row."""
+    return "| " + " | ".join(format_row(row)) + " |"
+
+
 def format_table(rows: list[dict], markdown: bool = True) -> str:
     """One table (Markdown by default), then the notes: column labels and why cells were skipped."""
-    body = [list(HEADER)] + [format_row(r) for r in rows]
     if markdown:
-        lines = ["| " + " | ".join(r) + " |" for r in body]
-        lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")
+        lines = header_lines() + [row_line(r) for r in rows]
     else:
+        body = [list(HEADER)] + [format_row(r) for r in rows]
         widths = [max(len(r[i]) for r in body) for i in range(len(HEADER))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(lines + [""] + format_notes(rows))
+
+
+def format_notes(rows: list[dict]) -> list[str]:
+    """The lines under the table: what each column ran, how to read the ratios, why cells were skipped."""
     notes, labels, skipped = [], {}, {}
     for r in rows:
         if "error" in r:
@@ -192,26 +240,74 @@ def format_table(rows: list[dict], markdown: bool = True) -> str:
     head.append("- fast vs ref / fast vs compile: time ratio (>1 = fast is faster); TFLOP/s and % of the measured "
                 "matmul rate are of the fast column (or of the column named in brackets); peak MiB is "
                 "torch.cuda.max_memory_allocated of that column (- on CPU)")
-    return "\n".join(lines + [""] + head + notes)
+    return head + notes
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m benchmarks.report")
-    p.add_argument("--size", choices=SIZES, default="auto", help="auto: paper on a GPU, tiny on CPU")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+# ------------------------------------------------------------------------------------ the command
+
+def build_parser(prog: str = "vidgan bench") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="The performance report: reference vs torch.compile vs fast, per op and per "
+        "training step, as a Markdown table (rows printed as they are measured) and a JSON file.",
+        epilog="Defaults follow the device: on a GPU the paper sizes, 20 repeats, 3 warm-up calls, all columns; "
+               "on a CPU the tiny sizes, 3 repeats, 1 warm-up call, 1 thread, no torch.compile column (a few "
+               "minutes).")
+    p.add_argument("--size", choices=SIZES, default="auto", help="auto: paper on a GPU, tiny on a CPU")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--what", choices=WHAT, default="all", help="rows: ops, steps or all")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (use 1 on a shared CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (GPU 20, CPU 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls first (GPU 3, CPU 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU: 1; GPU: torch's default)")
     p.add_argument("--json", default="bench.json", help="where to save meta and rows (default bench.json)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the torch.compile column (GPU: yes; CPU: no, it compiles for minutes per case)")
     p.add_argument("--no-tf32", action="store_true", help="fast kernels in strict fp32 (no TF32)")
-    a = p.parse_args(argv)
-    rows = run_report(a.size, a.device, a.json, a.repeats, a.warmup, a.what, not a.no_compile, not a.no_tf32,
-                      a.threads, progress=lambda cells: print("  ".join(cells), flush=True))
-    print("\n" + format_header(json.loads(Path(a.json).read_text())["meta"]) + "\n")
-    print(format_table(rows))
+    return p
+
+
+def main(argv=None, prog: str = "vidgan bench") -> int:
+    """The command: header first, each row as it is measured, progress on stderr, the JSON after every row."""
+    a = build_parser(prog).parse_args(argv)
+    if (a.repeats is not None and a.repeats < 1) or (a.warmup is not None and a.warmup < 0):
+        return _fail("--repeats must be at least 1 and --warmup at least 0", 2)
+    from benchmarks.timing import resolve_device
+    try:
+        dev = resolve_device(a.device)
+    except RuntimeError:
+        return _fail(f"invalid --device {a.device}: use auto, cpu, cuda or cuda:N", 2)
+    d = GPU_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
+    pick = lambda given, name: d[name] if given is None else given      # noqa: E731
+    done: list[dict] = []
+    total = [0]
+
+    def on_start(meta, n):
+        total[0] = n
+        print(format_header(meta) + "\n", flush=True)
+        print("\n".join(header_lines()), flush=True)
+
+    def on_case(i, n, name):
+        print(f"[{i}/{n}] {name} ...", file=sys.stderr, flush=True)
+
+    def progress(cells):
+        done.append(cells)
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+    try:
+        rows = run_report(a.size, str(dev), a.json, pick(a.repeats, "repeats"), pick(a.warmup, "warmup"), a.what,
+                          pick(a.compile, "compile"), not a.no_tf32, pick(a.threads, "threads"), progress=progress,
+                          on_start=on_start, on_case=on_case, command=" ".join([prog, *(argv or [])]))
+    except ValueError as e:
+        return _fail(str(e), 2)
+    except KeyboardInterrupt:
+        return _fail(f"interrupted after {len(done)} of {total[0]} rows; {a.json} holds them", 130)
+    print("\n" + "\n".join(format_notes(rows)))
+    print(f"wrote {a.json}", file=sys.stderr)
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def format_header(meta: dict) -> str:
@@ -224,4 +320,4 @@ def format_header(meta: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m benchmarks.report"))

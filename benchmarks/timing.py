@@ -1,4 +1,4 @@
-"""Shared timing harness (DESIGN.md section 5): warm-up, median of many repeats, inputs rotated over a few
+"""Shared timing harness: warm-up, median of many repeats, inputs rotated over a few
 pre-made buffers so that caches do not flatter, CUDA events on a GPU (perf_counter on CPU), peak GPU memory,
 and the device's measured matrix rate (the denominator of "fraction of matrix rate").
 """
@@ -174,7 +174,7 @@ class ColumnSettings:
         import functools
         out = {c: functools.partial(factory, c) for c in COLUMNS}
         if not self.compile_enabled:
-            out["compile"] = "skipped: compile disabled (--no-compile)"
+            out["compile"] = "skipped: compile disabled (--no-compile; the default on a CPU, --compile times it)"
         return out
 
 

@@ -146,11 +146,17 @@ def test_bad_checkpoints(case, tiny_run, tmp_path):
         assert_one_line_error(vidgan("sample", path, "--out", tmp_path / "s", ok=False), str(path.name), fragment)
 
 
-def test_frame_generator_shape_mismatch(tiny_run, tmp_path):
+def test_frame_generator_widths_come_from_the_frames_checkpoint(tiny_run, tmp_path):
+    """Phase 2 builds G_F with the checkpoint's widths; --gf-widths given and different is one clear error."""
     error = assert_one_line_error(vidgan("train", "video", *QUICK, "--gf-widths", "16,16,8,8", "--frames",
-                                         tiny_run / "frames.ckpt", "--out", tmp_path, ok=False),
-                                  "frames.ckpt does not match the configured widths")
-    assert "fc.weight has shape (128, 100) in the checkpoint, (64, 100) configured" in error
+                                         tiny_run / "frames.ckpt", "--out", tmp_path / "run", ok=False),
+                                  "invalid --gf-widths 16,16,8,8", "holds a G_F of widths 32,32,16,64")
+    assert "leave --gf-widths out" in error and not (tmp_path / "run").exists()
+    narrow = tmp_path / "narrow"                # a phase-1 run whose widths differ from every preset's
+    vidgan("train", "frames", *QUICK, "--steps", 1, "--gf-widths", "16,16,8,8", "--out", narrow)
+    assert "phase 2 done: 1 steps" in vidgan("train", "video", *QUICK, "--steps", 1, "--frames",
+                                             narrow / "frames.ckpt", "--out", narrow).stdout
+    assert tuple(torch.load(narrow / "video.ckpt", weights_only=True)["config"]["gf_widths"]) == (16, 16, 8, 8)
 
 
 def test_wrong_shape_data_file(tmp_path):
@@ -221,7 +227,7 @@ def test_sigterm_in_phase2_then_resume_matches_a_straight_run(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err          # 128 + SIGTERM, as the shell reports a process it terminated
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert last.startswith("error: interrupted by SIGTERM at step ") and "of phase 2" in last and "--resume" in last
     assert "Traceback" not in err and not (out / "samples").exists()

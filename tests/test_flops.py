@@ -1,4 +1,4 @@
-"""The FLOP model (vidgan_fast/flops.py): hand counts of single layers, DESIGN.md section 2's figures, and
+"""The FLOP model (vidgan_fast/flops.py): hand counts of single layers, the paper configuration's per-step figures, and
 cross-checks of whole models and whole reference training steps against torch.utils.flop_counter.
 
 FlopCounterMode counts matmuls and convolutions (transposed ones as input pixels x kernel, as we do) but gives
@@ -61,7 +61,7 @@ def test_bad_input_size_is_a_clear_error():
         F.frame_generator_flops(FrameGenerator(widths=(8, 8, 4, 4)), 0)
 
 
-# ---------------------------------------------------------------- DESIGN.md section 2
+# ---------------------------------------------------------------- per-step figures of the paper configuration
 
 def test_design_figures_at_paper_widths():
     g, d, v, dv = F.paper_models()                     # meta device: no memory

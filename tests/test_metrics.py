@@ -21,7 +21,7 @@ SIZE = 30
 
 def render(centres_px) -> torch.Tensor:
     """Balls at centres [T, n, 2] (row, col in pixels; pixel i spans [i, i+1]) -> video [T, 30, 30] in [-1, 1],
-    with the DESIGN formula: each ball adds exp(-(d^2 / r^2)^4), r = 1.2 box units = 3.6 px, sum clipped to 1."""
+    with the data set's formula: each ball adds exp(-(d^2 / r^2)^4), r = 1.2 box units = 3.6 px, sum clipped to 1."""
     c = torch.as_tensor(centres_px, dtype=torch.float64).reshape(len(centres_px), -1, 2)
     grid = torch.arange(SIZE, dtype=torch.float64) + 0.5
     d2 = (grid.view(1, 1, -1, 1) - c[..., 0, None, None]) ** 2 + (grid.view(1, 1, 1, -1) - c[..., 1, None, None]) ** 2

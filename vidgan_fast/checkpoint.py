@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, os_reason
 
 FORMAT = "vidgan_fast.checkpoint"
 VERSION = 1
@@ -31,23 +31,46 @@ REQUIRED = ("phase", "config", "generator", "discriminators", "optimizers", "ste
             "rng")
 
 
+def umask() -> int:
+    """This process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Write payload + format tag to `path` atomically: a temporary file in the same folder, fsync, rename.
+    The file gets the mode of any file this user writes (0666 minus the umask).
 
-    If anything fails before the rename, the file already at `path` (if any) is left as it was.
+    If anything fails before the rename, the file already at `path` (if any) is left as it was; an OSError
+    (no permission, no space) is a CheckpointError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask())     # mkstemp makes it 0600
             torch.save(data, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):     # torch.save reports a failed write as a RuntimeError
+            reason = os_reason(e) if isinstance(e, OSError) else (str(e).strip().splitlines() or ["?"])[0]
+            raise CheckpointError(f"cannot write checkpoint {path} ({reason}); the file already there, if any, "
+                                  f"is unchanged") from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -104,6 +127,22 @@ def load_matching(module: torch.nn.Module, state: dict, what: str, path: str | P
     if extra:
         raise CheckpointError(f"{what} in {path} does not match the configured model: unexpected tensor {extra[0]!r}")
     module.load_state_dict(state)
+
+
+def frame_generator_of(path: str | Path, given_widths: tuple | None = None) -> tuple[dict, tuple[int, ...]]:
+    """(G_F state, G_F widths) of a phase-1 checkpoint: phase 2 builds its G_F with the widths the checkpoint
+    holds. `given_widths` (--gf-widths on the command line), if not None, must be the same: else ConfigError."""
+    from .config import TrainConfig
+    ckpt = load_checkpoint(path, expected_phase="frames")
+    try:
+        widths = TrainConfig.from_dict(ckpt["config"]).gf_widths
+    except (ConfigError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} holds an unusable config ({e})") from None
+    if given_widths is not None and tuple(given_widths) != widths:
+        shown = lambda w: ",".join(map(str, w))      # noqa: E731
+        raise ConfigError(f"invalid --gf-widths {shown(given_widths)}: the frames checkpoint {path} holds a G_F of "
+                          f"widths {shown(widths)}; leave --gf-widths out (phase 2 reads them from the checkpoint)")
+    return ckpt["generator"], widths
 
 
 def rng_states(device: torch.device) -> dict:

@@ -6,13 +6,15 @@
     vidgan train video --frames runs/paper/frames.ckpt --out runs/paper
     vidgan sample runs/tiny/video.ckpt --n 16
 
-Every TrainConfig field is an option (generated from the dataclass; not given = the preset's value, or on
---resume the saved run's value). Every project error and usage error ends as one `error: ...` line on stderr
-and a non-zero exit, never a traceback.
+Every TrainConfig field that a command uses is an option (generated from the dataclass; not given = the
+preset's value, or on --resume the saved run's value). Every project error and usage error ends as one
+`error: ...` line on stderr and a non-zero exit, never a traceback. Torch is imported only when a command runs,
+so every --help is quick.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 import warnings
@@ -22,7 +24,8 @@ import click
 
 from .config import PRESETS, TrainConfig, check_batch, option_name
 from .config import preset as make_preset
-from .errors import ConfigError, TrainingInterrupted, VidganError
+from .errors import ConfigError, TrainingInterrupted, VidganError, os_error_message
+from .run_folder import claim
 
 PHASE_ALIASES = {  # short options of `train frames` / `train video` -> the phase's config field
     "frames": {"batch": "frames_batch", "k": "frames_k", "lr": "frames_lr", "epochs": "frames_epochs"},
@@ -54,16 +57,34 @@ def _click_type(f: dataclasses.Field):
     return type(default)
 
 
-def config_options(func):
-    """Add one option per TrainConfig field; each defaults to None, meaning 'not given'."""
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        name = option_name(f.name)
-        help = f"{f.metadata['help']}  [{'; '.join(f'{p}: {_shown(getattr(c, f.name))}' for p, c in PRESETS.items())}]"
-        if isinstance(f.default, bool):
-            func = click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=help)(func)
-        else:
-            func = click.option(name, f.name, type=_click_type(f), default=None, help=help)(func)
-    return func
+# Options that only one command uses (every other TrainConfig field is used by all three train commands).
+FRAMES_ONLY = {"frames_k", "frames_batch", "frames_lr", "frames_epochs", "df_widths"}
+VIDEO_ONLY = {"video_k", "video_batch", "video_lr", "video_epochs", "gv_hidden", "gv_lstm", "dv_widths",
+              "finetune_frames", "finetune_lr"}
+ALL_ONLY = {"sample_n"}
+NOT_IN = {"frames": VIDEO_ONLY | ALL_ONLY, "video": FRAMES_ONLY | ALL_ONLY, "all": set()}
+HELP_IN = {("video", "gf_widths"): "G_F channel widths: read from the --frames checkpoint (if given, they must "
+                                   "match it)"}
+
+
+def command_fields(command: str) -> list[dataclasses.Field]:
+    """The TrainConfig fields that `train COMMAND` uses, as options."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.name not in NOT_IN[command]]
+
+
+def config_options(command: str):
+    """One option per TrainConfig field that `train COMMAND` uses; each defaults to None, meaning 'not given'."""
+    def decorate(func):
+        for f in reversed(command_fields(command)):
+            name = option_name(f.name)
+            values = "; ".join(f"{p}: {_shown(getattr(c, f.name))}" for p, c in PRESETS.items())
+            help = HELP_IN.get((command, f.name)) or f"{f.metadata['help']}  [{values}]"
+            if isinstance(f.default, bool):
+                func = click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=help)(func)
+            else:
+                func = click.option(name, f.name, type=_click_type(f), default=None, help=help)(func)
+        return func
+    return decorate
 
 
 def _shown(value) -> str:
@@ -74,11 +95,25 @@ def run_options(func):
     func = click.option("--resume", is_flag=True, help="continue the run saved in --out (its config, plus the "
                                                        "options given again)")(func)
     func = click.option("--out", type=click.Path(file_okay=False), default=None,
-                        help="run folder (default runs/PRESET)")(func)
-    func = click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
-                        help="starting values of every option")(func)
-    # --fast (lead): add the option here and pass it to the train_* calls below.
+                        help="run folder (default runs/PRESET); one run at a time owns it")(func)
+    func = click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+                        help="starting values of every option  [default: paper with --device cuda, else tiny: "
+                             "on a CPU the paper's sizes take minutes per step and write GB checkpoints]")(func)
     return func
+
+
+def choose_preset(preset: str | None, kwargs: dict, resume: bool) -> str:
+    """--preset as given, else paper on a GPU (--device cuda[:N]) and tiny otherwise (said on stderr)."""
+    device = kwargs.get("device") or PRESETS["paper"].device
+    if preset is None:
+        preset = "paper" if device.startswith("cuda") else "tiny"
+        if not resume and first_process():
+            click.echo(f"preset: {preset} (no --preset given; the default "
+                       f"{'with --device cuda' if preset == 'paper' else 'without --device cuda'})", err=True)
+    elif preset == "paper" and not resume and not device.startswith("cuda") and first_process():
+        warnings.warn("--preset paper on a CPU takes minutes per step and writes checkpoints of several GB; "
+                      "pass --device cuda, or --preset tiny for a quick run", RuntimeWarning, stacklevel=2)
+    return preset
 
 
 def phase_aliases(phase: str):
@@ -91,31 +126,38 @@ def phase_aliases(phase: str):
     return decorate
 
 
-def configure(preset: str, kwargs: dict, resume: bool,
-              phase: str | None = None) -> tuple[TrainConfig | None, dict]:
-    """(config, overrides): the preset with the options given (None = not given) applied and validated.
-
-    With --resume the config is the saved run's (the overrides are applied to it later), so it is None here.
+def configure(preset: str | None, kwargs: dict, resume: bool, command: str,
+              out: str | None) -> tuple[TrainConfig | None, dict, Path]:
+    """(config, overrides, run folder): the preset with the options given (None = not given) applied and
+    validated. With --resume the config is the saved run's (the overrides are applied to it later): None here.
     """
-    overrides = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(TrainConfig)}
+    preset = choose_preset(preset, kwargs, resume)
+    overrides = {f.name: kwargs.pop(f.name, None) for f in dataclasses.fields(TrainConfig)}
     used = {}
-    for alias, field in (PHASE_ALIASES[phase].items() if phase else ()):
+    for alias, field in PHASE_ALIASES.get(command, {}).items():
         value = kwargs.pop(f"alias_{alias}")
         if value is not None:
             overrides[field], used[field] = value, alias
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    folder = Path(out) if out else Path("runs") / preset
     try:
         if resume:
-            return None, overrides
+            return None, overrides, folder
         cfg = make_preset(preset, **overrides)
-        for name in ([phase] if phase else ["frames", "video"]):
+        for name in ([command] if command in PHASE_ALIASES else ["frames", "video"]):
             check_batch(cfg, name)
-        return cfg, overrides
+        return cfg, overrides, folder
     except ConfigError as e:     # name the option as the user typed it
         message = str(e)
         for field, alias in used.items():
             message = message.replace(f"invalid {option_name(field)} ", f"invalid --{alias} ")
         raise ConfigError(message) from None
+
+
+def first_process() -> bool:
+    """A one-process run, or rank 0 under torchrun (read from torchrun's environment, without importing torch):
+    the process that owns the run folder and writes to it."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
 
 
 def summary(state) -> str:
@@ -124,17 +166,18 @@ def summary(state) -> str:
     return f"phase {1 if state.phase == 'frames' else 2} done: {state.step} steps{shown}"
 
 
-def run_folder(out: str | None, preset_name: str) -> Path:
-    return Path(out) if out else Path("runs") / preset_name
-
-
 class Main(click.Group):
-    """A click group that reports errors as one `error: ...` line (exit 1; usage errors exit 2)."""
+    """A click group that reports errors as one `error: ...` line (exit 1; usage errors exit 2; a run stopped by
+    a signal exits 128 + the signal number: 130 for SIGINT, 143 for SIGTERM)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         warnings.formatwarning = one_line_warning
         try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            # click returns ctx.exit(N)'s N here (standalone_mode=False), e.g. `vidgan check` with a failed op
+            code = result if isinstance(result, int) and not isinstance(result, bool) else 0
+            if not standalone_mode:
+                return result
         except click.exceptions.Exit as e:
             code = e.exit_code
         except click.UsageError as e:
@@ -145,9 +188,11 @@ class Main(click.Group):
         except click.Abort:
             code = fail("aborted", 1)
         except TrainingInterrupted as e:
-            code = fail(f"interrupted by {e}", 130)
-        except (VidganError, OSError) as e:
+            code = fail(f"interrupted by {e}", 128 + e.signum)
+        except VidganError as e:
             code = fail(str(e), 1)
+        except OSError as e:
+            code = fail(os_error_message(e), 1)
         except KeyboardInterrupt:
             code = fail("interrupted; nothing was saved since the last checkpoint", 130)
         if standalone_mode:
@@ -177,9 +222,9 @@ def main():
 @click.option("--overwrite", is_flag=True, help="replace an existing file")
 def data(n, out, seed, overwrite):
     """Write N bouncing-balls videos as a uint8 [N, 30, 30, 30] .npy file."""
-    from .data import write_dataset
     if Path(out).exists() and not overwrite:
         raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
+    from .data import write_dataset
     path = write_dataset(out, n, seed=seed, overwrite=overwrite)
     click.echo(f"wrote {n} videos to {path}")
 
@@ -192,16 +237,16 @@ def train():
 @train.command("frames")
 @run_options
 @phase_aliases("frames")
-@config_options
+@config_options("frames")
 def train_frames(preset, out, resume, **kwargs):
     """Phase 1: the frame generator G_F against K frame discriminators."""
-    from .distributed import launched
-    from .train import open_phase, train_phase
-    with launched():                  # torchrun: join the group (nothing on one process)
-        cfg, overrides = configure(preset, kwargs, resume, "frames")
-        folder = run_folder(out, preset)
-        state = train_phase(open_phase("frames", folder, cfg, resume, overrides), folder)
-        click.echo(f"{summary(state)}; saved {folder / 'frames.ckpt'}")
+    cfg, overrides, folder = configure(preset, kwargs, resume, "frames", out)
+    with claim(folder, enabled=first_process()):       # before torch is imported: a busy folder fails at once
+        from .distributed import launched
+        from .train import open_phase, train_phase
+        with launched():              # torchrun: join the group (nothing on one process)
+            state = train_phase(open_phase("frames", folder, cfg, resume, overrides), folder)
+            click.echo(f"{summary(state)}; saved {folder / 'frames.ckpt'}")
 
 
 @train.command("video")
@@ -209,48 +254,110 @@ def train_frames(preset, out, resume, **kwargs):
               help="phase-1 checkpoint whose G_F renders the frames (not needed with --resume)")
 @run_options
 @phase_aliases("video")
-@config_options
+@config_options("video")
 def train_video(frames_ckpt, preset, out, resume, **kwargs):
     """Phase 2: the video generator G_V (through the frozen G_F) against K video discriminators."""
-    from .distributed import launched
-    from .train import open_phase, train_phase
     if frames_ckpt is None and not resume:
         raise click.UsageError("Missing option '--frames' (a phase-1 checkpoint)")
-    with launched():                  # torchrun: join the group (nothing on one process)
-        cfg, overrides = configure(preset, kwargs, resume, "video")
-        folder = run_folder(out, preset)
-        state = train_phase(open_phase("video", folder, cfg, resume, overrides, frames=frames_ckpt), folder)
-        click.echo(f"{summary(state)}; saved {folder / 'video.ckpt'}")
+    cfg, overrides, folder = configure(preset, kwargs, resume, "video", out)
+    with claim(folder, enabled=first_process()):
+        from .distributed import launched
+        from .train import open_phase, train_phase
+        with launched():              # torchrun: join the group (nothing on one process)
+            state = train_phase(open_phase("video", folder, cfg, resume, overrides, frames=frames_ckpt), folder)
+            click.echo(f"{summary(state)}; saved {folder / 'video.ckpt'}")
 
 
 @train.command("all")
 @run_options
-@config_options
+@config_options("all")
 def train_all_command(preset, out, resume, **kwargs):
     """Both phases, then a sample GIF and PNG strips in OUT/samples (the main job)."""
-    from .distributed import launched
-    from .train import train_all
-    with launched():                  # torchrun: join the group (nothing on one process)
-        cfg, overrides = configure(preset, kwargs, resume)
-        folder, start = run_folder(out, preset), time.perf_counter()
-        for path in train_all(cfg, folder, resume, overrides):
-            click.echo(f"wrote {path}")
-        click.echo(f"both phases done in {time.perf_counter() - start:.1f} s; run folder {folder}")
+    cfg, overrides, folder = configure(preset, kwargs, resume, "all", out)
+    start = time.perf_counter()
+    with claim(folder, enabled=first_process()):
+        from .distributed import launched
+        from .train import train_all
+        with launched():              # torchrun: join the group (nothing on one process)
+            for path in train_all(cfg, folder, resume, overrides):
+                click.echo(f"wrote {path}")
+            click.echo(f"both phases done in {time.perf_counter() - start:.1f} s; run folder {folder}")
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="samples")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="output folder (default: CHECKPOINT's folder/samples)")
+              help="output folder (default: CHECKPOINT's folder/samples); files already there are kept, the new "
+                   "ones get the next free name (videos-2.gif, ...)")
+@click.option("--npy", type=click.Path(dir_okay=False), default=None,
+              help="write the samples instead as a uint8 .npy array, videos [N, 30, 30, 30] or frames [N, 30, 30], "
+                   "quantised like `vidgan data` (for outside metrics)")
+@click.option("--overwrite", is_flag=True, help="replace existing sample files (and an existing --npy file)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def sample(checkpoint, n, out, seed, device):
-    """A video checkpoint -> GIF grid + PNG strip; a frames checkpoint -> PNG grid of frames."""
-    from .sample import write_samples
+def sample(checkpoint, n, out, npy, overwrite, seed, device):
+    """A video checkpoint -> GIF grid + PNG strip; a frames checkpoint -> PNG grid of frames (or, with --npy,
+    the samples as an array)."""
+    if npy is not None and Path(npy).exists() and not overwrite:
+        raise click.UsageError(f"--npy {npy} already exists; pass --overwrite to replace it, or name another file")
+    if npy is not None and not npy.endswith(".npy"):
+        raise click.UsageError(f"--npy {npy} must end in .npy")
+    from .sample import write_array, write_samples
+    if npy is not None:
+        path, shape = write_array(checkpoint, npy, n=n, seed=seed, device=device)
+        click.echo(f"wrote {path} (uint8 {list(shape)})")
+        return
     folder = Path(out) if out else Path(checkpoint).parent / "samples"
-    for path in write_samples(checkpoint, folder, n=n, seed=seed, device=device):
+    for path in write_samples(checkpoint, folder, n=n, seed=seed, device=device, overwrite=overwrite):
         click.echo(f"wrote {path}")
+
+
+# `vidgan check` and `vidgan eval` run code in check.py / evaluate.py (which import torch). Their options are
+# declared here too, so that `vidgan --help` and `vidgan check --help` answer without importing torch;
+# tests/test_cli.py checks that they match the commands in check.py and evaluate.py.
+
+@main.command("check")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="where to run  [default: cuda if PyTorch sees a GPU, else cpu]")
+@click.option("--paper-size", is_flag=True, help="paper widths, K and batch sizes (GPU only)")
+@click.option("--op", "ops", multiple=True, help="only this check (repeatable); the op column of the table "
+                                                 "names them")
+@click.option("--allow-fallback", is_flag=True, help="count PyTorch-fallback rows as passes")
+@click.option("--tf32", is_flag=True, help="run the captured-step rows (CUDA graphs vs eager) with TF32 products; "
+                                            "the op rows always check exact fp32 products")
+@click.option("--allow-skip", is_flag=True,
+              help="exit 0 although rows were not checked (e.g. the CUDA-graph rows on a CPU); they still print "
+                   "as NOT CHECKED")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the rows here")
+@click.pass_context
+def check(ctx, **kwargs):
+    """Check every fast op against its reference twin on this machine (and, on a GPU, the CUDA-graph steps
+    against eager steps).
+
+    \b
+    Exit status: 0 every row ran and passed; 1 a row failed;
+    3 nothing failed but rows were NOT CHECKED (skipped: the CUDA-graph rows on a CPU).
+    A row that was not checked is not a pass: pass --allow-skip to accept that (exit 0), or --op to choose rows.
+    """
+    from .check import check_command
+    ctx.invoke(check_command.callback, **kwargs)
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--n", "n", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="videos per set (real, generated, baseline)")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="output folder (default: CHECKPOINT's folder/eval)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+def eval_(ctx, **kwargs):
+    """A video checkpoint -> metrics table (real, generated, random-code baseline), eval.json, eval.png, samples.gif."""
+    from .evaluate import eval_command
+    ctx.invoke(eval_command.callback, **kwargs)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
@@ -277,10 +384,3 @@ def kernels(ctx):
     code = subprocess.run(args, env=env).returncode
     if code:
         raise click.exceptions.Exit(code)
-
-
-from .check import check_command  # noqa: E402  (the commands live beside what they run)
-from .evaluate import eval_command  # noqa: E402
-
-main.add_command(check_command, "check")
-main.add_command(eval_command, "eval")

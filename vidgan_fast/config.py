@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
-from .losses import COMBINATIONS
+
+COMBINATIONS = ("mean", "sum", "hypervolume", "gman")   # --loss choices (losses.combine); here, so that the CLI
+                                                        # can build its options without importing torch
 
 
 def _opt(help: str, option: str | None = None, **kw):

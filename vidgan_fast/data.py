@@ -1,4 +1,4 @@
-"""Bouncing-balls videos (DESIGN.md sections 1 and 6), generated vectorised and deterministic from (seed, index).
+"""Bouncing-balls videos (the paper's data set), generated vectorised and deterministic from (seed, index).
 
 The simulation is the classic one (Sutskever's bounce_n / matricize, as in the TSBN data handler): a 10x10 box,
 balls of radius 1.2 and equal mass, centres uniform in [2, 10) redrawn until no ball touches a wall or another
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vidgan_fast.errors import VidganError
+from vidgan_fast.errors import VidganError, os_reason
 
 BOX = 10.0          # side of the square box
 RADIUS = 1.2        # ball radius
@@ -324,25 +324,31 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, frames: int = 30, siz
     return path
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def load_videos(path: str | Path, frames: int = 30, size: int = 30) -> np.memmap:
     """Open a file written by write_dataset: read-only uint8 memmap [N, frames, size, size]."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} does not exist" if not path.exists() else
+                        f"data file {path} is not a file; pass the .npy file written by `vidgan data`")
+    write_one = f"write one with `vidgan data --n N --out {path.with_suffix('.npy')}`"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read data file {path} ({os_reason(e)})") from None
+    if magic != b"\x93NUMPY":
+        raise DataError(f"data file {path} is not a readable .npy array (it has no NumPy header: a text or other "
+                        f"file?); {write_one}") from None
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as e:  # numpy raises ValueError, OSError, EOFError... for files that are not .npy arrays
-        raise DataError(f"data file {path} is not a readable .npy array: {_first_line(e)}") from None
+    except Exception:  # numpy raises ValueError, OSError, EOFError... (its advice, e.g. allow_pickle, is not ours)
+        raise DataError(f"data file {path} is not a readable .npy array (truncated, damaged, or an array of "
+                        f"Python objects); {write_one}") from None
     expected = f"[N, {frames}, {size}, {size}] uint8"
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 4 \
             or array.shape[1:] != (frames, size, size):
         raise DataError(f"data file {path} has shape {tuple(array.shape)} and dtype {array.dtype} "
-                        f"but {expected} was expected")
+                        f"but {expected} was expected; {write_one}")
     if array.shape[0] == 0:
         raise DataError(f"data file {path} holds no videos")
     return array

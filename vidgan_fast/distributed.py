@@ -115,7 +115,7 @@ def launched():
             yield
     except VidganError as e:
         teardown()
-        raise type(e)(prefix + str(e)) from None
+        raise e.prefixed(prefix) from None
     except torch.OutOfMemoryError as e:
         teardown()
         raise TrainingError(f"{prefix}out of memory ({_one_line(e)})") from None

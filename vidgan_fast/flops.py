@@ -1,4 +1,4 @@
-"""FLOP model of the ops and training steps, counted from layer shapes (DESIGN.md sections 2 and 5).
+"""FLOP model of the ops and training steps, counted from layer shapes (behind the benchmarks' TFLOP/s figures).
 
 Conventions (what a figure means):
 - 2 FLOPs per multiply-add.

@@ -1,14 +1,14 @@
 """Non-saturating GAN losses for a bank of K discriminators, and the generator's ways of combining them.
 
 Logits come as [K, B] (one row per discriminator). Each discriminator k trains on its own loss; the generator
-minimises one scalar made from the K per-discriminator losses (DESIGN.md section 1).
+minimises one scalar made from the K per-discriminator losses (`mean`, `sum`, `hypervolume` or `gman`: see combine).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-COMBINATIONS = ("mean", "sum", "hypervolume", "gman")
+from .config import COMBINATIONS  # noqa: F401  (re-exported: the names combine() accepts)
 HYPERVOLUME_SLACK = 1.5
 GMAN_TEMPERATURE = 0.8
 

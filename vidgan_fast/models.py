@@ -1,7 +1,7 @@
 """Reference models (plain PyTorch): the spec every fast op is checked against.
 
-Layer by layer as pinned in DESIGN.md section 1. Widths are constructor arguments with the paper's
-values as defaults, so tests and the `tiny` preset build small versions of the same architecture.
+Layer by layer as in the paper (the README's first paragraph sums them up). Widths are constructor arguments
+with the paper's values as defaults, so tests and the `tiny` preset build small versions of the same architecture.
 Frames are [B, 1, 30, 30], videos [B, 1, T, 30, 30] (Conv3d layout), codes [B, 100], values in [-1, 1].
 """
 from __future__ import annotations

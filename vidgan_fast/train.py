@@ -27,11 +27,11 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import distributed, losses
-from .checkpoint import load_checkpoint, load_matching, restore_rng_states, rng_states
+from .checkpoint import frame_generator_of, load_checkpoint, load_matching, restore_rng_states, rng_states
 from .config import TrainConfig, check_batch
 from .data import VideoSource, load_videos, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from .loop import LossLog
+from .loop import LossLog, cut_log, new_run_id
 from .models import FrameGenerator, VideoGenerator, frame_discriminators, video_discriminators
 from .profiling import nvtx_range
 
@@ -50,7 +50,8 @@ def phase_settings(cfg: TrainConfig, phase: str) -> tuple[int, int, float, int]:
 def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"invalid --device {name}: no CUDA GPU is available on this machine")
+        raise ConfigError(f"invalid --device {name}: no CUDA GPU is available on this machine (or this torch "
+                          f"is a CPU build); use --device cpu")
     return device
 
 
@@ -72,6 +73,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     last_losses: dict = field(default_factory=dict)
+    run: str = field(default_factory=new_run_id)  # in every log line and the checkpoint; kept on --resume
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         if self.phase == "frames":
@@ -109,6 +111,8 @@ def build_state(cfg: TrainConfig, phase: str, frame_generator_state: dict | None
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     if device.type == "cuda":       # PyTorch's TF32 switches follow the run's choice, as the kernels do
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    if device.type != "meta":             # a missing or malformed --data file is found before any model is built
+        open_source(cfg)
     k, _, lr, _ = phase_settings(cfg, phase)
     torch.manual_seed(cfg.seed * 2 + PHASE_NUMBER[phase] - 1)
     renderer, f_opt = None, None
@@ -216,7 +220,7 @@ def open_source(cfg: TrainConfig) -> tuple[VideoSource, int]:
         held = len(load_videos(cfg.data))
         if held < cfg.n_videos:
             raise ConfigError(f"invalid --n-videos {cfg.n_videos}: the data file {cfg.data} holds only {held} "
-                              f"videos")
+                              f"videos; pass --n-videos {held} or fewer")
     return VideoSource.open(cfg.data, cfg.n_videos, seed=cfg.data_seed), cfg.n_videos
 
 
@@ -235,7 +239,7 @@ def checkpoint_payload(state: TrainState, complete: bool) -> dict:
                        "frame_generator": None if state.f_opt is None
                        else portable_optimizer_state(state.f_opt.state_dict())},
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "complete": complete,
-        "rng": rng_states(state.device), "losses": dict(state.last_losses),
+        "rng": rng_states(state.device), "losses": dict(state.last_losses), "run": state.run,
     }
 
 
@@ -267,13 +271,9 @@ def state_from_checkpoint(ckpt: dict, path: str | Path, overrides: dict | None =
             group["lr"] = rate
     state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
     state.last_losses = dict(ckpt.get("losses") or {})
+    state.run = ckpt.get("run") or state.run
     restore_rng_states(ckpt["rng"], state.device)
     return state
-
-
-def frame_generator_state(frames_ckpt: str | Path) -> dict:
-    """The G_F weights of a phase-1 checkpoint (validated)."""
-    return load_checkpoint(frames_ckpt, expected_phase="frames")["generator"]
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -313,7 +313,10 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
             except RuntimeError as e:     # capture is restored-from-snapshot safe: fall back to eager steps
                 warnings.warn(f"--fast: CUDA graph capture failed ({str(e).splitlines()[0]}); running the fast "
                               f"steps without graphs (--no-graphs silences this)", RuntimeWarning, stacklevel=2)
-    log = LossLog(distributed.rank_path(out / "log.jsonl"), state.phase, PHASE_NUMBER[state.phase], state.step)
+    if distributed.is_main():             # the log holds this phase up to the checkpoint's step, never twice
+        cut_log(out / "log.jsonl", state.phase, state.step)
+    log = LossLog(distributed.rank_path(out / "log.jsonl"), state.phase, PHASE_NUMBER[state.phase], state.step,
+                  state.run)
     saved_step = state.step if ckpt_path.exists() else None        # the step of the checkpoint on disk
     bar = tqdm(total=total, initial=state.step, desc=f"phase {PHASE_NUMBER[state.phase]} ({state.phase})",
                unit="step", disable=not progress or not distributed.is_main(), dynamic_ncols=True)
@@ -356,7 +359,7 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
             if stop:
                 raise TrainingInterrupted(f"{signal.Signals(stop[0]).name} at step {state.step} of phase "
                                           f"{PHASE_NUMBER[state.phase]}: checkpoint saved to {ckpt_path}; "
-                                          f"continue with --resume")
+                                          f"continue with --resume", signum=stop[0])
         if saved_step != state.step:             # not saved yet (a finished phase resumed is not rewritten)
             save()
     return state
@@ -380,7 +383,8 @@ def open_phase(phase: str, out: str | Path, cfg: TrainConfig, resume: bool = Fal
         return apply_fast(build_state(cfg, "frames"))
     if frames is None:
         raise TrainingError("phase 2 needs a trained frame generator: pass --frames CKPT")
-    return apply_fast(build_state(cfg, "video", frame_generator_state(frames), frames))
+    generator_state, widths = frame_generator_of(frames, given_widths=(overrides or {}).get("gf_widths"))
+    return apply_fast(build_state(cfg.replace(gf_widths=widths), "video", generator_state, frames))
 
 
 def train_all(cfg: TrainConfig, out: str | Path, resume: bool = False, overrides: dict | None = None,
@@ -394,11 +398,13 @@ def train_all(cfg: TrainConfig, out: str | Path, resume: bool = False, overrides
             if path.exists():
                 raise TrainingError(f"{out} already holds {path.name}; pass --resume to continue that run "
                                     f"or choose another --out")
+    run = None
     if not (resume and video_path.exists()):
         state = open_phase("frames", out, cfg, resume, overrides)
         train_phase(state, out, progress)
-        cfg, resume = state.cfg, False          # phase 2 starts fresh, with the config phase 1 ran with
+        cfg, resume, run = state.cfg, False, state.run   # phase 2 starts fresh, with phase 1's config and run id
     state = open_phase("video", out, cfg, resume, overrides, frames=frames_path)
+    state.run = run or state.run
     train_phase(state, out, progress)
     if not distributed.is_main():               # torchrun: rank 0 writes the samples
         return []

@@ -1,0 +1,175 @@
+"""A run folder is owned by one process at a time, and a start that fails leaves no empty folder behind.
+
+    with claim("runs/x"):        # creates runs/x if needed; RunFolderError if another live run holds it
+        ...                      # train; if this raises and runs/x was created here and is still empty,
+                                 # runs/x is removed again
+
+The lock is `runs/x/.lock`, held with flock(2) for the whole run. The kernel drops the lock when the process
+ends, however it ends (kill -9 included), so a crashed run never leaves the folder stuck: the next run takes the
+lock over at once, and only then (a live owner, even one that hangs, keeps it). The file names its owner (pid,
+host, start time, command), so a refused run says who holds the folder. It is removed when the run ends; a file
+left by a killed run holds no lock and is harmless. Under torchrun only rank 0 claims the folder (the others
+write nothing). On a file system without flock the owner's pid is checked instead (same host only).
+
+Torch-free: the CLI uses it before any model is built.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .errors import RunFolderError, os_reason
+
+LOCK_NAME = ".lock"
+
+try:
+    import fcntl
+except ImportError:          # not POSIX: pid check only
+    fcntl = None
+
+
+def owner_record() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(["vidgan", *sys.argv[1:]])[:300]}
+
+
+def describe_owner(text: str) -> str:
+    try:
+        o = json.loads(text)
+        return f"process {o['pid']} on {o['host']}, started {o['started']}: {o['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that is starting"
+
+
+def make_folder(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; returns the folders this call created, deepest first."""
+    missing, p = [], folder
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise RunFolderError(f"cannot create run folder {folder}: {p} is a file; choose another --out")
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+            created.append(d)
+        except FileExistsError:
+            if not d.is_dir():
+                raise RunFolderError(f"cannot use {folder} as run folder: {d} is a file; choose another --out") \
+                    from None
+        except OSError as e:
+            remove_empty(created[::-1])
+            raise RunFolderError(f"cannot create run folder {folder} ({os_reason(e)} at {d}); choose another "
+                                 f"--out or fix the permissions") from None
+    return created[::-1]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """rmdir each of `folders` (deepest first) that is empty; stop at the first that is not."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _locked_by_live_pid(fd: int) -> bool:
+    """Without flock: does the record in the file name a live process on this host (other than this one)?"""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        pid, host = int(record["pid"]), record["host"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+    return host == socket.gethostname() and pid != os.getpid() and _alive(pid)
+
+
+def acquire(folder: Path) -> int:
+    """Open and lock folder/.lock, write this process's record into it; returns the open descriptor."""
+    path = folder / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as e:
+            raise RunFolderError(f"cannot write to run folder {folder} ({os_reason(e)}); choose another --out or "
+                                 f"make it writable") from None
+        try:
+            held = False
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held = True
+                except OSError as e:      # no flock on this file system: fall back to the pid check
+                    if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        raise
+                    held = _locked_by_live_pid(fd)
+            else:
+                held = _locked_by_live_pid(fd)
+            if held:
+                owner = describe_owner(os.pread(fd, 4096, 0).decode(errors="replace"))
+                raise RunFolderError(f"run folder {folder} is in use by another run ({owner}); wait for it to "
+                                     f"end or choose another --out")
+            try:                          # the file we locked may have been removed by a run that just ended
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(owner_record()).encode(), 0)
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+
+def release(folder: Path, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(folder / LOCK_NAME)     # while still holding the lock: nobody can hold a removed file's lock
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claim(folder: str | Path, enabled: bool = True):
+    """Own run folder `folder` for the duration of the block (see the module docstring). enabled=False (torchrun
+    ranks > 0): nothing is created, checked or locked."""
+    if not enabled:
+        yield
+        return
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"run folder {folder} is a file; choose another --out")
+    created = make_folder(folder)
+    try:
+        fd = acquire(folder)
+    except BaseException:
+        remove_empty(created)
+        raise
+    try:
+        yield
+    except BaseException:
+        release(folder, fd)
+        remove_empty(created)
+        raise
+    release(folder, fd)
