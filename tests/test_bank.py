@@ -111,15 +111,16 @@ def test_bank_on_gpu_matches_references(kind, precision, monkeypatch):
 
 # ---- widths that span several GPU tiles (64 channels), at the GPU tiles, every gradient ----
 
-@pytest.mark.parametrize("kind", ["frame", "video"])
-def test_bank_multi_tile_widths_at_gpu_tiles(kind):
-    """Widths 80 / 130 / 72 (video: 72 / 80 / 68) span 2-3 of the GPU's 64-channel tiles in every layer (forward
-    N, dgrad N, wgrad M and N), run at the GPU tiles under the interpreter, logits and every gradient against fp64. What it catches (each
+def test_bank_multi_tile_widths_at_gpu_tiles(kind="frame"):
+    """Widths 80 / 130 / 72 span 2-3 of the GPU's 64-channel tiles in every layer (forward N, dgrad N, wgrad M and
+    N), run at the GPU tiles under the interpreter, logits and every gradient against fp64. What it catches (each
     tried by breaking kernels/batched_conv.py on purpose): a forward or wgrad that ignores the output-channel tile
     index (program_id(1) -> 0), a dgrad that ignores the input-channel tile, a bias gradient written only for the
-    first tile of channels, a channel mask `< BLOCK_N` instead of `< COUT`; all pass at widths <= 16 (one tile)."""
-    widths = (80, 130, 72) if kind == "frame" else (72, 80, 68)     # 3D layers cost 4x per channel: 2 tiles
-    tol = tolerance("fp32", 16 * max(widths) if kind == "frame" else 64 * max(widths))
+    first tile of channels, a channel mask `< BLOCK_N` instead of `< COUT`; all pass at widths <= 16 (one tile).
+    The video bank runs the same kernels with D > 1; its 3-D geometry at multi-tile widths is covered layer by layer
+    (test_bf16_layer_is_bf16_operands_with_fp32_accumulation, 66 -> 80 channels), where the interpreter is affordable."""
+    widths = (80, 130, 72)
+    tol = tolerance("fp32", 16 * max(widths))
     check_bank(kind, 2, 2, "triton", seed=5, rtol=tol, widths=widths, tiles="gpu")
 
 
@@ -130,7 +131,7 @@ def bf16(t):
 
 @pytest.mark.parametrize("x_shape,conv,stride,padding", [
     ((2, 2, 80, 8, 8), (130, (4, 4)), (2, 2), (1, 1)),            # conv2-like, 2-3 channel tiles each way
-    ((2, 1, 72, 4, 5, 5), (80, (4, 4, 4)), (1, 1, 1), (0, 1, 1)),   # 3D, conv3-like
+    ((1, 1, 66, 4, 5, 5), (80, (4, 4, 4)), (1, 1, 1), (0, 1, 1)),   # 3D, conv3-like
 ])
 def test_bf16_layer_is_bf16_operands_with_fp32_accumulation(x_shape, conv, stride, padding):
     """precision='bf16' means: every product's operands rounded to bf16, fp32 accumulation. So the reference is an

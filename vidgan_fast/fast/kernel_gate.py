@@ -24,8 +24,6 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 
-import torch
-
 TARGETS = (75, 80, 86, 89, 90)
 REPORTED_TARGETS = (61,)
 SPILL_TARGETS = (80, 90)
@@ -36,6 +34,8 @@ DEFAULT_PRECISION = "tf32"            # TrainConfig's default (--tf32); see vidg
 
 def capture(config: str, precision: str) -> list:
     """The kernel launches (kernels.aot.Launch) of one D and one G step of both phases of preset `config`."""
+    import torch
+
     from vidgan_fast import train
     from vidgan_fast.config import preset
     from vidgan_fast.fast.backend import recording_launches
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     """python -m vidgan_fast.fast.kernel_gate [--json FILE] [--markdown]: the table; exit 1 if the gate fails."""
     import argparse
     import json
-    p = argparse.ArgumentParser(prog="python -m vidgan_fast.fast.kernel_gate", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="vidgan kernels", description="Compile every Triton kernel specialization the fast path launches for real GPU targets; print registers, spills, shared memory, tensor-core instructions and CTAs per SM; exit 1 if the compile gate fails.")
     p.add_argument("--config", choices=CONFIGS, action="append", help="preset(s) to capture (default: all)")
     p.add_argument("--precision", choices=PRECISIONS, action="append", help="precision(s) (default: all)")
     p.add_argument("--sm", type=int, action="append", help="target(s), e.g. 80 (default: 75 80 86 89 90 and 61)")
