@@ -115,8 +115,9 @@ def test_bank_multi_tile_widths_at_gpu_tiles(kind="frame"):
     """Widths 80 / 130 / 72 span 2-3 of the GPU's 64-channel tiles in every layer (forward N, dgrad N, wgrad M and
     N), run at the GPU tiles under the interpreter, logits and every gradient against fp64. What it catches (each
     tried by breaking kernels/batched_conv.py on purpose): a forward or wgrad that ignores the output-channel tile
-    index (program_id(1) -> 0), a dgrad that ignores the input-channel tile, a bias gradient written only for the
-    first tile of channels, a channel mask `< BLOCK_N` instead of `< COUT`; all pass at widths <= 16 (one tile).
+    index (program_id(1) -> 0), a wgrad that ignores its output-channel tile (program_id(0) -> 0), a dgrad that
+    ignores the input-channel tile, a bias gradient written only for the first tile of channels (2026-12-03: each
+    of the four made this test fail); all of them pass every test at widths <= 16 (one tile).
     The video bank runs the same kernels with D > 1; its 3-D geometry at multi-tile widths is covered layer by layer
     (test_bf16_layer_is_bf16_operands_with_fp32_accumulation, 66 -> 80 channels), where the interpreter is affordable."""
     widths = (80, 130, 72)
@@ -137,7 +138,8 @@ def test_bf16_layer_is_bf16_operands_with_fp32_accumulation(x_shape, conv, strid
     """precision='bf16' means: every product's operands rounded to bf16, fp32 accumulation. So the reference is an
     fp64 run on exactly those rounded operands (x and w forward; the masked dy and w for dgrad; the masked dy and
     x for wgrad) and what remains is fp32 accumulation: the fp32 tolerance applies, at multi-tile widths and the
-    GPU tiles. A bf16 switch that did nothing (fp32 products) or rounded differently fails this test."""
+    GPU tiles. A bf16 switch that did nothing (fp32 products) or rounded differently fails this test (tried: the
+    interpreter's bf16 path without the rounding fails with 2.9e-3 > 2e-5)."""
     gen = torch.Generator().manual_seed(11)
     cout, kernel = conv
     K, _, cin = x_shape[:3]
