@@ -4,7 +4,8 @@ The rest of the suite runs the kernels under Triton's CPU interpreter, which acc
 (a plain Python global inside @triton.jit code once broke every LeakyReLU layer on every GPU), ignores
 `input_precision`, and runs any tile size. Here one subprocess without TRITON_INTERPRET captures one D and one G step
 of both phases at the tiny and the paper configuration in every precision (shape only, on meta tensors) and
-compiles each specialization to PTX and a cubin for sm_75, 80, 86, 89 and 90 (and sm_61, reported only), reading
+compiles each specialization to PTX and a cubin for sm_75, 80, 86, 89 and 90 (sm_61, the GTX 1080 Ti, is reported
+by `vidgan kernels` and recorded in benchmarks/RESULTS.md, not gated: Triton does not support it), reading
 registers and spills from ptxas -v and the tensor-core instructions from the PTX (vidgan_fast/fast/kernel_gate.py).
 """
 from __future__ import annotations
@@ -28,8 +29,10 @@ def compiled_env() -> dict:
 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
+    from vidgan_fast.fast.kernel_gate import TARGETS
     out = tmp_path_factory.mktemp("gate") / "gate.json"
-    proc = subprocess.run([sys.executable, "-m", "vidgan_fast.fast.kernel_gate", "--json", str(out)],
+    targets = [arg for arch in TARGETS for arg in ("--sm", str(arch))]     # sm_61 is reported by `vidgan kernels`
+    proc = subprocess.run([sys.executable, "-m", "vidgan_fast.fast.kernel_gate", "--json", str(out), *targets],
                           cwd=REPO, env=compiled_env(), capture_output=True, text=True, timeout=GATE_TIMEOUT_S)
     if not out.exists():
         pytest.fail(f"the gate did not run (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -41,7 +44,7 @@ def test_every_specialization_compiles_for_every_target(gate):
     errors = [f"{r['kernel']} [{r['spec']}] sm_{r['arch']}: {r['error']}" for r in gate["rows"]
               if r["error"] and r["arch"] in TARGETS]
     assert not errors, "\n".join(errors)
-    assert {r["arch"] for r in gate["rows"]} >= set(TARGETS) | {61}
+    assert {r["arch"] for r in gate["rows"]} == set(TARGETS)
 
 
 def test_no_register_spills_at_paper_size_in_the_default_precision(gate):
