@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
 from .losses import COMBINATIONS
+from .models import CODE_MAPS
 
 
 def _opt(help: str, option: str | None = None, **kw):
@@ -37,6 +38,15 @@ class TrainConfig:
     dv_widths: tuple[int, ...] = _opt("video discriminator widths c1,c2,c3", default=(256, 512, 768))
     # objective
     loss: str = _opt(f"generator loss combination: {', '.join(COMBINATIONS)}", default="mean")
+    video_codes: str = _opt("G_V's code activation: tanh (the paper's; codes in (-1, 1)) or sphere (codes scaled to "
+                            "norm 10, where G_F's N(0, I) training codes lie)", default="tanh")
+    gv_forget_bias: float = _opt("initial bias of G_V's LSTM forget gates (0: the paper's zero biases; b > 0 makes "
+                                 "the LSTM integrate over time, sigmoid(b) of the cell kept per step, so codes "
+                                 "start as smooth paths)", default=0.0)
+    calibrate_codes: bool = _opt("phase 2: rescale G_V's last layer once at the start so that its pre-tanh codes "
+                                 "have mean 0 and std 1 (the scale of G_F's N(0, I) training codes) instead of "
+                                 "|c| ~ 0.01 (the paper's N(0, 0.02) init, where G_F draws black frames)",
+                                 default=False)
     finetune_frames: bool = _opt("phase 2: also train G_F (unfrozen) with --finetune-lr", default=False)
     finetune_lr: float = _opt("RMSprop learning rate of G_F when --finetune-frames", default=2e-5)
     # data
@@ -116,6 +126,20 @@ PRESETS: dict[str, TrainConfig] = {
         gf_widths=(32, 32, 16, 64), df_widths=(16, 32, 64), gv_hidden=(32, 64, 64), gv_lstm=16,
         dv_widths=(8, 16, 16), n_videos=256, checkpoint_every=100, log_every=10, sample_n=9,
     ),
+    # The CPU main job (issue 17): the tiny widths with what phase 1 and phase 2 need to produce videos.
+    # - frames_k = 16 (tiny: 8): at these widths the number of projection discriminators is what improves G_F per
+    #   step and per CPU second (measured at 300 steps, seed 0: frames with exactly 3 blobs 0.38 with K=16 against
+    #   0.18-0.21 with K=8 at 200-400 steps, 0.28 with K=8 and batch 64; wider G_F/D_F: 0.17 and half the diversity).
+    #   K=16 also conditions the projections' joint view of period-2 (checkerboard) detail better than K=8.
+    # - n_videos = 1024 (tiny: 256): 32 steps per epoch, 13 epochs = 416 phase-1 steps.
+    # - phase 2: video_codes = sphere (see models.map_codes), video_k = 4, video_lr = 2e-4 (the paper's rate).
+    "small": TrainConfig(
+        frames_k=16, frames_batch=32, frames_epochs=13, frames_lr=1e-3,
+        video_k=4, video_batch=8, video_epochs=2, video_lr=2e-4,
+        gf_widths=(32, 32, 16, 64), df_widths=(16, 32, 64), gv_hidden=(32, 64, 64), gv_lstm=16,
+        dv_widths=(8, 16, 16), n_videos=1024, video_codes="sphere", checkpoint_every=100, log_every=10,
+        sample_n=9,
+    ),
 }
 
 
@@ -149,6 +173,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not _is_int(v) or v <= 0:
             raise _bad(name, v, "must be a positive integer")
+    if isinstance(cfg.gv_forget_bias, bool) or not isinstance(cfg.gv_forget_bias, (int, float)) \
+            or not math.isfinite(cfg.gv_forget_bias):
+        raise _bad("gv_forget_bias", cfg.gv_forget_bias, "must be a finite number")
     for name in ("frames_lr", "video_lr", "finetune_lr"):
         v = getattr(cfg, name)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
@@ -159,6 +186,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise _bad(name, v, "must be a comma list of positive integers")
         if length is not None and len(v) != length:
             raise _bad(name, v, f"needs exactly {length} widths")
+    if cfg.video_codes not in CODE_MAPS:
+        raise _bad("video_codes", cfg.video_codes, f"choose one of {', '.join(CODE_MAPS)}")
     if cfg.loss not in COMBINATIONS:
         raise _bad("loss", cfg.loss, f"unknown loss combination; choose one of {', '.join(COMBINATIONS)}")
     if cfg.max_steps is not None and (not _is_int(cfg.max_steps) or cfg.max_steps <= 0):
@@ -169,7 +198,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise _bad(name, v, "must be a non-negative integer")
     if not isinstance(cfg.device, str) or not (cfg.device in ("cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise _bad("device", cfg.device, "must be cpu, cuda or cuda:N")
-    for name in ("finetune_frames", "fast", "graphs", "fast_check", "tf32", "bf16"):
+    for name in ("calibrate_codes", "finetune_frames", "fast", "graphs", "fast_check", "tf32", "bf16"):
         if not isinstance(getattr(cfg, name), bool):
             raise _bad(name, getattr(cfg, name), "must be true or false")
     return cfg
