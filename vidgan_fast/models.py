@@ -149,7 +149,7 @@ CALIBRATED_CODE_STD = 2.5
 
 @torch.no_grad()
 def calibrate_codes(video_generator: VideoGenerator, n: int = 256, seed: int = 0,
-                    std: float = CALIBRATED_CODE_STD, lstm_default_init: bool = False) -> VideoGenerator:
+                    std: float = CALIBRATED_CODE_STD) -> VideoGenerator:
     """Rescale G_V's last layer (`to_code`) once so that its pre-tanh outputs have mean 0 and std `std` per code
     dimension over z_v ~ N(0, I) (n draws from `seed`) and the T steps, in place; returns the module.
 
@@ -157,14 +157,19 @@ def calibrate_codes(video_generator: VideoGenerator, n: int = 256, seed: int = 0
     start at |c| ~ 0.01, where G_F draws near-black frames and which G_F never saw in phase 1 (z ~ N(0, I));
     the video discriminators win within a few dozen steps and G_V saturates into one static video for every z.
     Starting at the scale of G_F's training codes keeps G_V's frames on G_F's manifold from step 0. The forward
-    runs with batch norm in training mode (as in the training steps); its running statistics are left unchanged.
+    runs with batch norm in training mode (as in the training steps), and the batch norms' running statistics are
+    set to that batch's: with the N(0, 0.02) init the dense pre-activations have variance ~1e-4, so running
+    variances that start at 1 take a few hundred steps (momentum 0.1) to forget it, and until then the eval-mode
+    G_V (samples, `vidgan eval`) shrinks every z-dependent signal and draws nearly one video for every z.
     """
-    if lstm_default_init:
-        video_generator.lstm.reset_parameters()    # U(-1/sqrt(H), 1/sqrt(H)) from the global torch RNG
-    buffers = {k: v.clone() for k, v in video_generator.named_buffers()}
     was_training = video_generator.training
+    norms = [m for m in video_generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
     try:
         video_generator.train()
+        for m in norms:                           # momentum None: the running statistics of this one batch
+            m.reset_running_stats()
+            m.momentum = None
         p = video_generator.to_code.weight
         z = torch.randn(n, video_generator.z_dim, generator=torch.Generator().manual_seed(int(seed))).to(p.device)
         B = z.shape[0]
@@ -176,8 +181,8 @@ def calibrate_codes(video_generator: VideoGenerator, n: int = 256, seed: int = 0
         video_generator.to_code.weight.mul_(gain.unsqueeze(1))
         video_generator.to_code.bias.sub_(mean).mul_(gain)
     finally:
-        for k, v in video_generator.named_buffers():
-            v.copy_(buffers[k])
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
         video_generator.train(was_training)
     return video_generator
 
