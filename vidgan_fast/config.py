@@ -13,6 +13,7 @@ from .errors import ConfigError
 
 COMBINATIONS = ("mean", "sum", "hypervolume", "gman")   # --loss choices (losses.combine); here, so that the CLI
                                                         # can build its options without importing torch
+CODE_MAPS = ("tanh", "sphere")                          # G_V's last step: --video-codes choices (models.py)
 
 
 def _opt(help: str, option: str | None = None, **kw):
@@ -39,6 +40,15 @@ class TrainConfig:
     dv_widths: tuple[int, ...] = _opt("video discriminator widths c1,c2,c3", default=(256, 512, 768))
     # objective
     loss: str = _opt(f"generator loss combination: {', '.join(COMBINATIONS)}", default="mean")
+    video_codes: str = _opt("G_V's code activation: tanh (the paper's; codes in (-1, 1)) or sphere (codes scaled to "
+                            "norm 10, where G_F's N(0, I) training codes lie)", default="tanh")
+    gv_forget_bias: float = _opt("initial bias of G_V's LSTM forget gates (0: the paper's zero biases; b > 0 makes "
+                                 "the LSTM integrate over time, sigmoid(b) of the cell kept per step, so codes "
+                                 "start as smooth paths)", default=0.0)
+    calibrate_codes: bool = _opt("phase 2: rescale G_V's last layer once at the start so that its codes start "
+                                 "centred at the scale of G_F's N(0, I) training codes (pre-tanh std 2.5) instead "
+                                 "of |c| ~ 0.01, and start G_V's batch-norm statistics from one batch",
+                                 default=False)
     finetune_frames: bool = _opt("phase 2: also train G_F (unfrozen) with --finetune-lr", default=False)
     finetune_lr: float = _opt("RMSprop learning rate of G_F when --finetune-frames", default=2e-5)
     # data
@@ -128,6 +138,37 @@ PRESETS: dict[str, TrainConfig] = {
         gf_widths=(32, 32, 16, 64), df_widths=(16, 32, 64), gv_hidden=(32, 64, 64), gv_lstm=16,
         dv_widths=(8, 16, 16), n_videos=256, checkpoint_every=100, log_every=10, sample_n=9,
     ),
+    # The CPU main job (issue 17): the tiny widths with what phase 1 and phase 2 need to produce videos.
+    # - frames_k = 16 (tiny: 8): at these widths the number of projection discriminators is what improves G_F per
+    #   step and per CPU second (measured at 300 steps, seed 0: frames with exactly 3 blobs 0.38 with K=16 against
+    #   0.18-0.21 with K=8 at 200-400 steps, 0.28 with K=8 and batch 64; wider G_F/D_F: 0.17 and half the diversity).
+    #   K=16 also conditions the projections' joint view of period-2 (checkerboard) detail better than K=8.
+    # - n_videos = 1024 (tiny: 256): 32 steps per epoch, 13 epochs = 416 phase-1 steps.
+    # - phase 2 (measured on one K=16 G_F after 600 steps, 200 generated videos; tiny's tanh codes at
+    #   lr 1e-3 collapse): G_V must start on G_F's code distribution and stay there. With tanh codes every run
+    #   saturated (mean |c| > 0.9) within 50 steps, calibrated or not, and drew black or 1-2-blob frames.
+    #   video_codes = sphere keeps every code at the norm of G_F's N(0, I) codes; gv_forget_bias = 3 makes the
+    #   LSTM integrate its per-step inputs, so codes start on smooth paths (consecutive codes 1.1 apart on the
+    #   radius-10 sphere against 2.9 with zero forget bias). After 25 steps that G_V drew 3-blob frames as often
+    #   as G_F (0.51-0.53 vs 0.46), speed 0.5-0.9 px/frame, coherence 0.77-0.87, diversity 0.64-0.71.
+    #   Longer phase 2 at this G_F quality drifts to codes where G_F draws few or no blobs (50 steps: 0.02-0.16
+    #   3-blob frames at lr 2e-4 and 5e-5, with the discriminators near chance, d loss 1.1-1.4): RMSprop's
+    #   normalised steps random-walk G_V when the gradients are mostly noise. Hence a short phase 2: one epoch
+    #   of batch 32 (32 steps, less gradient noise per step), lr 5e-5, video_k = 4.
+    # - calibrate_codes: G_V's codes start centred with unit-scale spread across z (before the sphere), and its
+    #   batch norms start with the statistics of a real batch: after a 32-step phase 2 the running variances
+    #   otherwise still hold ~4% of their initial 1 against true variances ~1e-4, and the eval-mode G_V drew
+    #   nearly the same video for every z (seed 0: diversity 0.18 without, 0.41 with).
+    # Measured on 3 seeds (benchmarks/RESULTS.md, "Quality"): not robust yet; G_F reaches 21-33% frames with
+    # exactly 3 blobs (target 70%), and phase 2 meets the speed and diversity targets on 1 of 3 seeds.
+    "small": TrainConfig(
+        frames_k=16, frames_batch=32, frames_epochs=13, frames_lr=1e-3,
+        video_k=4, video_batch=32, video_epochs=1, video_lr=5e-5,
+        gf_widths=(32, 32, 16, 64), df_widths=(16, 32, 64), gv_hidden=(32, 64, 64), gv_lstm=16,
+        dv_widths=(8, 16, 16), n_videos=1024, video_codes="sphere", gv_forget_bias=3.0, calibrate_codes=True,
+        checkpoint_every=100, log_every=10,
+        sample_n=9,
+    ),
 }
 
 
@@ -161,6 +202,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not _is_int(v) or v <= 0:
             raise _bad(name, v, "must be a positive integer")
+    if isinstance(cfg.gv_forget_bias, bool) or not isinstance(cfg.gv_forget_bias, (int, float)) \
+            or not math.isfinite(cfg.gv_forget_bias):
+        raise _bad("gv_forget_bias", cfg.gv_forget_bias, "must be a finite number")
     for name in ("frames_lr", "video_lr", "finetune_lr"):
         v = getattr(cfg, name)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
@@ -171,6 +215,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise _bad(name, v, "must be a comma list of positive integers")
         if length is not None and len(v) != length:
             raise _bad(name, v, f"needs exactly {length} widths")
+    if cfg.video_codes not in CODE_MAPS:
+        raise _bad("video_codes", cfg.video_codes, f"choose one of {', '.join(CODE_MAPS)}")
     if cfg.loss not in COMBINATIONS:
         raise _bad("loss", cfg.loss, f"unknown loss combination; choose one of {', '.join(COMBINATIONS)}")
     if cfg.max_steps is not None and (not _is_int(cfg.max_steps) or cfg.max_steps <= 0):
@@ -181,7 +227,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise _bad(name, v, "must be a non-negative integer")
     if not isinstance(cfg.device, str) or not (cfg.device in ("cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise _bad("device", cfg.device, "must be cpu, cuda or cuda:N")
-    for name in ("finetune_frames", "fast", "graphs", "fast_check", "tf32", "bf16"):
+    for name in ("calibrate_codes", "finetune_frames", "fast", "graphs", "fast_check", "tf32", "bf16"):
         if not isinstance(getattr(cfg, name), bool):
             raise _bad(name, getattr(cfg, name), "must be true or false")
     return cfg

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import CODE_MAPS     # G_V's code maps (defined in the torch-free config.py)
+
 FRAME_SIZE = 30
 PROJ_KERNEL = 8
 FRAME_PROJ = dict(stride=2, padding=3)   # 30x30 -> 15x15
@@ -86,13 +88,33 @@ class FrameDiscriminator(nn.Module):
         return self.conv4(h).flatten(1).squeeze(1)
 
 
+
+
+def map_codes(u: torch.Tensor, code_map: str = "tanh") -> torch.Tensor:
+    """G_V's last activation, over the last dimension of u.
+
+    tanh: the paper's; codes in (-1, 1). sphere: u scaled to norm sqrt(d), the radius at which G_F's training
+    codes z ~ N(0, I_d) concentrate (|z| = sqrt(d) +- 0.7), so every code G_V can emit is a typical G_F input:
+    no saturation, no region of small or clipped codes that G_F never saw (see `calibrate_codes`).
+    """
+    if code_map == "tanh":
+        return torch.tanh(u)
+    if code_map == "sphere":
+        return u * (u.shape[-1] ** 0.5 / u.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    raise ValueError(f"unknown code map {code_map!r}; choose one of {', '.join(CODE_MAPS)}")
+
+
 class VideoGenerator(nn.Module):
     """G_V: z_v [B, z_dim] -> codes [B, T, code_dim] -> (frozen G_F) -> video [B, 1, T, 30, 30]."""
 
     def __init__(self, z_dim: int = 100, hidden: tuple[int, ...] = (512, 1024, 2048), steps: int = 30,
-                 step_dim: int = 128, lstm_hidden: int = 256, code_dim: int = 100):
+                 step_dim: int = 128, lstm_hidden: int = 256, code_dim: int = 100, code_map: str = "tanh",
+                 forget_bias: float = 0.0):
         super().__init__()
+        if code_map not in CODE_MAPS:
+            raise ValueError(f"unknown code map {code_map!r}; choose one of {', '.join(CODE_MAPS)}")
         self.z_dim, self.steps, self.step_dim, self.code_dim = z_dim, steps, step_dim, code_dim
+        self.code_map = code_map
         dims = [z_dim, *hidden, steps * step_dim]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -101,19 +123,69 @@ class VideoGenerator(nn.Module):
         self.lstm = nn.LSTM(step_dim, lstm_hidden, num_layers=2, bidirectional=True)
         self.to_code = nn.Linear(2 * lstm_hidden, code_dim)
         init_weights(self)
+        if forget_bias:       # both layers, both directions; PyTorch's gate order is (input, forget, cell, output)
+            for name, b in self.lstm.named_parameters():
+                if name.startswith("bias_ih"):
+                    nn.init.constant_(b[lstm_hidden:2 * lstm_hidden], float(forget_bias))
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent codes [B, T, code_dim] in (-1, 1). Sample b depends only on z[b] when BN is in eval mode."""
+        """Latent codes [B, T, code_dim]: in (-1, 1) (code_map 'tanh', the paper's), or of norm sqrt(code_dim)
+        (code_map 'sphere'). Sample b depends only on z[b] when BN is in eval mode."""
         B = z.shape[0]
         h = self.dense(z).view(B, self.steps, self.step_dim).transpose(0, 1)   # [T, B, step_dim]
         h, _ = self.lstm(h)                                                       # [T, B, 2H]
-        return torch.tanh(self.to_code(h)).transpose(0, 1)                       # [B, T, code_dim]
+        return map_codes(self.to_code(h), self.code_map).transpose(0, 1)         # [B, T, code_dim]
 
     def forward(self, z: torch.Tensor, frame_generator: nn.Module) -> torch.Tensor:
         codes = self.codes(z)
         B, T, _ = codes.shape
         frames = frame_generator(codes.reshape(B * T, self.code_dim))           # [B*T, 1, S, S]
         return frames.view(B, T, 1, *frames.shape[-2:]).transpose(1, 2)         # [B, 1, T, S, S]
+
+
+# tanh(N(0, s^2)) has mean |c| = 0.79 at s = 2.5, that of G_F's training codes z ~ N(0, I) (sqrt(2 / pi) = 0.80);
+# at s = 1 it is 0.56, and a trained tiny G_F draws fewer, larger blobs there (2.2 blobs per frame against 2.9).
+CALIBRATED_CODE_STD = 2.5
+
+
+@torch.no_grad()
+def calibrate_codes(video_generator: VideoGenerator, n: int = 256, seed: int = 0,
+                    std: float = CALIBRATED_CODE_STD) -> VideoGenerator:
+    """Rescale G_V's last layer (`to_code`) once so that its pre-tanh outputs have mean 0 and std `std` per code
+    dimension over z_v ~ N(0, I) (n draws from `seed`) and the T steps, in place; returns the module.
+
+    Why (the `calibrate_codes` option, off at the paper preset): with the DCGAN N(0, 0.02) init, G_V's codes
+    start at |c| ~ 0.01, where G_F draws near-black frames and which G_F never saw in phase 1 (z ~ N(0, I));
+    the video discriminators win within a few dozen steps and G_V saturates into one static video for every z.
+    Starting at the scale of G_F's training codes keeps G_V's frames on G_F's manifold from step 0. The forward
+    runs with batch norm in training mode (as in the training steps), and the batch norms' running statistics are
+    set to that batch's: with the N(0, 0.02) init the dense pre-activations have variance ~1e-4, so running
+    variances that start at 1 take a few hundred steps (momentum 0.1) to forget it, and until then the eval-mode
+    G_V (samples, `vidgan eval`) shrinks every z-dependent signal and draws nearly one video for every z.
+    """
+    was_training = video_generator.training
+    norms = [m for m in video_generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    try:
+        video_generator.train()
+        for m in norms:                           # momentum None: the running statistics of this one batch
+            m.reset_running_stats()
+            m.momentum = None
+        p = video_generator.to_code.weight
+        z = torch.randn(n, video_generator.z_dim, generator=torch.Generator().manual_seed(int(seed))).to(p.device)
+        B = z.shape[0]
+        h = video_generator.dense(z).view(B, video_generator.steps, video_generator.step_dim).transpose(0, 1)
+        h, _ = video_generator.lstm(h)
+        pre = video_generator.to_code(h).reshape(-1, video_generator.code_dim)        # [T * n, code_dim]
+        mean = pre.mean(0)
+        gain = std / pre.std(0).clamp_min(1e-8)
+        video_generator.to_code.weight.mul_(gain.unsqueeze(1))
+        video_generator.to_code.bias.sub_(mean).mul_(gain)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        video_generator.train(was_training)
+    return video_generator
 
 
 class VideoDiscriminator(nn.Module):

@@ -32,7 +32,8 @@ from .config import TrainConfig, check_batch
 from .data import VideoSource, load_videos, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from .loop import LossLog, cut_log, new_run_id
-from .models import FrameGenerator, VideoGenerator, frame_discriminators, video_discriminators
+from .models import (FrameGenerator, VideoGenerator, calibrate_codes, frame_discriminators,
+                     video_discriminators)
 from .profiling import nvtx_range
 
 Z_DIM = 100
@@ -94,7 +95,8 @@ def build_frame_generator(cfg: TrainConfig) -> FrameGenerator:
 
 
 def build_video_generator(cfg: TrainConfig) -> VideoGenerator:
-    return VideoGenerator(Z_DIM, cfg.gv_hidden, steps=FRAMES, lstm_hidden=cfg.gv_lstm, code_dim=Z_DIM)
+    return VideoGenerator(Z_DIM, cfg.gv_hidden, steps=FRAMES, lstm_hidden=cfg.gv_lstm, code_dim=Z_DIM,
+                          code_map=cfg.video_codes, forget_bias=cfg.gv_forget_bias)
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -130,6 +132,8 @@ def build_state(cfg: TrainConfig, phase: str, frame_generator_state: dict | None
         else:
             freeze(renderer)
         generator = build_video_generator(cfg)
+        if cfg.calibrate_codes:            # models.calibrate_codes: G_V's codes start at G_F's N(0, I) scale
+            calibrate_codes(generator, seed=cfg.seed)
         discriminators = video_discriminators(k, cfg.dv_widths, seed=1000 + cfg.seed * 100_000)
     generator, discriminators = generator.to(device).train(), discriminators.to(device).train()
     if cfg.bf16 and not (device.type == "cuda" and torch.cuda.is_bf16_supported()):
