@@ -11,13 +11,15 @@ rejects and ignores `input_precision`. This module closes that gap:
 The recorder binds the launch arguments with Triton's own binder for a CUDA backend, so the signature,
 constexprs and divisibility attributes are exactly those a launch on a GPU would compile (tensors may live on
 the `meta` device: only their dtype and alignment matter). It needs compiled-mode kernels: import `kernels`
-in a process without TRITON_INTERPRET. Registers and spills come from ptxas' own -v report.
+in a process without TRITON_INTERPRET. Registers and spills come from ptxas' own -v report (each compile uses
+a fresh Triton cache, so that ptxas always runs).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import re
+import tempfile
 from dataclasses import dataclass, field
 
 import triton
@@ -134,10 +136,12 @@ def compile_launch(launch: Launch, target: GPUTarget) -> CompileReport:
     src = ASTSource(launch.kernel, dict(launch.signature), dict(launch.constexprs),
                     {k: [list(a) for a in v] for k, v in launch.attrs})
     log = io.StringIO()
-    saved = triton.knobs.nvidia.dump_ptxas_log
+    saved = triton.knobs.nvidia.dump_ptxas_log, triton.knobs.cache.dir
     triton.knobs.nvidia.dump_ptxas_log = True            # ptxas -v's report goes to stdout
     try:
-        with contextlib.redirect_stdout(log):
+        # A fresh cache: a hit in Triton's cache would skip ptxas, and with it the register and spill report.
+        with contextlib.redirect_stdout(log), tempfile.TemporaryDirectory(prefix="vidgan-aot-") as cache:
+            triton.knobs.cache.dir = cache
             compiled = triton.compile(src, target=target, options=dict(launch.options))
     except Exception as e:                                # noqa: BLE001 - a failed compile is a result
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -145,7 +149,7 @@ def compile_launch(launch: Launch, target: GPUTarget) -> CompileReport:
         report.error = f"{type(e).__name__}: {why}" + (f" ({where})" if where != why else "")
         return report
     finally:
-        triton.knobs.nvidia.dump_ptxas_log = saved
+        triton.knobs.nvidia.dump_ptxas_log, triton.knobs.cache.dir = saved
     text = log.getvalue()
     used, spill = _PTXAS_USAGE.search(text), _PTXAS_SPILL.search(text)
     report.registers = int(used.group(1)) if used else None

@@ -122,6 +122,8 @@ def gate_failures(rows: list[Row]) -> list[str]:
         where = f"{r.kernel} [{r.spec}] on sm_{r.arch}"
         if r.arch in TARGETS and r.error:
             failures.append(f"{where}: {r.error}")
+        elif r.arch in TARGETS and (r.registers is None or r.spill_bytes is None):
+            failures.append(f"{where}: no ptxas -v report (registers and spills unknown)")
         elif (r.arch in SPILL_TARGETS and f"paper/{DEFAULT_PRECISION}" in r.used_by.split()
               and (r.spill_bytes or 0) > 0):
             failures.append(f"{where}: {r.spill_bytes} bytes of register spills")
