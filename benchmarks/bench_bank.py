@@ -11,7 +11,7 @@ Sizes: 'paper' (default on a GPU) is D_F K=48 on 128 frames and D_V K=16 on 16 v
 within one group of one run only.
 
 test_bank_layer times each bank layer alone, Triton kernels vs PyTorch grouped convolution (cuDNN, which uses
-TF32 by default on a GPU): the numbers that should set `bank.layer_impl` per layer (default: all 'triton').
+TF32 by default on a GPU): whether a layer would be better left to cuDNN (the banks run every layer in Triton).
 """
 from __future__ import annotations
 
@@ -116,9 +116,19 @@ def test_bank_vs_references(benchmark, kind, column, mode):
 LAYER_INPUTS = {"D_F": (15, 15), "D_V": (30, 9, 9)}    # spatial size of the projected input (conv1's input)
 
 
+def grouped_conv(x, weight, bias, stride, padding, leaky):
+    """BatchedConv's mathematics through one PyTorch grouped convolution (same [K, B, C, ...] layout)."""
+    K, B = x.shape[:2]
+    conv = torch.nn.functional.conv2d if x.dim() == 5 else torch.nn.functional.conv3d
+    y = conv(x.transpose(0, 1).reshape(B, -1, *x.shape[3:]), weight.reshape(-1, *weight.shape[2:]),
+             bias.reshape(-1), stride, padding, groups=K)
+    y = y.view(B, K, -1, *y.shape[2:]).transpose(0, 1)
+    return torch.nn.functional.leaky_relu(y, 0.2) if leaky else y
+
+
 def _layer_problem(kind, layer):
     """The input [K, B, Cin, ...], weight and bias of bank layer `layer` at this run's size."""
-    from kernels.batched_conv import output_shape
+    from vidgan_fast.kernels.batched_conv import output_shape
     k, b, widths = SIZES[SIZE][kind]
     cls = FrameDiscriminatorBank if kind == "D_F" else VideoDiscriminatorBank
     spatial, channels = LAYER_INPUTS[kind], (1, *widths, 1)
@@ -138,8 +148,8 @@ def _layer_problem(kind, layer):
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "conv3", "conv4"])
 @pytest.mark.parametrize("kind", ["D_F", "D_V"])
 def test_bank_layer(benchmark, kind, layer, impl, mode):
-    """One bank layer, Triton kernels vs PyTorch grouped convolution: the numbers behind bank.layer_impl."""
-    from vidgan_fast.fast.bank import BatchedConv, grouped_conv
+    """One bank layer, Triton kernels vs PyTorch grouped convolution (the [K, B, C, ...] layout kept)."""
+    from vidgan_fast.fast.bank import BatchedConv
     if impl != "grouped" and (DEVICE.type != "cuda" or triton_unavailable_reason(DEVICE) is not None):
         pytest.skip("Triton column needs a CUDA GPU Triton supports (the CPU interpreter is no speed measure)")
     x, w, bias, stride, padding, leaky = _layer_problem(kind, layer)

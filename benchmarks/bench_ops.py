@@ -11,8 +11,8 @@ import os
 
 import torch
 
-from benchmarks.bench_steps import bench_config, resolve_size
-from benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
+from vidgan_fast.benchmarks.bench_steps import bench_config, resolve_size
+from vidgan_fast.benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
 
 try:
     import pytest
@@ -46,7 +46,8 @@ def _closure(mode: str, forward, params):
 
 def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32: bool = True,
              compile_enabled: bool = True) -> list[Case]:
-    from vidgan_fast.fast import FrameDiscriminatorBank, FrozenFrameGenerator, VideoDiscriminatorBank
+    from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
+    from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
     from vidgan_fast.fast.projection import project_frames, project_videos
     device = resolve_device(device)
     size = resolve_size(size, device)

@@ -1,6 +1,6 @@
 """Training-step benchmarks: phase 1 D step and G step, phase 2 D step and G step, each for the eager reference,
-torch.compile of the reference step, and the fast path. The steps are vidgan_fast.train.d_step / g_step, the
-functions `vidgan train` runs, on states built by vidgan_fast.train.build_state.
+torch.compile of the reference step, and the fast path. The steps are vidgan_fast.step.d_step / g_step, the
+functions `vidgan train` runs, on states built by vidgan_fast.steps.build_state.
 
     pytest benchmarks/bench_steps.py --benchmark-only            # size: paper on a GPU, tiny on CPU
     VIDGAN_BENCH_SIZE=tiny pytest benchmarks/bench_steps.py --benchmark-only
@@ -14,14 +14,14 @@ import os
 
 import torch
 
-from benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
+from vidgan_fast.benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
 
 try:
     import pytest
 except ImportError:        # the report (and `vidgan bench`) import step_cases without the test extra
     pytest = None
 from vidgan_fast import flops as F
-from vidgan_fast import train
+from vidgan_fast import step as steps
 from vidgan_fast.config import preset
 from vidgan_fast.models import frame_discriminators, video_discriminators
 
@@ -43,8 +43,8 @@ def bench_config(size: str, device: torch.device):
 
 
 def _state(cfg, phase: str):
-    gf_state = train.build_frame_generator(cfg).state_dict() if phase == "video" else None
-    return train.build_state(cfg, phase, gf_state)
+    gf_state = steps.build_frame_generator(cfg).state_dict() if phase == "video" else None
+    return steps.build_state(cfg, phase, gf_state)
 
 
 def make_fast(state, impl: str, tf32: bool):
@@ -52,20 +52,26 @@ def make_fast(state, impl: str, tf32: bool):
 
     impl='ref' (CPU: the interpreter is no speed measure) swaps in the same modules on their PyTorch path.
     """
-    from vidgan_fast.fast.engine import to_fast
-    state = to_fast(state, precision="tf32" if tf32 else "fp32", warn=False)
-    if impl == "ref" and state.fast:
-        state.discriminators.impl = "ref"
-        if state.renderer is not state.frame_generator:
-            state.renderer.impl = "ref"
-    elif impl == "ref":      # to_fast fell back (CPU without the interpreter): build the modules on 'ref'
-        from vidgan_fast.fast import FrameDiscriminatorBank, FrozenFrameGenerator, VideoDiscriminatorBank
-        bank_cls = FrameDiscriminatorBank if state.phase == "frames" else VideoDiscriminatorBank
+    from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
+    from vidgan_fast.fast.engine import FastPathUnavailable, to_fast
+    from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
+    try:
+        state = to_fast(state, precision="tf32" if tf32 else "fp32")
+    except FastPathUnavailable:
+        if impl != "ref":
+            raise
+        # CPU without the interpreter: the same modules on their PyTorch path
+        bank_cls = VideoDiscriminatorBank if state.phase.video else FrameDiscriminatorBank
         lr = state.d_opt.param_groups[0]["lr"]
         state.discriminators = bank_cls.from_reference(list(state.discriminators), impl="ref").to(state.device)
         state.d_opt = torch.optim.RMSprop(state.discriminators.parameters(), lr=lr)
-        if state.phase == "video" and state.f_opt is None:
+        if state.phase.video and state.f_opt is None:
             state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, impl="ref")
+        return state
+    if impl == "ref":
+        state.discriminators.impl = "ref"
+        if state.renderer is not state.frame_generator:
+            state.renderer.impl = "ref"
     return state
 
 
@@ -80,12 +86,12 @@ def graphed_step(state, which: str, real_shape, batch: int):
 
 def _step_flops(cfg, phase: str, which: str) -> int:
     with torch.device("meta"):
-        g = train.build_frame_generator(cfg)
+        g = steps.build_frame_generator(cfg)
         if phase == "frames":
             d = frame_discriminators(1, cfg.df_widths)
             fn = F.phase1_d_step_flops if which == "D" else F.phase1_g_step_flops
             return fn(g, d, cfg.frames_k, cfg.frames_batch).total
-        v = train.build_video_generator(cfg)
+        v = steps.build_video_generator(cfg)
         d = video_discriminators(1, cfg.dv_widths)
     fn = F.phase2_d_step_flops if which == "D" else F.phase2_g_step_flops
     return fn(v, g, d, cfg.video_k, cfg.video_batch).total
@@ -104,7 +110,7 @@ def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf3
         label = {"frames": "phase1", "video": "phase2"}[phase]
         for which in ("D", "G"):
             gen = torch.Generator(device="cpu").manual_seed(0)
-            z = [torch.randn(batch, train.Z_DIM, generator=gen).to(device) for _ in range(BUFFERS)]
+            z = [torch.randn(batch, steps.Z_DIM, generator=gen).to(device) for _ in range(BUFFERS)]
             if which == "D":
                 real = [(torch.rand(real_shape, generator=gen) * 2 - 1).to(device) for _ in range(BUFFERS)]
                 inputs = list(zip(real, z))
@@ -115,9 +121,9 @@ def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf3
                 state = _state(cfg, phase)
                 if column == "fast":
                     make_fast(state, settings.fast_impl, fast_tf32)
-                    if state.fast and state.device.type == "cuda":
+                    if state.device.type == "cuda":
                         return graphed_step(state, which, real_shape, batch)
-                step = train.d_step if which == "D" else train.g_step
+                step = steps.d_step if which == "D" else steps.g_step
                 if column == "compile":
                     step = torch.compile(step, **settings.compile_kwargs)
                 if which == "D":

@@ -1,6 +1,6 @@
 """G_F alone: the frame metrics of `vidgan eval` on frames from z ~ N(0, I) (eval mode), next to real frames.
 
-    PYTHONPATH=. python -m benchmarks.frame_quality RUN/frames.ckpt [RUN2/frames.ckpt ...] [--n 2000]
+    python -m vidgan_fast.benchmarks.frame_quality RUN/frames.ckpt [RUN2/frames.ckpt ...] [--n 2000]
 
 Frames are paired into 2-frame "videos" only so that vidgan_fast.metrics can count them; only the per-frame
 numbers (frames with 3 blobs, blobs per frame, blob radius) and the frame diversity are reported.
@@ -12,11 +12,11 @@ import argparse
 import numpy as np
 import torch
 
-from vidgan_fast.checkpoint import load_checkpoint, load_matching
+from vidgan_fast.checkpoint import load_checkpoint, load_matching, saved_config
 from vidgan_fast.data import BouncingBalls
 from vidgan_fast.evaluate import EVAL_DATA_SEED
 from vidgan_fast.metrics import blob_radius, diversity, find_blobs
-from vidgan_fast.train import Z_DIM, build_frame_generator, saved_config
+from vidgan_fast.step import Z_DIM, build_frame_generator
 
 
 def frame_stats(frames: torch.Tensor) -> dict[str, float]:

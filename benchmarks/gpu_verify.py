@@ -2,8 +2,8 @@
 subprocess with its own time limit inside one time budget, written up as ONE Markdown block and ONE JSON to
 paste into benchmarks/RESULTS.md. A stage that fails, hangs or runs out of time is recorded and the run goes on.
 
-    PYTHONPATH=. python -m benchmarks.gpu_verify --out gpu_run       # repo root of the GPU machine, < 8 min
-    PYTHONPATH=. python -m benchmarks.gpu_verify --dry-run --out /tmp/v   # the same stages, tiny, on CPU
+    python -m vidgan_fast.benchmarks.gpu_verify --out gpu_run       # repo root of the GPU machine, < 8 min
+    python -m vidgan_fast.benchmarks.gpu_verify --dry-run --out /tmp/v   # the same stages, tiny, on CPU
 
 Stages, in order of value:
     env           device, torch / Triton / CUDA versions, nvtx present or not
@@ -11,7 +11,7 @@ Stages, in order of value:
     train_frames  python -m vidgan_fast train frames --preset paper --device cuda --fast --steps N
     train_video   python -m vidgan_fast train video --frames <frames.ckpt> ... (step time from log.jsonl, peak
                   memory from torch.cuda.max_memory_allocated / max_memory_reserved of the training process)
-    report        python -m benchmarks.report --size paper --device cuda --repeats 5 --no-compile
+    report        python -m vidgan_fast.benchmarks.report --size paper --device cuda --repeats 5 --no-compile
     gpu_tests     python -m pytest -m gpu tests
     check_tf32    the check again with --tf32
 Limits: 110 s for the check, 90 s per training phase (200 steps, 4,096 on-the-fly videos: generating the paper's
@@ -69,7 +69,7 @@ if torch.cuda.is_available():
     info["gpu"] = f"{p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2 ** 30:.0f} GiB)"
 print(json.dumps(info))
 """
-TRAIN_CODE = "import sys; from benchmarks.gpu_verify import train_child; train_child(sys.argv[1], sys.argv[2:])"
+TRAIN_CODE = "import sys; from vidgan_fast.benchmarks.gpu_verify import train_child; train_child(sys.argv[1], sys.argv[2:])"
 # tiny widths for --dry-run (the sizes tests/test_fast_training.py trains with)
 DRY_FRAMES = ["--frames-k", "2", "--frames-batch", "4", "--df-widths", "4,8,8", "--gf-widths", "16,16,8,8"]
 DRY_VIDEO = ["--video-k", "2", "--video-batch", "2", "--dv-widths", "4,4,8", "--gf-widths", "16,16,8,8",
@@ -115,7 +115,7 @@ def plan(a, out: Path, work: Path) -> list[Stage]:
               "--log-every", "1" if a.dry_run else "20", "--checkpoint-every", "1000000"]
     common += ["--n-videos", "16"] if a.dry_run else ["--n-videos", "4096"]   # on-the-fly data: 100k take minutes
     train_env = {"TRITON_INTERPRET": "0"} if a.dry_run else {}
-    report = [PY, "-m", "benchmarks.report", "--size", preset, "--device", dev, "--repeats", str(a.repeats),
+    report = [PY, "-m", "vidgan_fast.benchmarks.report", "--size", preset, "--device", dev, "--repeats", str(a.repeats),
               "--json", str(out / "bench.json")]
     report += ["--warmup", "0", "--threads", "1", "--what", "steps"] if a.dry_run else ["--warmup", "2"]
     report += [] if a.compile else ["--no-compile"]
@@ -146,7 +146,7 @@ def run_stage(stage: Stage, deadline: float, log_path: Path) -> dict:
     """Run one stage under min(its limit, the budget left); its record (status filled in later)."""
     shown = ["python", *stage.argv[1:]]
     if shown[1] == "-c":              # the code itself is in this file
-        shown[1:3] = ["benchmarks.gpu_verify.train_child" if stage.argv[2] == TRAIN_CODE else "<ENV_CODE>"]
+        shown[1:3] = ["vidgan_fast.benchmarks.gpu_verify.train_child" if stage.argv[2] == TRAIN_CODE else "<ENV_CODE>"]
     rec = {"name": stage.name, "title": stage.title, "command": " ".join(shown), "env": stage.env,
            "log": log_path.name}
     left = deadline - time.monotonic()
@@ -201,10 +201,10 @@ def read_train(stage: str, log_path: Path, memory_path: Path, run: Path, dry_run
     """Steps done, median step time after the first two log flushes (they hold the op check, Triton compiles,
     warm-up and capture), peak CUDA memory, whether --fast and CUDA graphs ran, the full phase projected."""
     from vidgan_fast.config import preset
-    from vidgan_fast.train import total_steps
+    from vidgan_fast.step import Phase
     phase = "frames" if stage == "train_frames" else "video"
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    out = {"fast": "--fast: running the reference path instead" not in text,
+    out = {"fast": "--fast: running the PyTorch reference path instead" not in text,
            "graphs": None if dry_run else "CUDA graph capture failed" not in text}
     lines = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").exists() else []
     rows = [r for r in map(json.loads, lines) if r["phase"] == phase]
@@ -215,7 +215,7 @@ def read_train(stage: str, log_path: Path, memory_path: Path, run: Path, dry_run
     out["it_s"] = statistics.median(steady) if steady else None
     out["step_ms"] = 1e3 / out["it_s"] if out["it_s"] else None
     cfg = preset("tiny" if dry_run else "paper")
-    full = total_steps(cfg, phase, cfg.n_videos)[1]
+    full = Phase.of(cfg, phase).schedule(cfg.n_videos, cfg.max_steps)[1]
     out["full_phase_steps"] = full
     out["projected_full_phase_h"] = full / out["it_s"] / 3600 if out["it_s"] else None
     if memory_path.exists():
@@ -322,7 +322,7 @@ def markdown(meta: dict, records: list[dict], out: Path) -> str:
         if bad:
             lines += ["", f"{r['name']}: rows that did not pass:", *(f"- {b}" for b in bad)]
     if (out / "bench.json").exists():
-        from benchmarks.report import format_header, format_table
+        from vidgan_fast.benchmarks.report import format_header, format_table
         bench = json.loads((out / "bench.json").read_text())
         lines += ["", "Report:", "", "```", format_header(bench["meta"]), "```", "", format_table(bench["rows"])]
     for r in records:
@@ -342,7 +342,7 @@ def write(meta: dict, records: list[dict], out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_verify", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m vidgan_fast.benchmarks.gpu_verify", description=__doc__.split("\n\n")[0],
                                 epilog="Writes OUT/gpu_verify.md and OUT/gpu_verify.json (and OUT/logs/).")
     p.add_argument("--out", required=True, help="folder for the results (created)")
     p.add_argument("--dry-run", action="store_true", help="every stage at tiny size on CPU (checks the plumbing)")
@@ -372,7 +372,7 @@ def main(argv=None) -> int:
     for stale in ("check.json", "check_tf32.json", "bench.json", "train_frames.memory.json", "train_video.memory.json"):
         (out / stale).unlink(missing_ok=True)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "dry_run": a.dry_run,
-            "command": "PYTHONPATH=. python -m benchmarks.gpu_verify " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m vidgan_fast.benchmarks.gpu_verify " + " ".join(argv if argv is not None else sys.argv[1:]),
             "budget_s": a.budget, "steps": a.steps, "repeats": a.repeats}
     start = time.monotonic()
     deadline, records = start + a.budget, []

@@ -4,7 +4,7 @@ matrix rate, and peak GPU memory; saved as JSON too.
 
     vidgan bench                                      # defaults chosen for the device, see below
     vidgan bench --size tiny --repeats 5 --no-compile --json out.json
-    python -m benchmarks.report ...                   # the same command
+    python -m vidgan_fast.benchmarks.report ...                   # the same command
 
 Defaults: on a GPU the paper sizes, 20 repeats after 3 warm-up calls, all three columns. On a CPU the tiny sizes,
 3 repeats after 1 warm-up call, 1 torch thread (spinning OpenMP threads on a shared CPU make timings meaningless)
@@ -49,7 +49,7 @@ def measure_case(case, device, warmup: int, repeats: int, rates: dict) -> dict:
     """Time every column of `case` (a benchmarks.timing.Case) on `device`; one JSON-ready row."""
     import torch
 
-    from benchmarks.timing import time_call
+    from vidgan_fast.benchmarks.timing import time_call
     row = {"name": case.name, "kind": case.kind, "size": case.size, "flops": case.flops, "columns": {}}
     for column in COLUMNS:
         entry = case.columns[column]
@@ -105,8 +105,8 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
     """
     import torch
 
-    from benchmarks.bench_steps import resolve_size
-    from benchmarks.timing import device_info, matrix_rate, resolve_device
+    from vidgan_fast.benchmarks.bench_steps import resolve_size
+    from vidgan_fast.benchmarks.timing import device_info, matrix_rate, resolve_device
     if size not in SIZES:
         raise ValueError(f"report size must be one of {SIZES}, got {size!r}")
     if what not in WHAT:
@@ -156,8 +156,8 @@ def _save(out_json, meta: dict, rows: list[dict]) -> None:
 
 def _cases(size, dev, what, compile_enabled, fast_tf32) -> list:
     """Every case to time, in table order; a group whose cases cannot be built is one error row (a dict)."""
-    from benchmarks.bench_ops import op_cases
-    from benchmarks.bench_steps import step_cases
+    from vidgan_fast.benchmarks.bench_ops import op_cases
+    from vidgan_fast.benchmarks.bench_steps import step_cases
     builders = {"ops": op_cases, "steps": step_cases}
     cases: list = []
     for group in (("ops", "steps") if what == "all" else (what,)):
@@ -270,7 +270,7 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
     a = build_parser(prog).parse_args(argv)
     if (a.repeats is not None and a.repeats < 1) or (a.warmup is not None and a.warmup < 0):
         return _fail("--repeats must be at least 1 and --warmup at least 0", 2)
-    from benchmarks.timing import resolve_device
+    from vidgan_fast.benchmarks.timing import resolve_device
     try:
         dev = resolve_device(a.device)
     except RuntimeError:
@@ -320,4 +320,4 @@ def format_header(meta: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m benchmarks.report"))
+    sys.exit(main(prog="python -m vidgan_fast.benchmarks.report"))

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import dot_precision, gpu_tiles, mma, tile
+from vidgan_fast.kernels.common import dot_precision, gpu_tiles, mma, tile
 
 NEGATIVE_SLOPE = tl.constexpr(0.2)     # a plain Python global would be rejected by the compiler (not the interpreter)
 

@@ -16,18 +16,12 @@ the interpreter.
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+from vidgan_fast.kernels.mode import PRECISIONS, interpreting
+
 TILE_POLICIES = ("auto", "gpu", "interpreter")
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1, read as triton.jit does)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # Fixed at import, exactly like triton.jit's own choice between compiling and interpreting.

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import dot_precision, gpu_tiles, mma, tile
+from vidgan_fast.kernels.common import dot_precision, gpu_tiles, mma, tile
 
 # Tiles (BLOCK_M rows per program, N up to MAX_BLOCK_N, reduction steps of MAX_BLOCK_K, warps). On a GPU: 64-row
 # tiles, N up to 64, steps of 32 (fp32 operands, 4 warps). The interpreter pays per tile operation rather than

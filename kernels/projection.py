@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import block, dot_precision, gpu_tiles, mma
+from vidgan_fast.kernels.common import block, dot_precision, gpu_tiles, mma
 
 
 @triton.jit

@@ -15,9 +15,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import vidgan_fast.check as check
-from vidgan_fast.check import CheckResult, check_command, first_step_check, format_table, run_checks
+import vidgan_fast.checks as check
+from vidgan_fast.check_report import CheckResult, environment, exit_status, format_table, not_checked
+from vidgan_fast.checks import first_step_check, run_checks
+from vidgan_fast.cli import main
 from vidgan_fast.errors import ConfigError, TrainingError
+
+
+def vidgan_check(args):
+    """`vidgan check ARGS` through the command line."""
+    return CliRunner().invoke(main, ["check", *args])
+
 
 ROOT = Path(__file__).resolve().parents[1]
 OP_ROWS = ["project_frames forward", "project_frames input grad", "project_videos forward",
@@ -61,13 +69,13 @@ def test_captured_step_rows_are_not_checked_on_cpu(all_results):
     table = format_table(all_results)
     assert f"{len(OP_ROWS)} pass, 2 skipped (not checked), 0 failed" in table
     assert "NOT CHECKED (a skipped row is not a pass): captured D+G steps, phase 1 (CUDA graphs need a GPU)" in table
-    assert check.exit_status(all_results) == 3 and check.exit_status(all_results, allow_skip=True) == 0
+    assert exit_status(all_results) == 3 and exit_status(all_results, allow_skip=True) == 0
 
 
 def fake_rows(*statuses):
     make = {"pass": lambda i: CheckResult(f"op{i}", "-", 0.0, 0.0, 1e-5, True, "triton kernel"),
             "fail": lambda i: CheckResult(f"op{i}", "-", 1.0, 1.0, 1e-5, False, "triton kernel"),
-            "skip": lambda i: check.not_checked(f"op{i}", "-", "no GPU")}
+            "skip": lambda i: not_checked(f"op{i}", "-", "no GPU")}
     return [make[s](i) for i, s in enumerate(statuses)]
 
 
@@ -83,33 +91,33 @@ def test_a_skipped_row_is_not_a_pass(statuses, summary, code, allowed):
     table = format_table(rows)
     assert table.splitlines()[-2 if "skip" in statuses else -1] == summary
     assert ("NOT CHECKED (a skipped row is not a pass)" in table) == ("skip" in statuses)
-    assert (check.exit_status(rows), check.exit_status(rows, allow_skip=True)) == (code, allowed)
+    assert (exit_status(rows), exit_status(rows, allow_skip=True)) == (code, allowed)
 
 
 def test_command_exits_3_when_rows_are_not_checked(monkeypatch, tmp_path):
     """A run whose rows were skipped prints NOT CHECKED and exits 3, or 0 with --allow-skip; a failure wins."""
-    monkeypatch.setitem(check.STEP_CHECKS, "step_skip", lambda device, paper, seed, tf32=False: check.not_checked(
+    monkeypatch.setitem(check.STEP_CHECKS, "step_skip", lambda device, paper, seed, tf32=False: not_checked(
         "skipped step", "-", "no GPU"))
     monkeypatch.setitem(check.STEP_CHECKS, "step_fail", lambda device, paper, seed, tf32=False: CheckResult(
         "failed step", "-", 1.0, 1.0, 1e-5, False, "CUDA graph"))
     out = tmp_path / "check.json"
-    res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_skip", "--json", str(out)])
+    res = vidgan_check(["--device", "cpu", "--op", "step_skip", "--json", str(out)])
     assert res.exit_code == 3, res.output
     assert "NOT CHECKED" in res.output and "0 pass, 1 skipped (not checked), 0 failed" in res.output
     assert json.loads(out.read_text())["summary"] == {"pass": 0, "skipped": 1, "failed": 0, "exit_status": 3}
-    res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_skip", "--allow-skip"])
+    res = vidgan_check(["--device", "cpu", "--op", "step_skip", "--allow-skip"])
     assert res.exit_code == 0 and "NOT CHECKED" in res.output, res.output
-    res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_skip", "--op", "step_fail",
+    res = vidgan_check(["--device", "cpu", "--op", "step_skip", "--op", "step_fail",
                                              "--allow-skip"])
     assert res.exit_code == 1, res.output
     if not torch.cuda.is_available():        # the real captured-step rows on a CPU
-        res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "step_phase1", "--op", "step_phase2"])
+        res = vidgan_check(["--device", "cpu", "--op", "step_phase1", "--op", "step_phase2"])
         assert res.exit_code == 3 and "0 pass, 2 skipped (not checked), 0 failed" in res.output, res.output
-    assert "--allow-skip" in CliRunner().invoke(check_command, ["--help"]).output
+    assert "--allow-skip" in vidgan_check(["--help"]).output
 
 
 def test_table_lists_every_row_and_the_totals(all_results, device):
-    table = format_table(all_results, check.environment(device))
+    table = format_table(all_results, environment(device))
     for key in ("device:", "torch: " + torch.__version__, "triton:", "cuda:", "TRITON_INTERPRET:"):
         assert key in table
     for op in OP_ROWS:
@@ -119,7 +127,7 @@ def test_table_lists_every_row_and_the_totals(all_results, device):
 
 def test_command_prints_the_table_and_exits_0(tmp_path, device):
     out = tmp_path / "check.json"
-    res = CliRunner().invoke(check_command, ["--device", device, "--op", "project_frames", "--op", "frozen_generator",
+    res = vidgan_check(["--device", device, "--op", "project_frames", "--op", "frozen_generator",
                                              "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "torch: " in res.output and "max abs err" in res.output and "FrozenFrameGenerator code grad" in res.output
@@ -140,10 +148,10 @@ def add_offset(module, name, monkeypatch, index=0, value=1e-3):
 
 
 @pytest.mark.parametrize("module,name,index,op,bad_row", [
-    ("kernels.projection", "project_forward", 0, "project_frames", "project_frames forward"),
-    ("kernels.projection", "project_backward", 0, "project_frames", "project_frames input grad"),
-    ("kernels.batched_conv", "conv_weight_grad", 0, "frame_bank", "FrameDiscriminatorBank weight grads"),
-    ("kernels.frame_generator", "conv_transpose_input_grad", 0, "frozen_generator", "FrozenFrameGenerator code grad"),
+    ("vidgan_fast.kernels.projection", "project_forward", 0, "project_frames", "project_frames forward"),
+    ("vidgan_fast.kernels.projection", "project_backward", 0, "project_frames", "project_frames input grad"),
+    ("vidgan_fast.kernels.batched_conv", "conv_weight_grad", 0, "frame_bank", "FrameDiscriminatorBank weight grads"),
+    ("vidgan_fast.kernels.frame_generator", "conv_transpose_input_grad", 0, "frozen_generator", "FrozenFrameGenerator code grad"),
 ])
 def test_a_wrong_kernel_fails_its_row_only(module, name, index, op, bad_row, monkeypatch, device):
     add_offset(pytest.importorskip(module), name, monkeypatch, index)
@@ -154,13 +162,13 @@ def test_a_wrong_kernel_fails_its_row_only(module, name, index, op, bad_row, mon
 
 
 def test_a_nan_fails(monkeypatch, device):
-    add_offset(pytest.importorskip("kernels.projection"), "project_forward", monkeypatch, value=float("nan"))
+    add_offset(pytest.importorskip("vidgan_fast.kernels.projection"), "project_forward", monkeypatch, value=float("nan"))
     assert by_op(run_checks(device, ops=["project_frames"]))["project_frames forward"].status == "FAIL"
 
 
 def test_command_names_the_wrong_op_and_exits_1(monkeypatch, device):
-    add_offset(pytest.importorskip("kernels.batched_conv"), "conv_forward", monkeypatch)
-    res = CliRunner().invoke(check_command, ["--device", device, "--op", "frame_bank"])
+    add_offset(pytest.importorskip("vidgan_fast.kernels.batched_conv"), "conv_forward", monkeypatch)
+    res = vidgan_check(["--device", device, "--op", "frame_bank"])
     assert res.exit_code == 1, res.output
     line = next(l for l in res.output.splitlines() if l.startswith("FrameDiscriminatorBank forward"))
     assert "FAIL" in line
@@ -169,7 +177,7 @@ def test_command_names_the_wrong_op_and_exits_1(monkeypatch, device):
 
 def test_first_step_check_raises_naming_the_op(monkeypatch, device):
     first_step_check(device, phase=1)   # passes as is
-    add_offset(pytest.importorskip("kernels.projection"), "project_backward", monkeypatch)
+    add_offset(pytest.importorskip("vidgan_fast.kernels.projection"), "project_backward", monkeypatch)
     with pytest.raises(TrainingError, match=r"fast path check failed: project_frames input grad max error "
                                             r"\S+ > tolerance \S+ .*run `vidgan check`.*without --fast"):
         first_step_check(device, ops=["project_frames"])
@@ -196,19 +204,15 @@ def test_step_registry_and_engine_hook(monkeypatch):
     monkeypatch.setitem(check.STEP_CHECKS, "step_crash", lambda device, paper, seed, tf32=False: 1 / 0)
     rows = run_checks("cpu", ops=["step_fake", "step_crash"])
     assert [r.status for r in rows] == ["FAIL", "FAIL"] and "ZeroDivisionError" in rows[1].note
-    # on a GPU the rows call vidgan_fast.fast.graphs.check_graphed_steps(phase, device, ...) when it exists
+    # on a GPU the rows call vidgan_fast.fast.graph_check.check_graphed_steps(phase, device, ...)
     cuda = torch.device("cuda")
-    if "vidgan_fast.fast.graphs" not in sys.modules:
-        monkeypatch.setitem(sys.modules, "vidgan_fast.fast.graphs", None)   # makes the import fail
-        row = check.STEP_CHECKS["step_phase1"](cuda, False, 0)
-        assert row.skipped and not row.passed and "not available" in row.note
-    fake, calls = types.ModuleType("vidgan_fast.fast.graphs"), []
+    fake, calls = types.ModuleType("vidgan_fast.fast.graph_check"), []
 
     def check_graphed_steps(phase, device, **options):
         calls.append(options)
         return 2e-7, 1e-7, 1e-5, phase == 1, f"phase {phase}"
     fake.check_graphed_steps = check_graphed_steps
-    monkeypatch.setitem(sys.modules, "vidgan_fast.fast.graphs", fake)
+    monkeypatch.setitem(sys.modules, "vidgan_fast.fast.graph_check", fake)
     one, two = (check.STEP_CHECKS[f"step_phase{p}"](cuda, True, 5, tf32=True) for p in (1, 2))
     assert (one.status, one.path, one.rel_err, two.status) == ("pass", "CUDA graph", 1e-7, "FAIL")
     assert calls[0] == {"paper_size": True, "seed": 5, "tf32": True}     # the configuration being checked
@@ -219,13 +223,13 @@ def test_bad_requests_are_one_line_errors(monkeypatch):
         run_checks("cpu", ops=["nope"])
     with pytest.raises(ConfigError, match="--paper-size needs a CUDA GPU"):
         run_checks("cpu", paper_size=True)
-    res = CliRunner().invoke(check_command, ["--device", "cpu", "--paper-size"])
+    res = vidgan_check(["--device", "cpu", "--paper-size"])
     assert res.exit_code == 2 and "--paper-size needs a CUDA GPU" in res.output
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             run_checks("cuda")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # the kernels are already imported (interpreted) in this process
-    res = CliRunner().invoke(check_command, ["--device", "cpu", "--op", "project_frames"])
+    res = vidgan_check(["--device", "cpu", "--op", "project_frames"])
     assert res.exit_code == 1 and "run `TRITON_INTERPRET=1 vidgan check --device cpu`" in res.output
 
 
@@ -239,8 +243,8 @@ def test_cpu_command_turns_the_interpreter_on_itself():
     """A fresh process without TRITON_INTERPRET: the command sets it before any kernel is decorated."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    code = ("from vidgan_fast.check import check_command; "
-            "check_command(['--device', 'cpu', '--op', 'project_frames'])")
+    code = ("from vidgan_fast.cli import main; "
+            "main(['check', '--device', 'cpu', '--op', 'project_frames'])")
     res = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr

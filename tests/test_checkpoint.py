@@ -15,7 +15,8 @@ from vidgan_fast import checkpoint, train
 from vidgan_fast.checkpoint import load_checkpoint, save_checkpoint
 from vidgan_fast.config import preset
 from vidgan_fast.errors import CheckpointError
-from vidgan_fast.train import build_state, open_phase, train_phase
+from vidgan_fast.train import open_phase, train_phase
+from vidgan_fast.step import build_state
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(n_videos=8, frames_batch=4, video_batch=2, frames_epochs=3, video_epochs=2, log_every=1,
@@ -104,13 +105,13 @@ def test_exact_resume_phase2(tmp_path, frames_ckpt, finetune):
 
 SLOW_RUN = """
 import sys, time
-from vidgan_fast import train
+from vidgan_fast import step as step_module, train
 from vidgan_fast.config import preset
-step = train.d_step
+step = step_module.d_step
 def slow_d_step(*a):
     time.sleep(0.05)
     return step(*a)
-train.d_step = slow_d_step
+step_module.d_step = slow_d_step
 cfg = preset("tiny", **eval(sys.argv[2]))
 train.train_phase(train.open_phase("frames", sys.argv[1], cfg), sys.argv[1], progress=False)
 """
@@ -196,8 +197,8 @@ def test_damaged_and_wrong_phase(tmp_path, frames_ckpt):
 def test_mismatched_frame_generator_shapes(frames_ckpt):
     cfg = small_cfg(gf_widths=(16, 32, 16, 8))                  # the checkpoint has c0 = 32
     state_dict = load_checkpoint(frames_ckpt)["generator"]
-    with pytest.raises(CheckpointError) as e:
-        build_state(cfg, "video", state_dict, frames_ckpt)
+    with pytest.raises(CheckpointError) as e:                  # checked before any model is built
+        train.check_frame_generator(cfg, state_dict, frames_ckpt)
     assert "fc.weight has shape (128, 100) in the checkpoint, (64, 100) configured" in str(e.value)
     assert str(frames_ckpt) in str(e.value)
 

@@ -12,9 +12,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import vidgan  # tests/cli_helpers.py
 
-from vidgan_fast.cli import main
 from vidgan_fast.data import load_videos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +23,6 @@ MAIN_JOB_STEPS = 30   # enough for G_F's eval-mode frames to differ (Pillow merg
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
-
-
-def vidgan(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="vidgan")
-    if ok:
-        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result
 
 
 def assert_one_line_error(result, *fragments):

@@ -56,10 +56,8 @@ def test_no_register_spills_at_paper_size_in_the_default_precision(gate):
 def test_capture_covers_every_kernel_forward_and_backward(gate):
     """Every @triton.jit kernel of kernels/ is launched by some step (fwd, dgrad, wgrad, projection both ways,
     frozen G_F forward and input gradient), at both configurations."""
-    import kernels.batched_conv
-    import kernels.frame_generator
-    import kernels.projection
-    names = {name for module in (kernels.batched_conv, kernels.frame_generator, kernels.projection)
+    from vidgan_fast.kernels import batched_conv, frame_generator, projection
+    names = {name for module in (batched_conv, frame_generator, projection)
              for name in vars(module) if name.startswith("_") and name.endswith("_kernel")}
     for config in ("tiny", "paper"):
         seen = {r["kernel"] for r in gate["rows"] if any(u.startswith(config + "/") for u in r["used_by"].split())}
@@ -89,7 +87,7 @@ def _compile_source(tmp_path, source: str, arch: int = 80):
         "import sys, json, torch\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
         "from triton.backends.compiler import GPUTarget\n"
-        "from kernels.aot import record_launches, compile_launch\n"
+        "from vidgan_fast.kernels.aot import record_launches, compile_launch\n"
         "import probe_kernel\n"
         "with record_launches() as launches:\n"
         "    probe_kernel.launch()\n"

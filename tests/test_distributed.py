@@ -35,10 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vidgan_fast import checkpoint, distributed, train  # noqa: E402
-from vidgan_fast.checkpoint import load_checkpoint  # noqa: E402
+from vidgan_fast import step as step_module  # noqa: E402
+from vidgan_fast.checkpoint import load_checkpoint, saved_config  # noqa: E402
 from vidgan_fast.config import preset  # noqa: E402
 from vidgan_fast.errors import ConfigError, TrainingInterrupted, VidganError  # noqa: E402
 from vidgan_fast.sample import write_samples  # noqa: E402
+from vidgan_fast.step import Phase, build_frame_generator, build_state, build_video_generator  # noqa: E402
 
 STEPS = 3
 STEP_CASES = [("frames", "mean", False), ("frames", "sum", False), ("frames", "hypervolume", False),
@@ -85,20 +87,20 @@ def torchrun(args, cwd, timeout=150) -> subprocess.CompletedProcess:
 def float64_steps(phase: str, mode: str, finetune: bool, shard: bool):
     """STEPS d_step/g_step pairs of a fresh state, in float64; the state is sharded over the group if `shard`."""
     cfg = small_cfg(loss=mode, finetune_frames=finetune)
-    frames = train.build_state(small_cfg(), "frames").generator.state_dict() if phase == "video" else None
-    state = train.build_state(cfg, phase, frames)
+    frames = build_state(small_cfg(), "frames").generator.state_dict() if phase == "video" else None
+    state = build_state(cfg, phase, frames)
     for module in (state.generator, state.discriminators, state.frame_generator):
         if module is not None:
             module.double()
     if shard:
         distributed.shard_state(state)
     source, n = train.open_source(cfg)
-    _, batch, _, _ = train.phase_settings(cfg, phase)
+    batch = Phase.of(cfg, phase).batch
     losses = []
     for _ in range(STEPS):
         real = train.real_batch(state, source, n).double()
         z_d, z_g = torch.randn(batch, 100, dtype=torch.float64), torch.randn(batch, 100, dtype=torch.float64)
-        losses.append((train.d_step(state, real, z_d), train.g_step(state, z_g)))
+        losses.append((step_module.d_step(state, real, z_d), step_module.g_step(state, z_g)))
         state.batch_in_epoch += 1
     return state, torch.tensor(losses)
 
@@ -146,30 +148,30 @@ def worker(out: Path) -> None:
             state = train.open_phase("frames", out / "resume", None, resume=True, overrides={"max_steps": 4})
             train.train_phase(state, out / "resume", progress=False)
             # SIGTERM to rank 1 during step 2: both ranks stop after step 2 and rank 0 saves
-            real_d_step = train.d_step
+            real_d_step = step_module.d_step
 
             def d_step_then_signal(state, real, z):
                 if me == 1 and state.step == 1:
                     os.kill(os.getpid(), signal.SIGTERM)
                 return real_d_step(state, real, z)
-            train.d_step = d_step_then_signal
+            step_module.d_step = d_step_then_signal
             try:
                 train.train_phase(train.open_phase("frames", out / "stop", small_cfg(max_steps=5)), out / "stop",
                                   progress=False)
             except TrainingInterrupted as e:
                 print(f"rank {me} interrupted: {e}", file=sys.stderr, flush=True)
-            train.d_step = real_d_step
+            step_module.d_step = real_d_step
             # --fast: each rank's block becomes a discriminator bank (Triton interpreter on the CPU)
             train.train_phase(train.open_phase("frames", out / "fast", FAST_CFG), out / "fast", progress=False)
             print(f"rank {me} wrote: {written}", file=sys.stderr, flush=True)
             # a failure on rank 1 at its second generator step: rank 0 waits in a collective and must not hang
-            real_g_step = train.g_step
+            real_g_step = step_module.g_step
 
             def failing_g_step(state, z):
                 if me == 1 and state.step == 1:
                     raise VidganError("injected failure")
                 return real_g_step(state, z)
-            train.g_step = failing_g_step
+            step_module.g_step = failing_g_step
             train.train_phase(train.open_phase("frames", out / "fail", small_cfg(max_steps=5)), out / "fail",
                               progress=False)
     except VidganError as e:
@@ -294,14 +296,14 @@ def assert_close_fp32(two: dict, one: dict) -> None:
 
 def generator_output(ckpt: dict) -> torch.Tensor:
     """The generator's train-mode output on fixed noise (what the discriminators see during training)."""
-    cfg = train.saved_config(ckpt, "ckpt")
+    cfg = saved_config(ckpt, "ckpt")
     torch.manual_seed(123)
     z = torch.randn(4, 100)
     if ckpt["phase"] == "frames":
-        g = train.build_frame_generator(cfg)
+        g = build_frame_generator(cfg)
         g.load_state_dict(ckpt["generator"])
         return g.train()(z).detach()
-    g, f = train.build_video_generator(cfg), train.build_frame_generator(cfg)
+    g, f = build_video_generator(cfg), build_frame_generator(cfg)
     g.load_state_dict(ckpt["generator"])
     f.load_state_dict(ckpt["frame_generator"])
     return g.train()(z, f.eval()).detach()
@@ -346,7 +348,7 @@ def test_shard_ranges_are_contiguous_and_balanced():
 
 
 def test_one_process_is_untouched():
-    state = train.build_state(small_cfg(), "frames")
+    state = build_state(small_cfg(), "frames")
     distributed.prepare(state)                       # no process group: nothing changes
     assert isinstance(state.discriminators, torch.nn.ModuleList) and not distributed.active()
     assert distributed.is_main() and distributed.launch_env() is None

@@ -1,9 +1,11 @@
 """--fast training: fast steps equal reference steps (CPU, Triton interpreter), the fallback warning, checkpoint
 interchange between the paths, and (GPU only) CUDA-graph replay equal to eager steps.
 
-Tolerances: the fast ops equal their references to fp32 rounding (~1e-6 relative, tests/test_bank.py and
-tests/test_frozen_generator.py); after a few RMSprop steps, whose first updates are about lr * 10 * sign(grad),
-parameters agree to 2e-5 absolute and losses to 1e-5 relative.
+Tolerances: vidgan_fast.tolerance, as the CUDA-graph check applies it to whole steps (fast/graph_check.py): fp32
+sums of n terms, n = 2 B x the pixels of a sample (the longest sum of a step, the first layer's weight gradient),
+relative to the largest reference value of each loss and tensor. G_F's biases before a train-mode batch norm are
+left out: their true gradient is 0, so theirs is rounding noise, which RMSprop turns into +-10 lr steps that
+differ between any two summation orders (they have no effect on any output).
 """
 from __future__ import annotations
 
@@ -18,9 +20,13 @@ from vidgan_fast import train
 from vidgan_fast.config import preset
 from vidgan_fast.fast import backend
 from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
-from vidgan_fast.fast.engine import to_fast
+from vidgan_fast.execution import plan
+from vidgan_fast.fast import graph_check
+from vidgan_fast.fast.engine import FastPathUnavailable, is_fast, to_fast
 from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
+from vidgan_fast.tolerance import relative_error
 from vidgan_fast.models import DiscriminatorList
+from vidgan_fast.step import EagerSteps, Phase, build_frame_generator, build_state, d_step, g_step
 
 SMALL = dict(frames_k=3, video_k=2, frames_batch=5, video_batch=3, gf_widths=(16, 16, 8, 8), df_widths=(4, 8, 8),
              gv_hidden=(16, 32), gv_lstm=8, dv_widths=(4, 4, 8), n_videos=16)
@@ -37,40 +43,49 @@ def fresh(cfg, phase):
     if phase == "video":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(123)
-            gf = train.build_frame_generator(cfg).state_dict()
-    return train.build_state(cfg, phase, gf)
+            gf = build_frame_generator(cfg).state_dict()
+    return build_state(cfg, phase, gf)
 
 
 def real_and_noise(cfg, phase, step):
-    _, batch, _, _ = train.phase_settings(cfg, phase)
+    batch = Phase.of(cfg, phase).batch
     gen = torch.Generator().manual_seed(100 + step)
     shape = (batch, 1, 30, 30) if phase == "frames" else (batch, 1, 30, 30, 30)
     return (torch.rand(shape, generator=gen) * 2 - 1, torch.randn(batch, 100, generator=gen),
             torch.randn(batch, 100, generator=gen))
 
 
-def assert_states_close(a, b, atol=2e-5):
-    pa, pb = train.checkpoint_payload(a, False), train.checkpoint_payload(b, False)
+BEFORE_BATCH_NORM = {"fc.bias", "up1.bias", "up2.bias", "up3.bias"}     # models.FrameGenerator
+
+
+def step_tolerance(state):
+    return graph_check.step_tolerance(state, tf32=False)
+
+
+def assert_states_close(a, b):
+    pa, pb, tol = train.checkpoint_payload(a, False), train.checkpoint_payload(b, False), step_tolerance(b)
     for part in ("generator", "discriminators"):
         assert pa[part].keys() == pb[part].keys()
         for key in pa[part]:
-            torch.testing.assert_close(pa[part][key].float(), pb[part][key].float(), rtol=0, atol=atol,
-                                       msg=lambda m: f"{part}.{key}: {m}")
+            if a.phase.name == "frames" and part == "generator" and key in BEFORE_BATCH_NORM:
+                continue
+            err = relative_error(pb[part][key].float(), pa[part][key].float())
+            assert err <= tol, f"{part}.{key}: relative error {err:.3g} > {tol:.3g}"
 
 
 @pytest.mark.parametrize("phase", ["frames", "video"])
 def test_fast_steps_equal_reference_steps(phase):
     cfg = small_cfg()
     ref, fast = fresh(cfg, phase), to_fast(fresh(cfg, phase))
-    assert fast.fast and isinstance(fast.discriminators, (FrameDiscriminatorBank, VideoDiscriminatorBank))
+    assert is_fast(fast) and isinstance(fast.discriminators, (FrameDiscriminatorBank, VideoDiscriminatorBank))
     if phase == "video":
         assert isinstance(fast.renderer, FrozenFrameGenerator)
     for step in range(STEPS):
         real, z_d, z_g = real_and_noise(cfg, phase, step)
-        d_ref, d_fast = train.d_step(ref, real, z_d), train.d_step(fast, real, z_d)
-        g_ref, g_fast = train.g_step(ref, z_g), train.g_step(fast, z_g)
-        torch.testing.assert_close(d_fast, d_ref, rtol=1e-5, atol=0)
-        torch.testing.assert_close(g_fast, g_ref, rtol=1e-5, atol=0)
+        d_ref, d_fast = d_step(ref, real, z_d), d_step(fast, real, z_d)
+        g_ref, g_fast = g_step(ref, z_g), g_step(fast, z_g)
+        assert relative_error(d_fast, d_ref) <= step_tolerance(ref), (d_fast, d_ref)
+        assert relative_error(g_fast, g_ref) <= step_tolerance(ref), (g_fast, g_ref)
     assert_states_close(ref, fast)
 
 
@@ -83,15 +98,20 @@ def test_to_fast_leaves_the_random_streams_alone():
 
 
 def test_fallback_warns_once_and_runs_the_reference_path(monkeypatch):
-    monkeypatch.setattr(backend, "interpreter_enabled", lambda: False)
+    """The one --fast decision (execution.plan): where Triton cannot run, one warning and the reference steps;
+    to_fast itself refuses (FastPathUnavailable) and changes nothing."""
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
     backend._warned.clear()
-    state = fresh(small_cfg(), "frames")
-    with pytest.warns(RuntimeWarning, match="--fast: running the reference path instead: no CUDA GPU"):
-        out = to_fast(state)
-    assert out is state and not out.fast and isinstance(out.discriminators, DiscriminatorList)
+    state = fresh(small_cfg(fast=True), "frames")
+    with pytest.raises(FastPathUnavailable, match="no CUDA GPU"):
+        to_fast(state)
+    with pytest.warns(RuntimeWarning, match="--fast: running the PyTorch reference path instead: no CUDA GPU"):
+        run = plan(state, None)
+    assert not run.fast and not run.graphs and isinstance(run.steps, EagerSteps)
+    assert isinstance(state.discriminators, DiscriminatorList) and not is_fast(state)
     with warnings.catch_warnings():
         warnings.simplefilter("error")            # the second time: no new warning
-        to_fast(fresh(small_cfg(), "frames"))
+        plan(fresh(small_cfg(fast=True), "frames"), None)
 
 
 @pytest.mark.parametrize("phase", ["frames", "video"])
@@ -100,7 +120,7 @@ def test_checkpoints_interchange_between_paths(phase):
     cfg = small_cfg()
     fast = to_fast(fresh(cfg, phase))
     real, z_d, z_g = real_and_noise(cfg, phase, 0)
-    train.d_step(fast, real, z_d), train.g_step(fast, z_g)
+    d_step(fast, real, z_d), g_step(fast, z_g)
     saved = copy.deepcopy(train.checkpoint_payload(fast, False))
     as_ref = train.state_from_checkpoint(saved, "fast.ckpt")
     assert isinstance(as_ref.discriminators, DiscriminatorList)
@@ -124,12 +144,12 @@ def test_fast_then_reference_continues_the_same_run():
     straight = fresh(cfg, "frames")
     fast = to_fast(fresh(cfg, "frames"))
     real, z_d, z_g = real_and_noise(cfg, "frames", 0)
-    train.d_step(straight, real, z_d), train.g_step(straight, z_g)
-    train.d_step(fast, real, z_d), train.g_step(fast, z_g)
+    d_step(straight, real, z_d), g_step(straight, z_g)
+    d_step(fast, real, z_d), g_step(fast, z_g)
     resumed = train.state_from_checkpoint(copy.deepcopy(train.checkpoint_payload(fast, False)), "fast.ckpt")
     real, z_d, z_g = real_and_noise(cfg, "frames", 1)
-    train.d_step(straight, real, z_d), train.g_step(straight, z_g)
-    train.d_step(resumed, real, z_d), train.g_step(resumed, z_g)
+    d_step(straight, real, z_d), g_step(straight, z_g)
+    d_step(resumed, real, z_d), g_step(resumed, z_g)
     assert_states_close(straight, resumed)
 
 
@@ -149,7 +169,7 @@ def test_cli_fast_without_a_gpu_warns_in_one_line_and_trains(tmp_path, monkeypat
     from click.testing import CliRunner
 
     from vidgan_fast.cli import main
-    monkeypatch.setattr(backend, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)    # restored after the test
     backend._warned.clear()
     with warnings.catch_warnings():
@@ -161,19 +181,19 @@ def test_cli_fast_without_a_gpu_warns_in_one_line_and_trains(tmp_path, monkeypat
                                            "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "--fast" in line]
-    assert lines == ["warning: --fast: running the reference path instead: no CUDA GPU (set TRITON_INTERPRET=1 "
+    assert lines == ["warning: --fast: running the PyTorch reference path instead: no CUDA GPU (set TRITON_INTERPRET=1 "
                      "to run the Triton kernels on the CPU through the interpreter)"]
     assert (tmp_path / "frames.ckpt").exists()
 
 
 def test_cli_fast_refuses_to_train_when_an_op_disagrees(tmp_path, monkeypatch):
     """`vidgan train --fast` checks its ops first: a kernel that is off stops it with one line, nothing saved."""
-    import kernels.projection
     from click.testing import CliRunner
 
     from vidgan_fast.cli import main
-    original = kernels.projection.project_forward
-    monkeypatch.setattr(kernels.projection, "project_forward", lambda *a, **kw: original(*a, **kw) + 1e-3)
+    from vidgan_fast.kernels import projection
+    original = projection.project_forward
+    monkeypatch.setattr(projection, "project_forward", lambda *a, **kw: original(*a, **kw) + 1e-3)
     (tmp_path / "keep.txt").write_text("x")
     result = CliRunner().invoke(main, ["train", "frames", "--preset", "tiny", "--fast", "--steps", "2",
                                        "--out", str(tmp_path)])
@@ -189,6 +209,6 @@ def test_graph_replay_equals_eager_steps(phase):
     """3 replays vs 3 eager steps (same batches and noise): losses, parameters, BN buffers and every optimizer
     state tensor, at tiny sizes (`vidgan check --device cuda --paper-size` does the paper's). The CPU twin of this
     test, with a stand-in graph, is tests/test_graphs.py."""
-    from vidgan_fast.fast.graphs import check_graphed_steps
+    from vidgan_fast.fast.graph_check import check_graphed_steps
     worst, rel, tol, passed, note = check_graphed_steps(phase, "cuda", steps=3)
     assert "optimizer state" in note and passed, f"{note}: max abs {worst:.3g}, relative {rel:.3g} > {tol}"

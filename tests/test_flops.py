@@ -11,10 +11,11 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidgan_fast import flops as F
-from vidgan_fast import train
 from vidgan_fast.config import preset
 from vidgan_fast.models import (FrameDiscriminator, FrameGenerator, VideoDiscriminator, VideoGenerator,
                                 frame_discriminators)
+from vidgan_fast import step as steps
+from vidgan_fast.step import build_frame_generator, build_state
 
 
 def counted(fn) -> int:
@@ -114,15 +115,15 @@ def test_backward_rules_match_autograd():
 
 @pytest.mark.parametrize("phase", ["frames", "video"])
 def test_step_counts_match_the_reference_training_steps(phase):
-    """train.d_step / g_step at the tiny preset, counted by FlopCounterMode, equal the step formulas
+    """d_step / g_step at the tiny preset, counted by FlopCounterMode, equal the step formulas
     (phase 2 plus its LSTM: forward only in the D step, forward + input and weight grads in the G step)."""
     cfg = preset("tiny")
-    state = train.build_state(cfg, phase, train.build_frame_generator(cfg).state_dict() if phase == "video" else None)
-    k, b, _, _ = train.phase_settings(cfg, phase)
+    state = build_state(cfg, phase, build_frame_generator(cfg).state_dict() if phase == "video" else None)
+    k, b = state.phase.k, state.phase.batch
     real = torch.rand((b, 1, 30, 30) if phase == "frames" else (b, 1, 30, 30, 30)) * 2 - 1
     z = torch.randn(b, 100)
-    d_counted = counted(lambda: train.d_step(state, real, z))
-    g_counted = counted(lambda: train.g_step(state, z))
+    d_counted = counted(lambda: steps.d_step(state, real, z))
+    g_counted = counted(lambda: steps.g_step(state, z))
     if phase == "frames":
         d_step = F.phase1_d_step_flops(state.generator, state.discriminators, k, b)
         g_step = F.phase1_g_step_flops(state.generator, state.discriminators, k, b)

@@ -3,7 +3,7 @@ and the reference path; Volta and newer get the Triton kernels."""
 import pytest
 import torch
 
-from vidgan_fast.fast import backend, engine
+from vidgan_fast.fast import backend
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def fake_gpu(monkeypatch):
 
 def test_gtx_1080_ti_takes_the_reference_path_with_one_line(fake_gpu):
     fake_gpu("NVIDIA GeForce GTX 1080 Ti", (6, 1))
-    reason = engine.fast_unavailable_reason(torch.device("cuda", 0))
+    reason = backend.triton_unavailable_reason(torch.device("cuda", 0))
     assert reason == "GPU NVIDIA GeForce GTX 1080 Ti (sm_61) is older than Triton supports (sm_70)"
     assert "\n" not in reason
 
@@ -28,4 +28,4 @@ def test_gtx_1080_ti_takes_the_reference_path_with_one_line(fake_gpu):
 @pytest.mark.parametrize("capability", [(7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)])
 def test_volta_and_newer_run_the_kernels(fake_gpu, capability):
     fake_gpu("some GPU", capability)
-    assert engine.fast_unavailable_reason(torch.device("cuda", 0)) is None
+    assert backend.triton_unavailable_reason(torch.device("cuda", 0)) is None

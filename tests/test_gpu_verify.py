@@ -3,7 +3,7 @@ one JSON listing every stage; a stage past its limit gets SIGTERM and is recorde
 
 The dry run here runs env, check and both training stages (each a fresh Python, ~10 s of imports on a busy
 2-core machine); report, gpu_tests and check_tf32 are listed as not selected and their reading is checked on
-canned outputs below. `python -m benchmarks.gpu_verify --dry-run --out DIR` runs all of them (~2 min here).
+canned outputs below. `python -m vidgan_fast.benchmarks.gpu_verify --dry-run --out DIR` runs all of them (~2 min here).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vidgan_fast import train
-from vidgan_fast.fast import graphs
+from vidgan_fast.fast import graph_check, graphs
 
 from test_fast_training import fresh, real_and_noise, small_cfg
 
@@ -94,8 +94,8 @@ def old_graphs(monkeypatch):
 
 
 def compare(state, steps):
-    pairs = graphs.graphed_vs_eager(state, steps, runtime=FakeRuntime)
-    return (*graphs.worst_error(pairs), graphs.step_tolerance(state, tf32=False), pairs)
+    pairs = graph_check.graphed_vs_eager(state, steps, runtime=FakeRuntime)
+    return (*graph_check.worst_error(pairs), graph_check.step_tolerance(state, tf32=False), pairs)
 
 
 @pytest.mark.parametrize("phase", ["frames", "video"])
@@ -137,7 +137,7 @@ def test_a_resumed_run_replays_as_the_fresh_run_goes_on(phase):
     again = graphs.GraphedSteps(resumed, batches[0].shape, batches[0].shape[0], runtime=FakeRuntime)
     for real in batches[1:]:
         again.step(real)
-    _, rel, name = graphs.worst_error(graphs._final_tensors(resumed, run))
+    _, rel, name = graph_check.worst_error(graph_check._final_tensors(resumed, run))
     assert rel == 0, (rel, name)
     _, rel, name, tol, _ = compare(train.state_from_checkpoint(payload, "run.ckpt"), steps=3)
     assert rel <= tol, (rel, name)
@@ -204,6 +204,6 @@ def test_snapshot_restores_into_the_same_tensors_and_holds_no_copy_of_fresh_stat
 def test_worst_error_names_the_tensor_and_counts_nan_as_worst():
     one = torch.ones(3)
     pairs = [("a", one + 1e-3, one), ("b", torch.tensor([float("nan")]), torch.tensor([1.0])), ("c", one, one)]
-    assert graphs.worst_error(pairs)[1:] == (float("inf"), "b")
-    err, rel, name = graphs.worst_error([("zero", torch.zeros(2), torch.zeros(2)), ("a", one * 1.5, one)])
+    assert graph_check.worst_error(pairs)[1:] == (float("inf"), "b")
+    err, rel, name = graph_check.worst_error([("zero", torch.zeros(2), torch.zeros(2)), ("a", one * 1.5, one)])
     assert (err, rel, name) == (0.5, 0.5, "a")

@@ -11,8 +11,9 @@ from PIL import Image
 
 from vidgan_fast import metrics as M
 from vidgan_fast.data import BouncingBalls
+from vidgan_fast.cli import main
 from vidgan_fast.errors import ConfigError
-from vidgan_fast.evaluate import (eval_command, evaluate, format_table, generate_videos, random_code_baseline,
+from vidgan_fast.evaluate import (evaluate, format_table, generate_videos, random_code_baseline,
                                   run_eval, write_report)
 from vidgan_fast.models import FrameGenerator, VideoGenerator
 
@@ -317,8 +318,8 @@ def test_eval_command_on_a_tiny_trained_run(tmp_path):
                  log_every=1, checkpoint_every=100)
     train_all(cfg, tmp_path / "run", progress=False)
     video_ckpt = tmp_path / "run" / "video.ckpt"
-    result = CliRunner().invoke(eval_command, [str(video_ckpt), "--n", "6", "--out", str(tmp_path / "eval")])
+    result = CliRunner().invoke(main, ["eval", str(video_ckpt), "--n", "6", "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     assert "temporal_coherence" in result.output and (tmp_path / "eval" / "samples.gif").exists()
-    bad = CliRunner().invoke(eval_command, [str(tmp_path / "missing.pt")])
+    bad = CliRunner().invoke(main, ["eval", str(tmp_path / "missing.pt")])
     assert bad.exit_code != 0

@@ -14,7 +14,7 @@ from vidgan_fast.fast import backend
 from vidgan_fast.fast.projection import project_frames, project_videos
 from vidgan_fast.tolerance import relative_error, tolerance
 
-RTOL = 1e-5
+RTOL = tolerance("fp32", reduction=1024)      # 64-tap sums and their transposes: 2e-5
 
 
 def assert_fp64_close(what, fast, ref32, ref64, rtol=RTOL):
@@ -89,7 +89,7 @@ def test_projection_impl_resolution_on_cpu_without_interpreter(monkeypatch):
     x = torch.rand(2, 1, 30, 30)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         project_frames(x, filters, impl="triton")
-    with pytest.warns(RuntimeWarning, match="falling back"):
+    with pytest.warns(RuntimeWarning, match="running the PyTorch reference path instead"):
         out = project_frames(x, filters, impl="auto")
     assert torch.equal(out, project_frames(x, filters, impl="ref"))
 

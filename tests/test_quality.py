@@ -6,6 +6,7 @@ import torch
 from vidgan_fast import train
 from vidgan_fast.config import preset
 from vidgan_fast.models import CALIBRATED_CODE_STD, VideoGenerator, calibrate_codes
+from vidgan_fast.step import build_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
 
@@ -42,11 +43,11 @@ def test_paper_preset_keeps_the_papers_phase2():
 
 def test_phase2_build_state_calibrates_only_when_asked():
     cfg = preset("tiny", n_videos=8, frames_batch=4, video_batch=2)
-    frames = train.build_state(cfg, "frames").generator.state_dict()
+    frames = build_state(cfg, "frames").generator.state_dict()
     z = torch.randn(64, 100)
     scales = {}
     for on in (False, True):
-        g = train.build_state(cfg.replace(calibrate_codes=on), "video", frames).generator
+        g = build_state(cfg.replace(calibrate_codes=on), "video", frames).generator
         with torch.no_grad():
             scales[on] = float(pre_tanh_codes(g, z).std())
     assert scales[False] < 0.05 and 0.7 < scales[True] / CALIBRATED_CODE_STD < 1.3

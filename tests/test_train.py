@@ -6,7 +6,8 @@ import torch
 from vidgan_fast import losses, train
 from vidgan_fast.config import preset
 from vidgan_fast.errors import TrainingError
-from vidgan_fast.train import build_state, d_step, g_step, open_phase, real_batch, train_phase
+from vidgan_fast.train import open_phase, real_batch, train_phase
+from vidgan_fast.step import build_state, d_step, g_step
 
 SMALL = dict(n_videos=8, frames_batch=4, video_batch=2, frames_epochs=1, video_epochs=1, log_every=1,
              checkpoint_every=100)
@@ -47,7 +48,7 @@ def video_state(frames_state_dict, **kw):
 
 def step_both(state):
     source, n = train.open_source(state.cfg)
-    _, batch, _, _ = train.phase_settings(state.cfg, state.phase)
+    batch = state.phase.batch
     real = real_batch(state, source, n)
     return real, torch.randn(batch, 100), torch.randn(batch, 100)
 
@@ -126,11 +127,11 @@ def test_every_loss_combination_trains(loss):
 
 
 def test_epoch_plan_is_a_permutation_and_deterministic():
-    order, frame_of = train.epoch_plan(3, "frames", 2, 50)
+    order, frame_of = train.epoch_plan(3, 1, 2, 50)
     assert sorted(order.tolist()) == list(range(50)) and frame_of.min() >= 0 and frame_of.max() < 30
-    again = train.epoch_plan.__wrapped__(3, "frames", 2, 50)
+    again = train.epoch_plan.__wrapped__(3, 1, 2, 50)
     assert np.array_equal(order, again[0]) and np.array_equal(frame_of, again[1])
-    assert not np.array_equal(order, train.epoch_plan(3, "frames", 3, 50)[0])
+    assert not np.array_equal(order, train.epoch_plan(3, 1, 3, 50)[0])
 
 
 def test_train_phase_logs_and_checkpoints(tmp_path):
@@ -158,7 +159,7 @@ def test_nan_loss_stops_without_overwriting(tmp_path, monkeypatch):
     train_phase(open_phase("frames", tmp_path, cfg.replace(max_steps=2)), tmp_path, progress=False)
     ckpt = tmp_path / "frames.ckpt"
     good = ckpt.read_bytes()
-    monkeypatch.setattr(train.losses, "discriminator_losses", nan_losses(after_calls=1))
+    monkeypatch.setattr(losses, "discriminator_losses", nan_losses(after_calls=1))
     state = open_phase("frames", tmp_path, cfg, resume=True, overrides={"max_steps": 6})
     with pytest.raises(TrainingError, match=r"loss is NaN at step 4 \(phase 1 discriminator loss\)"):
         train_phase(state, tmp_path, progress=False)
@@ -166,7 +167,7 @@ def test_nan_loss_stops_without_overwriting(tmp_path, monkeypatch):
 
 
 def test_nan_loss_in_a_new_run_saves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(train.losses, "discriminator_losses", nan_losses(after_calls=0))
+    monkeypatch.setattr(losses, "discriminator_losses", nan_losses(after_calls=0))
     with pytest.raises(TrainingError, match=r"loss is NaN at step 1 .*nothing was saved"):
         train_phase(open_phase("frames", tmp_path, small_cfg(checkpoint_every=1)), tmp_path, progress=False)
     assert not (tmp_path / "frames.ckpt").exists()

@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import one_error, vidgan  # tests/cli_helpers.py
 
-from vidgan_fast import train
-from vidgan_fast.check import check_command
-from vidgan_fast.cli import main
+from vidgan_fast import step, train
 from vidgan_fast.config import PRESETS
 from vidgan_fast.data import load_videos, to_model_range
 from vidgan_fast.errors import TrainingInterrupted
-from vidgan_fast.evaluate import eval_command
 from vidgan_fast.sample import generate, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,22 +25,6 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 QUICK = ["--preset", "tiny", "--log-every", "1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
-
-
-def vidgan(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="vidgan")
-    if ok:
-        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result
-
-
-def one_error(result) -> str:
-    """The one `error: ...` line a failed command ends with (and no traceback)."""
-    assert result.exit_code != 0 and "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: ") and sum(x.startswith("error: ") for x in lines) == 1, lines
-    assert "Errno" not in lines[-1] and ".tmp" not in lines[-1]
-    return lines[-1]
 
 
 def cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
@@ -96,15 +77,6 @@ def test_each_train_command_lists_only_the_options_it_uses():
     for text in helps.values():
         assert "--seed" in text and "--steps" in text and "--device" in text
         assert "[default: paper with --device cuda, else tiny" in " ".join(text.split())
-
-
-@pytest.mark.parametrize("name, command", [("check", check_command), ("eval", eval_command)])
-def test_check_and_eval_declare_the_options_of_their_commands(name, command):
-    """cli.py declares them (torch-free --help); they must stay those of check.py / evaluate.py."""
-    def signature(cmd):
-        return [(p.name, tuple(p.opts), p.default, p.multiple, p.is_flag if hasattr(p, "is_flag") else None,
-                 p.type.to_info_dict()) for p in cmd.params]
-    assert signature(main.commands[name]) == signature(command)
 
 
 # ----------------------------------------------------------------------------------------------- defaults
@@ -189,6 +161,7 @@ def test_a_stopping_signal_exits_128_plus_its_number(signum, code, tmp_path, mon
 def test_bad_inputs_are_found_before_any_model_is_built_and_leave_no_folder(tmp_path, monkeypatch):
     def never(*a, **kw):
         raise AssertionError("a model was built before the inputs were checked")
+    monkeypatch.setattr(step, "build_frame_generator", never)
     monkeypatch.setattr(train, "build_frame_generator", never)
     text = tmp_path / "notes.npy"
     text.write_text("not an array\n")
@@ -320,4 +293,4 @@ def test_bench_defaults_follow_the_device(monkeypatch):
     assert (size, device, repeats, warmup, compile_enabled, threads) == ("auto", "cpu", 3, 1, False, 1)
     assert report.main(["--device", "cpu", "--compile", "--repeats", "7", "--json", os.devnull]) == 0
     assert seen["args"][3] == 7 and seen["args"][6] is True
-    assert report.COLUMNS == __import__("benchmarks.timing", fromlist=["COLUMNS"]).COLUMNS
+    assert report.COLUMNS == __import__("vidgan_fast.benchmarks.timing", fromlist=["COLUMNS"]).COLUMNS

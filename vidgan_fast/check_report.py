@@ -1,4 +1,4 @@
-"""The rows of `vidgan check`, their table and the exit status (check.py runs the checks).
+"""The rows of `vidgan check`, their table and the exit status (checks.py runs the checks, cli.py is the command).
 
 A row is pass, FAIL, FALLBACK (the PyTorch twin ran instead of the kernel) or NOT CHECKED (skipped: it could not
 run here, e.g. CUDA graphs on a CPU). A row that was not checked is never a pass: the summary counts it apart,
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -105,3 +106,11 @@ def format_table(results: list[CheckResult], header: dict[str, str] | None = Non
     out += ["" if header else None, line(columns), line(["-" * w for w in widths]), *map(line, rows)]
     out += ["", *summary(results)]
     return "\n".join(o for o in out if o is not None)
+
+
+def write_json(path, results: list[CheckResult], header: dict[str, str], status: int) -> None:
+    """The rows, the header and the summary (with the exit status) as JSON."""
+    rows = [dict(asdict(r), status=r.status) for r in results]
+    with open(path, "w") as f:
+        json.dump({"environment": header, "results": rows,
+                   "summary": {k: len(v) for k, v in tally(results).items()} | {"exit_status": status}}, f, indent=1)

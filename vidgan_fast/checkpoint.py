@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import PHASE_NAMES as PHASES
+from .config import TrainConfig
 from .errors import CheckpointError, ConfigError, os_reason
 
 FORMAT = "vidgan_fast.checkpoint"
 VERSION = 1
-PHASES = ("frames", "video")
 REQUIRED = ("phase", "config", "generator", "discriminators", "optimizers", "step", "epoch", "batch_in_epoch",
             "rng")
 
@@ -114,8 +115,9 @@ def load_checkpoint(path: str | Path, expected_phase: str | None = None, map_loc
     return data
 
 
-def load_matching(module: torch.nn.Module, state: dict, what: str, path: str | Path) -> None:
-    """module.load_state_dict(state), but a key or shape mismatch is a one-line CheckpointError."""
+def check_matching(module: torch.nn.Module, state: dict, what: str, path: str | Path) -> None:
+    """A one-line CheckpointError if `state` does not have exactly the keys and shapes of module's state dict
+    (`module` may live on the meta device: only shapes are read)."""
     own = module.state_dict()
     for name, tensor in own.items():
         if name not in state:
@@ -126,23 +128,38 @@ def load_matching(module: torch.nn.Module, state: dict, what: str, path: str | P
     extra = sorted(set(state) - set(own))
     if extra:
         raise CheckpointError(f"{what} in {path} does not match the configured model: unexpected tensor {extra[0]!r}")
+
+
+def load_matching(module: torch.nn.Module, state: dict, what: str, path: str | Path) -> None:
+    """module.load_state_dict(state), but a key or shape mismatch is a one-line CheckpointError."""
+    check_matching(module, state, what, path)
     module.load_state_dict(state)
 
 
 def frame_generator_of(path: str | Path, given_widths: tuple | None = None) -> tuple[dict, tuple[int, ...]]:
     """(G_F state, G_F widths) of a phase-1 checkpoint: phase 2 builds its G_F with the widths the checkpoint
     holds. `given_widths` (--gf-widths on the command line), if not None, must be the same: else ConfigError."""
-    from .config import TrainConfig
     ckpt = load_checkpoint(path, expected_phase="frames")
-    try:
-        widths = TrainConfig.from_dict(ckpt["config"]).gf_widths
-    except (ConfigError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {path} holds an unusable config ({e})") from None
+    widths = saved_config(ckpt, path).gf_widths
     if given_widths is not None and tuple(given_widths) != widths:
         shown = lambda w: ",".join(map(str, w))      # noqa: E731
         raise ConfigError(f"invalid --gf-widths {shown(given_widths)}: the frames checkpoint {path} holds a G_F of "
                           f"widths {shown(widths)}; leave --gf-widths out (phase 2 reads them from the checkpoint)")
     return ckpt["generator"], widths
+
+
+def saved_config(ckpt: dict, path: str | Path) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with; a one-line CheckpointError if it is unusable."""
+    try:
+        return TrainConfig.from_dict(ckpt["config"])
+    except (ConfigError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} holds an unusable config ({e})") from None
+
+
+def portable_optimizer_state(state_dict: dict) -> dict:
+    """An optimizer state dict that loads on either path: capturable (CUDA-graph) optimizers saved as plain."""
+    return {**state_dict, "param_groups": [{**g, "capturable": False} if "capturable" in g else g
+                                           for g in state_dict["param_groups"]]}
 
 
 def rng_states(device: torch.device) -> dict:

@@ -163,7 +163,7 @@ def first_process() -> bool:
 def summary(state) -> str:
     losses = state.last_losses
     shown = f", d_loss {losses['d_loss']:.4f}, g_loss {losses['g_loss']:.4f}" if "d_loss" in losses else ""
-    return f"phase {1 if state.phase == 'frames' else 2} done: {state.step} steps{shown}"
+    return f"phase {state.phase.number} done: {state.step} steps{shown}"
 
 
 class Main(click.Group):
@@ -313,10 +313,6 @@ def sample(checkpoint, n, out, npy, overwrite, seed, device):
         click.echo(f"wrote {path}")
 
 
-# `vidgan check` and `vidgan eval` run code in check.py / evaluate.py (which import torch). Their options are
-# declared here too, so that `vidgan --help` and `vidgan check --help` answer without importing torch;
-# tests/test_cli.py checks that they match the commands in check.py and evaluate.py.
-
 @main.command("check")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
               help="where to run  [default: cuda if PyTorch sees a GPU, else cpu]")
@@ -331,8 +327,7 @@ def sample(checkpoint, n, out, npy, overwrite, seed, device):
                    "as NOT CHECKED")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the rows here")
-@click.pass_context
-def check(ctx, **kwargs):
+def check(device, paper_size, ops, allow_fallback, tf32, allow_skip, seed, json_path):
     """Check every fast op against its reference twin on this machine (and, on a GPU, the CUDA-graph steps
     against eager steps).
 
@@ -341,8 +336,24 @@ def check(ctx, **kwargs):
     3 nothing failed but rows were NOT CHECKED (skipped: the CUDA-graph rows on a CPU).
     A row that was not checked is not a pass: pass --allow-skip to accept that (exit 0), or --op to choose rows.
     """
-    from .check import check_command
-    ctx.invoke(check_command.callback, **kwargs)
+    import torch
+
+    from .check_report import exit_status, format_table, write_json
+    from .checks import check_header, run_checks, use_interpreter_on_cpu
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    interpret_note = use_interpreter_on_cpu() if device == "cpu" else None
+    try:
+        results = run_checks(device, paper_size=paper_size, seed=seed, ops=ops or None,
+                             allow_fallback=allow_fallback, tf32=tf32)
+    except ConfigError as e:
+        raise click.UsageError(str(e))
+    header = check_header(device, paper_size, interpret_note)
+    click.echo(format_table(results, header))
+    status = exit_status(results, allow_skip)
+    if json_path:
+        write_json(json_path, results, header, status)
+    if status:
+        raise click.exceptions.Exit(status)
 
 
 @main.command("eval")
@@ -353,11 +364,14 @@ def check(ctx, **kwargs):
               help="output folder (default: CHECKPOINT's folder/eval)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.pass_context
-def eval_(ctx, **kwargs):
+def eval_(checkpoint, n, out, seed, device):
     """A video checkpoint -> metrics table (real, generated, random-code baseline), eval.json, eval.png, samples.gif."""
-    from .evaluate import eval_command
-    ctx.invoke(eval_command.callback, **kwargs)
+    from .evaluate import evaluate_checkpoint, format_table
+    results, files = evaluate_checkpoint(checkpoint, Path(out) if out else Path(checkpoint).parent / "eval",
+                                         n=n, seed=seed, device=device)
+    click.echo(format_table(results))
+    for path in files:
+        click.echo(f"wrote {path}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
@@ -365,7 +379,7 @@ def eval_(ctx, **kwargs):
 @click.pass_context
 def bench(ctx):
     """The performance report: reference vs torch.compile vs fast, per op and per step (--help for options)."""
-    from benchmarks.report import main as report_main
+    from .benchmarks.report import main as report_main
     code = report_main(ctx.args)
     if code:
         raise click.exceptions.Exit(code)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
 
+PHASE_NAMES = ("frames", "video")   # phase 1, phase 2: each one's settings are the fields <name>_k, _batch, _lr, _epochs
+
 COMBINATIONS = ("mean", "sum", "hypervolume", "gman")   # --loss choices (losses.combine); here, so that the CLI
                                                         # can build its options without importing torch
 CODE_MAPS = ("tanh", "sphere")                          # G_V's last step: --video-codes choices (models.py)
@@ -181,7 +183,7 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 def check_batch(cfg: TrainConfig, phase: str) -> None:
     """A phase needs at least one full batch per epoch."""
-    name = "frames_batch" if phase == "frames" else "video_batch"
+    name = f"{phase}_batch"
     if getattr(cfg, name) > cfg.n_videos:
         raise _bad(name, getattr(cfg, name), f"is larger than --n-videos {cfg.n_videos}")
 

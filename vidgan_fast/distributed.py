@@ -6,7 +6,7 @@ discriminators sharded.
 Every rank draws the same real batch and the same noise (same seeds), so the generator's forward is the same
 everywhere. Rank r owns a contiguous block of the K discriminators (K=5 on 2 ranks: 0-2 and 3-4) and trains
 them on their own losses, exactly as one process would. ShardedDiscriminators all-gathers the [K_r, B] logits
-of every block into the [K, B] logits of all K, so the unchanged train.d_step / g_step compute the one-process
+of every block into the [K, B] logits of all K, so the unchanged step.d_step / g_step compute the one-process
 losses (mean, sum, hypervolume, gman) on every rank. Its backward keeps only this rank's rows, so each rank's
 generator gradient is the part that flows through its own discriminators; the generator optimizers all-reduce
 (SUM) those parts before stepping (a step pre-hook), which gives the one-process gradient up to the order of
@@ -16,7 +16,7 @@ Discriminators are built exactly as on one process: every rank builds all K (so 
 projections match discriminator k of a one-process run) and then drops the ones it does not own. The price is
 a transient peak of all K per rank at start-up: at paper widths 42 MB per frame discriminator (192: 8 GB) and
 134 MB per video discriminator, plus, on --resume, the full checkpoint (weights and RMSprop state) in host memory.
-The hooks in train.py (prepare, rank_path, stop_requests, agree_stop, save_checkpoint, is_main) do nothing on one
+The hooks in train.py and execution.py (prepare, rank_path, stop_requests, agree_stop, save_checkpoint, is_main) do nothing on one
 process.
 Checkpoints are gathered to rank 0 in the one-process layout ('0.'..'K-1.', reference optimizer state), so a
 file written by N processes resumes on one process and the other way round. Only rank 0 writes files.
@@ -36,9 +36,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .checkpoint import portable_optimizer_state
 from .checkpoint import save_checkpoint as save_checkpoint_file
 from .errors import ConfigError, TrainingError, VidganError
-from .loop import stop_requests as one_process_stop_requests
+from .signals import stop_requests as one_process_stop_requests
 from .models import DiscriminatorList
 
 REPEAT_WINDOW_S = 2.0     # a repeated signal within this window is the same request (torchrun forwards Ctrl-C)
@@ -184,17 +185,19 @@ class ShardedDiscriminators(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return GatherShards.apply(self.local(x), self.shards, self.rank)
 
+    # The checkpoint layout of the local block (save_checkpoint gathers every rank's into the one-process file).
 
-def _is_bank(module) -> bool:
-    return not isinstance(module, DiscriminatorList) and hasattr(module, "reference_state_dict")
+    def reference_state_dict(self) -> dict:
+        return self.local.reference_state_dict()
+
+    def reference_optimizer_state(self, optimizer_state: dict) -> dict:
+        return self.local.reference_optimizer_state(optimizer_state)
 
 
 def reference_layout(discriminators: nn.Module, d_opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     """(weights, optimizer state) in the DiscriminatorList layout, for a list or a fast bank."""
-    if _is_bank(discriminators):
-        from .fast.engine import reference_optimizer_state, reference_state
-        return reference_state(discriminators), reference_optimizer_state(discriminators, d_opt)
-    return discriminators.state_dict(), d_opt.state_dict()
+    return (discriminators.reference_state_dict(),
+            discriminators.reference_optimizer_state(portable_optimizer_state(d_opt.state_dict())))
 
 
 def _slice_optimizer_state(sd: dict, rows: range, per_disc: int) -> dict:
@@ -219,17 +222,17 @@ def shard_state(state) -> None:
                           f"use --nproc_per_node {torch.cuda.device_count()} or fewer")
     full, d_opt = state.discriminators, state.d_opt
     weights, opt_state = reference_layout(full, d_opt)
-    k = full.k if _is_bank(full) else len(full)
+    k = full.k
     shards = shard_ranges(k, world_size())
     rows = shards[rank()]
     per_disc = len(opt_state["param_groups"][0]["params"]) // k
     local_opt_state = _slice_optimizer_state(opt_state, rows, per_disc)
-    if _is_bank(full):
+    if not isinstance(full, DiscriminatorList):         # a fast bank (--fast)
         from .fast.interchange import optimizer_state_from_reference
         refs = full.to_reference()
         with torch.random.fork_rng(devices=[state.device] if state.device.type == "cuda" else []):
             local = type(full).from_reference(refs[rows.start:rows.stop], impl=full.impl, precision=full.precision,
-                                              layer_impl=full.layer_impl, tiles=full.tiles).to(state.device)   # its init draws
+                                              tiles=full.tiles).to(state.device)   # its init draws
         local.train(full.training)
         local_opt_state = optimizer_state_from_reference(local, local_opt_state)
     else:
@@ -310,7 +313,7 @@ def save_checkpoint(state, path, payload: dict) -> None:
 # ----------------------------------------------------------------------------------------------- stopping
 
 def stop_requests():
-    """loop.stop_requests. Under torchrun the same signal may arrive twice at once (the terminal's Ctrl-C and
+    """signals.stop_requests. Under torchrun the same signal may arrive twice at once (the terminal's Ctrl-C and
     torchrun forwarding it), so only a repeat after REPEAT_WINDOW_S stops at once."""
     return one_process_stop_requests(REPEAT_WINDOW_S if active() else 0.0)
 

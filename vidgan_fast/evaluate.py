@@ -16,7 +16,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -234,11 +233,10 @@ def run_eval(frame_generator: torch.nn.Module, video_generator: torch.nn.Module,
 
 def load_models(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module]:
     """(frame_generator, video_generator) of a video (phase 2) checkpoint, in eval mode on `device`."""
-    from .checkpoint import load_checkpoint, load_matching
-    from .config import TrainConfig
-    from .train import build_frame_generator, build_video_generator, resolve_device
+    from .checkpoint import load_checkpoint, load_matching, saved_config
+    from .step import build_frame_generator, build_video_generator, resolve_device
     ckpt = load_checkpoint(checkpoint, expected_phase="video")
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    cfg = saved_config(ckpt, checkpoint)
     dev = resolve_device(device)
     frame_generator, video_generator = build_frame_generator(cfg), build_video_generator(cfg)
     load_matching(frame_generator, ckpt["frame_generator"], "the frame generator", checkpoint)
@@ -246,19 +244,8 @@ def load_models(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.M
     return frame_generator.to(dev).eval(), video_generator.to(dev).eval()
 
 
-@click.command("eval")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--n", "n", type=click.IntRange(min=2), default=1000, show_default=True,
-              help="videos per set (real, generated, baseline)")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="output folder (default: CHECKPOINT's folder/eval)")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def eval_command(checkpoint, n, out, seed, device):
-    """A video checkpoint -> metrics table (real, generated, random-code baseline), eval.json, eval.png, samples.gif."""
+def evaluate_checkpoint(checkpoint: str | Path, folder: str | Path, n: int = 1000, seed: int = 0,
+                        device: str = "cpu") -> tuple[dict, list[Path]]:
+    """`vidgan eval`: a video checkpoint's metrics (real, generated, random-code baseline) and report files."""
     frame_generator, video_generator = load_models(checkpoint, device)
-    folder = Path(out) if out else Path(checkpoint).parent / "eval"
-    results, files = run_eval(frame_generator, video_generator, folder, n=n, seed=seed, device=device)
-    click.echo(format_table(results))
-    for path in files:
-        click.echo(f"wrote {path}")
+    return run_eval(frame_generator, video_generator, Path(folder), n=n, seed=seed, device=device)

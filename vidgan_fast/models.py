@@ -16,6 +16,18 @@ FRAME_SIZE = 30
 PROJ_KERNEL = 8
 FRAME_PROJ = dict(stride=2, padding=3)   # 30x30 -> 15x15
 VIDEO_PROJ = dict(stride=3, padding=2)   # 30x30 -> 9x9 per frame
+DISC_KERNEL = 4
+# The discriminators' convolutions after the projection, (stride, padding) per layer: the one definition, read by
+# the reference modules below and by the fast banks (fast/bank.py). conv1..conv3 are followed by LeakyReLU(0.2).
+LEAKY_SLOPE = 0.2
+FRAME_GEOMETRY = {"conv1": ((2, 2), (2, 2)),            # 15 -> 8
+                  "conv2": ((2, 2), (1, 1)),            # 8 -> 4
+                  "conv3": ((2, 2), (1, 1)),            # 4 -> 2
+                  "conv4": ((1, 1), (1, 1))}            # 2 -> 1: the logit
+VIDEO_GEOMETRY = {"conv1": ((2, 2, 2), (1, 1, 1)),      # [30, 9, 9] -> [15, 4, 4]
+                  "conv2": ((2, 1, 1), (1, 1, 1)),      # -> [7, 3, 3]
+                  "conv3": ((1, 1, 1), (0, 1, 1)),      # -> [4, 2, 2]
+                  "conv4": ((1, 1, 1), (0, 1, 1))}      # -> [1, 1, 1]: the logit
 
 
 def projection_filter(seed: int, size: int = PROJ_KERNEL) -> torch.Tensor:
@@ -23,6 +35,25 @@ def projection_filter(seed: int, size: int = PROJ_KERNEL) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     w = torch.randn(1, 1, size, size, generator=g, dtype=torch.float64)
     return (w / w.norm()).float()
+
+
+def project_frames(frames: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """The fixed projections: frames [B, 1, 30, 30], filters [K, 8, 8] -> [B, K, 15, 15] (one conv2d)."""
+    return F.conv2d(frames, filters.detach().unsqueeze(1), **FRAME_PROJ)
+
+
+def project_videos(videos: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Each frame through the fixed projections: videos [B, 1, T, 30, 30], filters [K, 8, 8] -> [B, K, T, 9, 9]."""
+    B, _, T, H, W = videos.shape
+    p = F.conv2d(videos.transpose(1, 2).reshape(B * T, 1, H, W), filters.detach().unsqueeze(1), **VIDEO_PROJ)
+    return p.view(B, T, filters.shape[0], *p.shape[-2:]).transpose(1, 2)
+
+
+def discriminator_convs(widths, geometry: dict, conv: type) -> dict:
+    """The four convolutions of a discriminator of `widths` (c1, c2, c3), 1 -> c1 -> c2 -> c3 -> 1."""
+    channels = (1, *widths, 1)
+    return {name: conv(cin, cout, DISC_KERNEL, stride, padding)
+            for (name, (stride, padding)), cin, cout in zip(geometry.items(), channels[:-1], channels[1:])}
 
 
 def init_weights(module: nn.Module) -> None:
@@ -37,6 +68,12 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+# G_F's transposed convolutions (kernel 4, stride 2), their paddings: 2 -> 4 -> 8 -> 16 -> 30. The one definition,
+# read by FrameGenerator and by the folded fast twin (fast/frozen_generator.py).
+GF_KERNEL, GF_STRIDE = 4, 2
+GF_PADDINGS = (1, 1, 1, 2)
+
+
 class FrameGenerator(nn.Module):
     """G_F: code [B, z_dim] -> frame [B, 1, 30, 30] in [-1, 1] (DCGAN-like)."""
 
@@ -46,13 +83,12 @@ class FrameGenerator(nn.Module):
         c0, c1, c2, c3 = self.widths
         self.fc = nn.Linear(z_dim, c0 * 4)
         self.fc_bn = nn.BatchNorm1d(c0 * 4)
-        self.up1 = nn.ConvTranspose2d(c0, c1, 4, 2, 1)   # 2 -> 4
-        self.bn1 = nn.BatchNorm2d(c1)
-        self.up2 = nn.ConvTranspose2d(c1, c2, 4, 2, 1)   # 4 -> 8
-        self.bn2 = nn.BatchNorm2d(c2)
-        self.up3 = nn.ConvTranspose2d(c2, c3, 4, 2, 1)   # 8 -> 16
-        self.bn3 = nn.BatchNorm2d(c3)
-        self.out = nn.ConvTranspose2d(c3, 1, 4, 2, 2)    # 16 -> 30
+        up = [nn.ConvTranspose2d(a, b, GF_KERNEL, GF_STRIDE, p) for a, b, p in zip(self.widths, (c1, c2, c3, 1),
+                                                                                     GF_PADDINGS)]
+        self.up1, self.bn1 = up[0], nn.BatchNorm2d(c1)    # 2 -> 4
+        self.up2, self.bn2 = up[1], nn.BatchNorm2d(c2)    # 4 -> 8
+        self.up3, self.bn3 = up[2], nn.BatchNorm2d(c3)    # 8 -> 16
+        self.out = up[3]                                  # 16 -> 30
         init_weights(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -69,25 +105,20 @@ class FrameDiscriminator(nn.Module):
     def __init__(self, seed: int = 0, widths: tuple[int, int, int] = (256, 512, 1024)):
         super().__init__()
         self.seed, self.widths = int(seed), tuple(widths)
-        c1, c2, c3 = self.widths
-        self.register_buffer("projection", projection_filter(seed))
-        self.conv1 = nn.Conv2d(1, c1, 4, 2, 2)    # 15 -> 8
-        self.conv2 = nn.Conv2d(c1, c2, 4, 2, 1)   # 8 -> 4
-        self.conv3 = nn.Conv2d(c2, c3, 4, 2, 1)   # 4 -> 2
-        self.conv4 = nn.Conv2d(c3, 1, 4, 1, 1)    # 2 -> 1
+        self.register_buffer("projection", projection_filter(seed))           # [1, 1, 8, 8]
+        for name, conv in discriminator_convs(self.widths, FRAME_GEOMETRY, nn.Conv2d).items():
+            setattr(self, name, conv)
         init_weights(self)
 
     def project(self, frames: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(frames, self.projection, **FRAME_PROJ)
+        return project_frames(frames, self.projection[0])
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         h = self.project(frames)
-        h = F.leaky_relu(self.conv1(h), 0.2)
-        h = F.leaky_relu(self.conv2(h), 0.2)
-        h = F.leaky_relu(self.conv3(h), 0.2)
+        h = F.leaky_relu(self.conv1(h), LEAKY_SLOPE)
+        h = F.leaky_relu(self.conv2(h), LEAKY_SLOPE)
+        h = F.leaky_relu(self.conv3(h), LEAKY_SLOPE)
         return self.conv4(h).flatten(1).squeeze(1)
-
-
 
 
 def map_codes(u: torch.Tensor, code_map: str = "tanh") -> torch.Tensor:
@@ -194,24 +225,19 @@ class VideoDiscriminator(nn.Module):
     def __init__(self, seed: int = 0, widths: tuple[int, int, int] = (256, 512, 768)):
         super().__init__()
         self.seed, self.widths = int(seed), tuple(widths)
-        c1, c2, c3 = self.widths
-        self.register_buffer("projection", projection_filter(seed))
-        self.conv1 = nn.Conv3d(1, c1, 4, 2, 1)                        # [30, 9, 9] -> [15, 4, 4]
-        self.conv2 = nn.Conv3d(c1, c2, 4, (2, 1, 1), 1)               # -> [7, 3, 3]
-        self.conv3 = nn.Conv3d(c2, c3, 4, 1, (0, 1, 1))               # -> [4, 2, 2]
-        self.conv4 = nn.Conv3d(c3, 1, 4, 1, (0, 1, 1))                # -> [1, 1, 1]
+        self.register_buffer("projection", projection_filter(seed))           # [1, 1, 8, 8]
+        for name, conv in discriminator_convs(self.widths, VIDEO_GEOMETRY, nn.Conv3d).items():
+            setattr(self, name, conv)
         init_weights(self)
 
     def project(self, videos: torch.Tensor) -> torch.Tensor:
-        B, C, T, H, W = videos.shape
-        p = F.conv2d(videos.transpose(1, 2).reshape(B * T, C, H, W), self.projection, **VIDEO_PROJ)
-        return p.view(B, T, 1, *p.shape[-2:]).transpose(1, 2)                # [B, 1, T, 9, 9]
+        return project_videos(videos, self.projection[0])                      # [B, 1, T, 9, 9]
 
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
         h = self.project(videos)
-        h = F.leaky_relu(self.conv1(h), 0.2)
-        h = F.leaky_relu(self.conv2(h), 0.2)
-        h = F.leaky_relu(self.conv3(h), 0.2)
+        h = F.leaky_relu(self.conv1(h), LEAKY_SLOPE)
+        h = F.leaky_relu(self.conv2(h), LEAKY_SLOPE)
+        h = F.leaky_relu(self.conv3(h), LEAKY_SLOPE)
         return self.conv4(h).flatten(1).squeeze(1)
 
 
@@ -228,6 +254,19 @@ class DiscriminatorList(nn.ModuleList):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([d(x) for d in self])
+
+    @property
+    def k(self) -> int:
+        return len(self)
+
+    # The checkpoint layout, which both paths save: the fast banks (fast/bank.py) implement the same two methods.
+
+    def reference_state_dict(self) -> dict:
+        return self.state_dict()
+
+    def reference_optimizer_state(self, optimizer_state: dict) -> dict:
+        """The state dict of an optimizer over self.parameters(), in the checkpoint layout: as it is."""
+        return optimizer_state
 
 
 def frame_discriminators(k: int, widths=(256, 512, 1024), seed: int = 0) -> DiscriminatorList:

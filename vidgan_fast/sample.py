@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from . import media
-from .checkpoint import load_checkpoint, load_matching
+from .checkpoint import load_checkpoint, load_matching, saved_config
 from .errors import ConfigError, VidganError, os_reason
-from .train import Z_DIM, build_frame_generator, build_video_generator, resolve_device, saved_config
+from .step import Z_DIM, build_frame_generator, build_video_generator, resolve_device
 
 STRIP_ROWS = 4   # videos shown frame by frame in the PNG strip
 ARRAY_BATCH = 64  # samples per generator call when writing an array

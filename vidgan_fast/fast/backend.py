@@ -5,19 +5,22 @@ Every fast op takes `impl='auto'|'triton'|'ref'`:
   raises if it cannot run.
 - 'ref': the plain PyTorch twin (same mathematics, grouped convolutions etc.), runs everywhere.
 - 'auto': 'triton' where it can run, otherwise 'ref' with one warning that says why.
+
+`triton_unavailable_reason` is the one answer to "can Triton run here?" and `fallback_warning` the one warning:
+the ops' 'auto' and the training run's --fast decision (vidgan_fast/execution.py) both use them.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import importlib.util
-import os
 import warnings
 
 import torch
 
+from vidgan_fast.kernels.mode import PRECISIONS, interpreting
+
 IMPLS = ("auto", "triton", "ref")
-PRECISIONS = ("fp32", "tf32", "bf16")     # of the products in the kernels; the same as kernels.common.PRECISIONS
 
 
 def check_precision(precision: str) -> str:
@@ -25,11 +28,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
-
-
-def interpreter_enabled() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1, read as triton.jit does)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 _recording = False      # inside recording_launches(): launches on meta tensors are recorded, not run
@@ -40,8 +38,8 @@ def recording_launches():
     """Shape-only capture (the compile gate): the fast ops take their Triton path on `meta` tensors and every
     kernel launch is recorded (kernels/aot.py) instead of run. Yields the list of recorded launches."""
     global _recording
-    from kernels.aot import record_launches
-    if interpreter_enabled():
+    from vidgan_fast.kernels.aot import record_launches
+    if interpreting():
         raise RuntimeError("recording launches needs compiled-mode kernels: unset TRITON_INTERPRET")
     with record_launches() as launches:
         _recording = True
@@ -70,11 +68,12 @@ def triton_unavailable_reason(device: torch.device | str) -> str | None:
     if not _triton_importable():
         return "Triton is not installed"
     if device.type == "cpu":
-        return None if interpreter_enabled() else "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
+        return None if interpreting() else ("no CUDA GPU (set TRITON_INTERPRET=1 to run the Triton kernels on the "
+                                            "CPU through the interpreter)")
     if device.type == "meta":
         return None if _recording else "meta tensors hold no data (only the compile gate records launches on them)"
     if device.type == "cuda":
-        if interpreter_enabled():
+        if interpreting():
             return "TRITON_INTERPRET=1 runs on CPU tensors only"
         return _cuda_reason(device.index if device.index is not None else torch.cuda.current_device())
     return f"Triton does not target {device.type} tensors"
@@ -89,6 +88,11 @@ def warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def fallback_warning(what: str, reason: str) -> None:
+    """The one warning of a fallback to the PyTorch reference path (once per message)."""
+    warn_once(f"{what}: running the PyTorch reference path instead: {reason}")
+
+
 def resolve_impl(impl: str, device: torch.device | str, op: str) -> str:
     """'triton' or 'ref' for `op` on `device`, following the rules in this module's docstring."""
     if impl not in IMPLS:
@@ -100,5 +104,5 @@ def resolve_impl(impl: str, device: torch.device | str, op: str) -> str:
         return "triton"
     if impl == "triton":
         raise RuntimeError(f"{op}: the Triton kernel cannot run: {reason}")
-    warn_once(f"{op}: falling back to the PyTorch reference path: {reason}")
+    fallback_warning(op, reason)
     return "ref"

@@ -7,10 +7,13 @@
 Parameters are `conv{i}_weight` [K, Cout, Cin, *kernel] and `conv{i}_bias` [K, Cout] (registered in the order
 of one reference discriminator's parameters), the fixed projections are the buffer `projections` [K, 8, 8].
 Since every optimizer in torch.optim is elementwise, a step on the bank equals a step on each reference.
+The layer geometry and the projections are the reference models' (models.FRAME_GEOMETRY / VIDEO_GEOMETRY,
+models.project_frames / project_videos). Checkpoints hold the reference layout: reference_state_dict and
+reference_optimizer_state, the same two methods as models.DiscriminatorList.
 
-impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py
-(or PyTorch grouped convolution for the layers that `layer_impl` marks 'grouped'). impl='ref': the same
-mathematics in plain PyTorch with grouped convolutions (input [B, K*Cin, ...], groups=K), runs everywhere.
+impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py.
+impl='ref': the same mathematics in plain PyTorch with grouped convolutions (input [B, K*Cin, ...], groups=K),
+runs everywhere. impl='auto': as vidgan_fast.fast.backend.resolve_impl says, per call.
 """
 from __future__ import annotations
 
@@ -22,11 +25,10 @@ import torch.nn.functional as F
 
 from vidgan_fast import models
 from vidgan_fast.fast.backend import check_precision, resolve_impl
+from vidgan_fast.fast.interchange import optimizer_state_to_reference
 from vidgan_fast.fast.projection import project_frames, project_videos
 
-LAYERS = ("conv1", "conv2", "conv3", "conv4")   # conv1..conv3 are followed by LeakyReLU(0.2), conv4 is the logit
-SLOPE = 0.2
-LAYER_IMPLS = ("triton", "grouped")
+LAYERS = tuple(models.FRAME_GEOMETRY)   # conv1..conv3 are followed by LeakyReLU, conv4 is the logit
 
 
 class BatchedConv(torch.autograd.Function):
@@ -34,7 +36,7 @@ class BatchedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, leaky, precision="fp32", tiles="auto"):
-        from kernels.batched_conv import conv_forward
+        from vidgan_fast.kernels.batched_conv import conv_forward
         y = conv_forward(x, weight, bias, stride, padding, leaky, precision, tiles)
         ctx.save_for_backward(x, weight, y if leaky else None)   # LReLU'(pre) is read from the sign of y
         ctx.conf = (stride, padding, precision, tiles)
@@ -42,7 +44,7 @@ class BatchedConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        from kernels.batched_conv import conv_input_grad, conv_weight_grad
+        from vidgan_fast.kernels.batched_conv import conv_input_grad, conv_weight_grad
         x, weight, y = ctx.saved_tensors
         stride, padding, precision, tiles = ctx.conf
         grad_x = grad_w = grad_b = None
@@ -53,26 +55,16 @@ class BatchedConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-def grouped_conv(x, weight, bias, stride, padding, leaky):
-    """BatchedConv's mathematics through one PyTorch grouped convolution (same [K, B, C, ...] layout)."""
-    K, B = x.shape[:2]
-    conv = F.conv2d if x.dim() == 5 else F.conv3d
-    y = conv(x.transpose(0, 1).reshape(B, -1, *x.shape[3:]), weight.reshape(-1, *weight.shape[2:]),
-             bias.reshape(-1), stride, padding, groups=K)
-    y = y.view(B, K, -1, *y.shape[2:]).transpose(0, 1)
-    return F.leaky_relu(y, SLOPE) if leaky else y
-
-
 class DiscriminatorBank(nn.Module):
     """Shared machinery; subclasses pin the reference class, conv rank, layer geometry and input layout."""
 
     reference_cls: type = nn.Module
     dims = 2
-    geometry: dict = {}     # layer -> (stride, padding) exactly as in the reference class
+    geometry: dict = {}     # layer -> (stride, padding): the reference models' table
     input_layout = ""
 
     def __init__(self, projections: torch.Tensor, widths, impl: str = "auto", precision: str = "fp32",
-                 seeds=None, layer_impl: dict | None = None, tiles: str = "auto"):
+                 seeds=None, tiles: str = "auto"):
         super().__init__()
         if projections.dim() != 3:
             raise ValueError(f"{type(self).__name__}: projections must be [K, 8, 8], got {tuple(projections.shape)}")
@@ -82,11 +74,9 @@ class DiscriminatorBank(nn.Module):
             raise ValueError(f"{type(self).__name__}: widths must be 3 channel counts, got {widths}")
         self.impl, self.precision, self.tiles = impl, check_precision(precision), tiles
         self.seeds = list(range(K)) if seeds is None else [int(s) for s in seeds]
-        self.layer_impl = {name: "triton" for name in LAYERS}
-        self.set_layer_impl(layer_impl or {})
         self.register_buffer("projections", projections.detach().clone())
         channels = (1, *self.widths, 1)
-        kernel = (4,) * self.dims
+        kernel = (models.DISC_KERNEL,) * self.dims
         for name, cin, cout in zip(LAYERS, channels[:-1], channels[1:]):
             w = torch.empty(K, cout, cin, *kernel, device=projections.device, dtype=projections.dtype)
             setattr(self, f"{name}_weight", nn.Parameter(w.normal_(0.0, 0.02)))
@@ -95,14 +85,6 @@ class DiscriminatorBank(nn.Module):
     @property
     def k(self) -> int:
         return self.projections.shape[0]
-
-    def set_layer_impl(self, choices: dict) -> None:
-        """Per-layer choice on the Triton path: 'triton' (batched kernel) or 'grouped' (PyTorch grouped conv)."""
-        for name, choice in choices.items():
-            if name not in LAYERS or choice not in LAYER_IMPLS:
-                raise ValueError(f"{type(self).__name__}: layer_impl wants {{layer in {LAYERS}: one of "
-                                 f"{LAYER_IMPLS}}}, got {name!r}: {choice!r}")
-            self.layer_impl[name] = choice
 
     def extra_repr(self) -> str:
         return f"k={self.k}, widths={self.widths}, impl={self.impl!r}, precision={self.precision!r}"
@@ -115,8 +97,7 @@ class DiscriminatorBank(nn.Module):
         return [(f"{layer}_{kind}", f"{layer}.{kind}") for layer in LAYERS for kind in ("weight", "bias")]
 
     @classmethod
-    def from_reference(cls, discriminators, impl: str = "auto", precision: str = "fp32",
-                       layer_impl: dict | None = None, tiles: str = "auto"):
+    def from_reference(cls, discriminators, impl: str = "auto", precision: str = "fp32", tiles: str = "auto"):
         """A bank holding the weights and projections of K reference discriminators (copies)."""
         refs = list(discriminators)
         if not refs:
@@ -138,7 +119,7 @@ class DiscriminatorBank(nn.Module):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # the constructor's random init is overwritten below: it must not move the run's RNG streams
             bank = cls(projections, refs[0].widths, impl=impl, precision=precision, seeds=[d.seed for d in refs],
-                       layer_impl=layer_impl, tiles=tiles)
+                       tiles=tiles)
         with torch.no_grad():
             for bank_name, suffix in cls.stacked_parameter_names():
                 getattr(bank, bank_name).copy_(torch.stack([d.get_parameter(suffix).detach() for d in refs]))
@@ -152,6 +133,10 @@ class DiscriminatorBank(nn.Module):
             for bank_name, suffix in self.stacked_parameter_names():
                 sd[f"{k}.{suffix}"] = getattr(self, bank_name)[k].detach().clone()
         return sd
+
+    def reference_optimizer_state(self, optimizer_state: dict) -> dict:
+        """The state dict of an optimizer over self.parameters(), in the reference (checkpoint) layout."""
+        return optimizer_state_to_reference(self, optimizer_state)
 
     def load_reference_state_dict(self, state_dict) -> None:
         """Load a models.DiscriminatorList state dict of K discriminators (strict: same keys and shapes)."""
@@ -189,28 +174,25 @@ class DiscriminatorBank(nn.Module):
         x = x.float()        # under bf16 autocast the generator hands over bf16: the bank computes in fp32
         if resolve_impl(self.impl, x.device, type(self).__name__) == "ref":
             return self._forward_grouped(x)
-        h = self._project(x)                                              # [K, B, 1, ...]
+        h = self.project(x, filters=self.projections, impl="triton", precision=self.precision,
+                         tiles=self.tiles)                                # [K, B, 1, ...]
         for name in LAYERS:
             w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
             stride, padding = self.geometry[name]
-            leaky = name != LAYERS[-1]
-            if self.layer_impl[name] == "triton":
-                h = BatchedConv.apply(h, w, b, stride, padding, leaky, self.precision, self.tiles)
-            else:
-                h = grouped_conv(h, w, b, stride, padding, leaky)
+            h = BatchedConv.apply(h, w, b, stride, padding, name != LAYERS[-1], self.precision, self.tiles)
         return h.reshape(self.k, x.shape[0], -1).squeeze(2)
 
     def _forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
         """The 'ref' path, kept in the grouped layout [B, K*C, ...] from the projection to the logits."""
         K, B = self.k, x.shape[0]
         conv = F.conv2d if self.dims == 2 else F.conv3d
-        h = self._project_grouped(x)                                      # [B, K, ...]
+        h = self.project_grouped(x, self.projections)                    # [B, K, ...]
         for name in LAYERS:
             w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
             stride, padding = self.geometry[name]
             h = conv(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride, padding, groups=K)
             if name != LAYERS[-1]:
-                h = F.leaky_relu(h, SLOPE)
+                h = F.leaky_relu(h, models.LEAKY_SLOPE)
         return h.reshape(B, K, -1).transpose(0, 1).squeeze(2)
 
 
@@ -219,15 +201,10 @@ class FrameDiscriminatorBank(DiscriminatorBank):
 
     reference_cls = models.FrameDiscriminator
     dims = 2
-    geometry = {"conv1": ((2, 2), (2, 2)), "conv2": ((2, 2), (1, 1)), "conv3": ((2, 2), (1, 1)),
-                "conv4": ((1, 1), (1, 1))}
+    geometry = models.FRAME_GEOMETRY
     input_layout = "frames [B, 1, H, W]"
-
-    def _project(self, x):
-        return project_frames(x, self.projections, "triton", self.precision, self.tiles)
-
-    def _project_grouped(self, x):
-        return F.conv2d(x, self.projections.unsqueeze(1), **models.FRAME_PROJ)   # [B, K, 15, 15]
+    project = staticmethod(project_frames)                   # [K, B, 1, 15, 15]
+    project_grouped = staticmethod(models.project_frames)    # [B, K, 15, 15]
 
 
 class VideoDiscriminatorBank(DiscriminatorBank):
@@ -235,14 +212,7 @@ class VideoDiscriminatorBank(DiscriminatorBank):
 
     reference_cls = models.VideoDiscriminator
     dims = 3
-    geometry = {"conv1": ((2, 2, 2), (1, 1, 1)), "conv2": ((2, 1, 1), (1, 1, 1)),
-                "conv3": ((1, 1, 1), (0, 1, 1)), "conv4": ((1, 1, 1), (0, 1, 1))}
+    geometry = models.VIDEO_GEOMETRY
     input_layout = "videos [B, 1, T, H, W]"
-
-    def _project(self, x):
-        return project_videos(x, self.projections, "triton", self.precision, self.tiles)
-
-    def _project_grouped(self, x):
-        B, _, T, H, W = x.shape
-        p = F.conv2d(x.transpose(1, 2).reshape(B * T, 1, H, W), self.projections.unsqueeze(1), **models.VIDEO_PROJ)
-        return p.view(B, T, self.k, *p.shape[-2:]).transpose(1, 2)     # [B, K, T, 9, 9]
+    project = staticmethod(project_videos)                   # [K, B, 1, T, 9, 9]
+    project_grouped = staticmethod(models.project_videos)    # [B, K, T, 9, 9]

@@ -3,32 +3,22 @@
     state = to_fast(build_state(cfg, phase, ...))   # banks for the K discriminators, frozen Triton G_F
 
 Only the execution changes: the discriminators become one bank (stacked weights, one launch per layer for
-all K), phase 2's frozen G_F becomes the folded Triton generator, optimizers become capturable on CUDA, and
-train.py's loop may replay the steps as CUDA graphs (graphs.GraphedSteps). Checkpoints stay in the reference
-layout (reference_state / reference_optimizer_state), so a fast run resumes on the reference path and back.
-Where Triton cannot run (no CUDA GPU and no TRITON_INTERPRET=1, a GPU Triton does not target, Triton
-missing) one warning says why and the state is returned unchanged: the reference path.
+all K), phase 2's frozen G_F becomes the folded Triton generator, and optimizers become capturable on CUDA, so
+that the loop may replay the steps as CUDA graphs (graphs.GraphedSteps). Checkpoints stay in the reference
+layout (the banks' reference_state_dict / reference_optimizer_state), so a fast run resumes on the reference
+path and back. Whether a run takes this path at all is decided in one place: vidgan_fast/execution.py.
 """
 from __future__ import annotations
 
 import torch
 
-from vidgan_fast.fast.backend import triton_unavailable_reason, warn_once
+from vidgan_fast.fast.backend import triton_unavailable_reason
 from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
-from vidgan_fast.fast.interchange import optimizer_state_from_reference, optimizer_state_to_reference
+from vidgan_fast.fast.interchange import optimizer_state_from_reference
 
 
-def fast_unavailable_reason(device: torch.device) -> str | None:
-    """None when --fast can run on `device`, else why not (one line)."""
-    if device.type == "cpu" and triton_unavailable_reason(device) is not None:
-        return "no CUDA GPU (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU through the interpreter)"
-    return triton_unavailable_reason(device)
-
-
-def portable_optimizer_state(state_dict: dict) -> dict:
-    """An optimizer state dict that loads on either path: capturable (CUDA-graph) optimizers saved as plain."""
-    return {**state_dict, "param_groups": [{**g, "capturable": False} if "capturable" in g else g
-                                           for g in state_dict["param_groups"]]}
+class FastPathUnavailable(RuntimeError):
+    """Triton cannot run the fast ops on this state's device; str(e) says why in one line."""
 
 
 def _rebuild_optimizer(opt: torch.optim.Optimizer, params, state_dict: dict, capturable: bool):
@@ -42,19 +32,18 @@ def _rebuild_optimizer(opt: torch.optim.Optimizer, params, state_dict: dict, cap
     return new
 
 
-def to_fast(state, precision: str | None = None, warn: bool = True):
-    """The fast twin of a (reference) TrainState, in place; returns it. Falls back with a warning.
+def to_fast(state, precision: str | None = None):
+    """The fast twin of a (reference) TrainState, in place; returns it. Raises FastPathUnavailable (and changes
+    nothing) where Triton cannot run on the state's device.
 
     precision: of the kernels' products, "fp32" | "tf32" | "bf16" (default: the run's, state.cfg.precision)."""
     from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
-    reason = fast_unavailable_reason(state.device)
+    reason = triton_unavailable_reason(state.device)
     if reason is not None:
-        if warn:
-            warn_once(f"--fast: running the reference path instead: {reason}")
-        return state
+        raise FastPathUnavailable(reason)
     precision = precision or state.cfg.precision
     capturable = state.device.type == "cuda"
-    bank_cls = FrameDiscriminatorBank if state.phase == "frames" else VideoDiscriminatorBank
+    bank_cls = VideoDiscriminatorBank if state.phase.video else FrameDiscriminatorBank
     bank = bank_cls.from_reference(list(state.discriminators), impl="triton", precision=precision)
     bank = bank.to(state.device)
     bank.train(state.discriminators.training)
@@ -69,20 +58,9 @@ def to_fast(state, precision: str | None = None, warn: bool = True):
     elif state.frame_generator is not None:
         state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, impl="triton",
                                                             precision=precision)
-    state.fast = True
     return state
 
 
-def is_bank(discriminators) -> bool:
-    return isinstance(discriminators, (FrameDiscriminatorBank, VideoDiscriminatorBank))
-
-
-def reference_state(discriminators) -> dict:
-    """The discriminators' weights in the reference (DiscriminatorList) layout."""
-    return discriminators.reference_state_dict() if is_bank(discriminators) else discriminators.state_dict()
-
-
-def reference_optimizer_state(discriminators, d_opt) -> dict:
-    """The discriminator optimizer's state in the reference layout."""
-    sd = portable_optimizer_state(d_opt.state_dict())
-    return optimizer_state_to_reference(discriminators, sd) if is_bank(discriminators) else sd
+def is_fast(state) -> bool:
+    """Whether `state` runs on the fast modules (to_fast was applied)."""
+    return isinstance(state.discriminators, (FrameDiscriminatorBank, VideoDiscriminatorBank))

@@ -19,11 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from kernels import frame_generator as K
 from vidgan_fast.fast.backend import IMPLS, check_precision, resolve_impl
+from vidgan_fast.kernels import frame_generator as K
+from vidgan_fast.models import GF_PADDINGS as UP_PADDING    # up1..up3 and out, kernel 4 stride 2: the reference's
 
 OP = "FrozenFrameGenerator"
-UP_PADDING = (1, 1, 1, 2)   # up1, up2, up3: k4 s2 p1 (2 -> 4 -> 8 -> 16); out: k4 s2 p2 (16 -> 30)
 
 
 def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

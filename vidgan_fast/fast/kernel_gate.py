@@ -7,7 +7,7 @@ on a machine without a GPU.
 
 Why: the Triton interpreter (how kernels run in CI) accepts code the compiler rejects (Python globals in
 @triton.jit code), ignores `input_precision` and runs any tile size; only the compiler shows compile errors,
-registers, spills and whether a product runs on tensor cores. The capture runs the real `train.d_step` and
+registers, spills and whether a product runs on tensor cores. The capture runs the real `step.d_step` and
 `g_step` of a `--fast` state built on the meta device, so the specializations are exactly those a GPU run
 launches (kernels/aot.py binds them with Triton's own binder); nothing is computed, so paper sizes cost nothing.
 
@@ -24,11 +24,12 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 
+from vidgan_fast.kernels.mode import PRECISIONS
+
 TARGETS = (75, 80, 86, 89, 90)
 REPORTED_TARGETS = (61,)
 SPILL_TARGETS = (80, 90)
 CONFIGS = ("tiny", "paper")
-PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_PRECISION = "tf32"            # TrainConfig's default (--tf32); see vidgan_fast/config.py
 
 
@@ -36,25 +37,21 @@ def capture(config: str, precision: str) -> list:
     """The kernel launches (kernels.aot.Launch) of one D and one G step of both phases of preset `config`."""
     import torch
 
-    from vidgan_fast import train
+    from vidgan_fast import step
     from vidgan_fast.config import preset
     from vidgan_fast.fast.backend import recording_launches
     from vidgan_fast.fast.engine import to_fast
     cfg = preset(config, tf32=precision == "tf32", bf16=precision == "bf16", fast=True)
     meta = torch.device("meta")
     with recording_launches() as launches:
-        for phase in ("frames", "video"):
+        for phase in step.PHASE_NAMES:
             with torch.device(meta), warnings.catch_warnings():   # construction only (the steps run faster
                 warnings.simplefilter("ignore")                   # outside the device mode); no autocast on meta
-                g_f = train.build_frame_generator(cfg).state_dict() if phase == "video" else None
-                state = to_fast(train.build_state(cfg, phase, g_f, device=meta), warn=False)
-            if not state.fast:
-                raise RuntimeError(f"capture: the fast path did not engage for phase {phase}")
-            _, batch, _, _ = train.phase_settings(cfg, phase)
-            shape = (batch, 1, 30, 30) if phase == "frames" else (batch, 1, train.FRAMES, 30, 30)
-            z = torch.empty(batch, train.Z_DIM, device=meta)
-            train.d_step(state, torch.empty(shape, device=meta), z)
-            train.g_step(state, z)
+                g_f = step.build_frame_generator(cfg).state_dict() if phase == "video" else None
+                state = to_fast(step.build_state(cfg, phase, g_f, device=meta))
+            z = torch.empty(state.phase.batch, step.Z_DIM, device=meta)
+            step.d_step(state, torch.empty(state.phase.sample_shape, device=meta), z)
+            step.g_step(state, z)
     return launches
 
 
@@ -80,7 +77,7 @@ _PENDING: list = []             # (launch, arch) jobs, read by forked workers
 def _compile_job(index: int) -> dict:
     from triton.backends.compiler import GPUTarget
 
-    from kernels.aot import compile_launch
+    from vidgan_fast.kernels.aot import compile_launch
     launch, arch = _PENDING[index]
     r = compile_launch(launch, GPUTarget("cuda", arch, 32))
     return dict(error=r.error, registers=r.registers, spill_bytes=r.spill_bytes, shared_bytes=r.shared_bytes,

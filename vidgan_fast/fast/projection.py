@@ -1,15 +1,15 @@
 """All K fixed random projections of a batch at once: frames -> [K, B, 1, 15, 15], videos -> [K, B, 1, T, 9, 9].
 
-`impl='triton'` runs kernels/projection.py (one launch forward, one launch backward); `impl='ref'` is the same
-mathematics as one plain conv2d with K output channels. The filters are fixed: they never get gradients.
+`impl='triton'` runs kernels/projection.py (one launch forward, one launch backward); `impl='ref'` is the
+reference models' own projection (models.project_frames / project_videos: one conv2d with K output channels) in
+this layout. The geometry is models.FRAME_PROJ / VIDEO_PROJ. The filters are fixed: they never get gradients.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from vidgan_fast import models
 from vidgan_fast.fast.backend import resolve_impl
-from vidgan_fast.models import FRAME_PROJ, VIDEO_PROJ
 
 
 class _Projection(torch.autograd.Function):
@@ -17,14 +17,14 @@ class _Projection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, images, filters, stride, padding, precision, tiles):
-        from kernels.projection import project_forward
+        from vidgan_fast.kernels.projection import project_forward
         ctx.save_for_backward(filters)
         ctx.geometry = (tuple(images.shape), stride, padding, tiles)
         return project_forward(images, filters, stride, padding, precision, tiles)
 
     @staticmethod
     def backward(ctx, grad_out):
-        from kernels.projection import project_backward
+        from vidgan_fast.kernels.projection import project_backward
         (filters,) = ctx.saved_tensors
         image_shape, stride, padding, tiles = ctx.geometry
         grad_images = None
@@ -41,33 +41,26 @@ def _check(x: torch.Tensor, filters: torch.Tensor, rank: int, what: str):
         raise ValueError(f"project_{what}: expected filters [K, 8, 8], got shape {tuple(filters.shape)}")
 
 
-def project_images_ref(images: torch.Tensor, filters: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-    """The plain PyTorch twin of the kernel: images [N, H, W] -> [K, N, OH, OW]."""
-    out = F.conv2d(images.unsqueeze(1), filters.detach().unsqueeze(1), stride=stride, padding=padding)
-    return out.transpose(0, 1)
-
-
-def _project(images, filters, stride, padding, impl, op, precision, tiles):
-    if resolve_impl(impl, images.device, op) == "triton":
-        return _Projection.apply(images, filters.detach(), stride, padding, precision, tiles)
-    return project_images_ref(images, filters, stride, padding)
+def _kernel(images, filters, geometry, precision, tiles):
+    return _Projection.apply(images, filters.detach(), geometry["stride"], geometry["padding"], precision, tiles)
 
 
 def project_frames(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto", precision: str = "fp32",
                    tiles: str = "auto") -> torch.Tensor:
-    """frames [B, 1, 30, 30], filters [K, 8, 8] -> [K, B, 1, 15, 15] (stride 2, padding 3)."""
+    """frames [B, 1, 30, 30], filters [K, 8, 8] -> [K, B, 1, 15, 15] (models.FRAME_PROJ)."""
     _check(x, filters, 4, "frames")
     B, _, H, W = x.shape
-    out = _project(x.reshape(B, H, W), filters, FRAME_PROJ["stride"], FRAME_PROJ["padding"], impl, "project_frames",
-                   precision, tiles)
-    return out.unsqueeze(2)
+    if resolve_impl(impl, x.device, "project_frames") == "ref":
+        return models.project_frames(x, filters).transpose(0, 1).unsqueeze(2)
+    return _kernel(x.reshape(B, H, W), filters, models.FRAME_PROJ, precision, tiles).unsqueeze(2)
 
 
 def project_videos(x: torch.Tensor, filters: torch.Tensor, impl: str = "auto", precision: str = "fp32",
                    tiles: str = "auto") -> torch.Tensor:
-    """videos [B, 1, T, 30, 30], filters [K, 8, 8] -> [K, B, 1, T, 9, 9] (each frame, stride 3, padding 2)."""
+    """videos [B, 1, T, 30, 30], filters [K, 8, 8] -> [K, B, 1, T, 9, 9] (each frame, models.VIDEO_PROJ)."""
     _check(x, filters, 5, "videos")
     B, _, T, H, W = x.shape
-    out = _project(x.reshape(B * T, H, W), filters, VIDEO_PROJ["stride"], VIDEO_PROJ["padding"], impl,
-                   "project_videos", precision, tiles)
+    if resolve_impl(impl, x.device, "project_videos") == "ref":
+        return models.project_videos(x, filters).transpose(0, 1).unsqueeze(2)
+    out = _kernel(x.reshape(B * T, H, W), filters, models.VIDEO_PROJ, precision, tiles)
     return out.view(out.shape[0], B, 1, T, *out.shape[-2:])

@@ -1,4 +1,5 @@
-"""Helpers of the training loop (train.train_phase): the loss log with its NaN check, and graceful stops.
+"""The run's log (train.train_phase writes it): per-step losses with their NaN check, the run id, and the cut
+that keeps each step once across --resume.
 
 log.jsonl holds one JSON object per step: {"run", "phase", "step", "epoch", "d_loss", "g_loss", "it_s"}. "run" is
 the run's id (made when a phase starts fresh, saved in its checkpoint, the same after --resume; phase 2 of
@@ -8,46 +9,17 @@ from (the checkpoint's step on --resume, 0 for a fresh start), so after an inter
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
 import os
 import secrets
-import signal
 import time
 from pathlib import Path
 
 import torch
 
 from .errors import TrainingError, os_reason
-
-
-@contextlib.contextmanager
-def stop_requests(repeat_window_s: float = 0.0):
-    """Turn SIGINT/SIGTERM into a request to stop after the current step; a second signal more than
-    `repeat_window_s` after the first stops at once (KeyboardInterrupt)."""
-    caught: list[int] = []
-    first: list[float] = []
-
-    def handler(signum, frame):
-        if caught and time.monotonic() - first[0] > repeat_window_s:
-            raise KeyboardInterrupt
-        if not caught:
-            caught.append(signum)
-            first.append(time.monotonic())
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:        # not the main thread: no handlers, no graceful stop
-        pass
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def new_run_id() -> str:

@@ -1,7 +1,8 @@
-"""`vidgan check`: every fast op against its reference twin, on this machine, with these torch/Triton versions.
+"""The checks of `vidgan check`: every fast op against its reference twin, on this machine, with these
+torch/Triton versions (the table and exit status: check_report.py; the command: cli.py).
 
     results = run_checks(device="cuda")            # list[CheckResult], one row per op and direction
-    print(format_table(results, environment("cuda")))
+    print(format_table(results, check_header("cuda", paper_size=False)))
     first_step_check("cuda", phase=1)              # what `vidgan train --fast` runs first; raises TrainingError
 
 Each check draws fresh random inputs and weights (from `seed`), runs the fast op, the fp32 reference and an fp64
@@ -19,39 +20,33 @@ Each row says which path ran: 'triton kernel' (CUDA GPU), 'triton interpreter' (
 'pytorch fallback' (Triton cannot run here, the op used its plain PyTorch twin). A fallback row is FALLBACK and
 fails, unless allow_fallback: it never counts as a pass of the kernel.
 
-STEP_CHECKS holds the captured-step rows (CUDA graph replays vs eager steps, per phase, fast/graphs.py): a dict
-name -> function (device, paper_size, seed, tf32=False) -> CheckResult, so the --fast engine can add rows. On a
-CPU they cannot run: NOT CHECKED, which is not a pass (check_report.py: the summary counts such rows apart, and
-the command exits 3 unless --allow-skip).
+STEP_CHECKS holds the captured-step rows (CUDA graph replays vs eager steps, per phase, fast/graph_check.py): a
+dict name -> function (device, paper_size, seed, tf32=False) -> CheckResult. On a CPU they cannot run: NOT
+CHECKED, which is not a pass (check_report.py: the summary counts such rows apart, and the command exits 3
+unless --allow-skip).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import click
 import torch
 import torch.nn as nn
 
 from vidgan_fast import models
-from vidgan_fast.check_report import (PATH_FALLBACK, PATH_INTERPRETER, PATH_KERNEL, CheckResult,  # noqa: F401
-                                      environment, exit_status, format_table, not_checked, tally)
+from vidgan_fast.check_report import (PATH_FALLBACK, PATH_INTERPRETER, PATH_KERNEL, CheckResult, environment,
+                                      not_checked)
 from vidgan_fast.errors import ConfigError, TrainingError
+from vidgan_fast.fast.backend import triton_unavailable_reason
+from vidgan_fast.kernels.mode import interpreting
 from vidgan_fast.tolerance import tolerance
-from vidgan_fast.fast.backend import interpreter_enabled, triton_unavailable_reason
 
-KERNEL_MODULES = ("kernels.projection", "kernels.batched_conv", "kernels.frame_generator")
-
-
-def fp32_tolerance(reduction: int) -> float:
-    """Relative bound for fp32 results whose longest sum has `reduction` terms (vidgan_fast.tolerance)."""
-    return tolerance("fp32", reduction)
+KERNEL_MODULES = ("vidgan_fast.kernels.projection", "vidgan_fast.kernels.batched_conv",
+                  "vidgan_fast.kernels.frame_generator")
 
 
 @dataclass(frozen=True)
@@ -117,7 +112,7 @@ class _Ctx:
         return (torch.rand(shape, generator=self.gen) * 2 - 1).to(self.device)
 
     def tol(self, reduction: int) -> float:
-        return fp32_tolerance(reduction)
+        return tolerance("fp32", reduction)
 
     def row(self, op, shape, tensors, reduction):
         return _row(op, shape, tensors, self.tol(reduction), self.path, self.allow_fallback, self.note)
@@ -243,25 +238,17 @@ OP_CHECKS = {
 PHASE_OPS = {1: ("project_frames", "frame_bank"), 2: ("project_videos", "video_bank", "frozen_generator")}
 
 
-# ---- captured steps (CUDA graphs), filled by the --fast engine ----
+# ---- captured steps (CUDA graphs) ----
 
 def _graphed_steps(phase: int):
-    """Row: vidgan_fast.fast.graphs.check_graphed_steps: 3 replays vs 3 eager steps, every tensor compared."""
+    """Row: fast/graph_check.check_graphed_steps: 3 replays vs 3 eager steps, every tensor compared."""
     def check(device: torch.device, paper_size: bool, seed: int, tf32: bool = False) -> CheckResult:
         op, shape = f"captured D+G steps, phase {phase}", "3 replays vs 3 eager steps"
         if device.type != "cuda":
             return not_checked(op, shape, "CUDA graphs need a GPU")
-        try:
-            graphs = importlib.import_module("vidgan_fast.fast.graphs")
-        except ModuleNotFoundError as e:
-            if e.name != "vidgan_fast.fast.graphs":
-                raise
-            graphs = None
-        if not hasattr(graphs, "check_graphed_steps"):
-            return not_checked(op, shape, "the --fast engine (vidgan_fast.fast.graphs.check_graphed_steps) is "
-                                          "not available")
-        err, rel, tol, passed, note = graphs.check_graphed_steps(phase, device, paper_size=paper_size, seed=seed,
-                                                                 tf32=tf32)
+        from vidgan_fast.fast.graph_check import check_graphed_steps
+        err, rel, tol, passed, note = check_graphed_steps(phase, device, paper_size=paper_size, seed=seed,
+                                                          tf32=tf32)
         return CheckResult(op, shape, err, rel, tol, bool(passed), "CUDA graph", note or "")
     return check
 
@@ -345,50 +332,23 @@ def first_step_check(device, phase: int | None = None, seed: int = 0, ops=None,
                             f"or train without --fast")
 
 
-# ---- the command (the table and exit status: check_report.py) ----
+# ---- what the command needs around the rows (the command itself: cli.py) ----
 
-def _interpreter_for_cpu() -> str | None:
+def use_interpreter_on_cpu() -> str | None:
     """Make sure CPU runs go through the Triton interpreter: set TRITON_INTERPRET=1 for this process when no
     kernel has been decorated yet (triton.jit reads it at decoration time). Returns a note, or raises."""
-    if interpreter_enabled():
+    if interpreting():
         return None
     loaded = [m for m in KERNEL_MODULES if m in sys.modules]
     if loaded:
-        raise click.ClickException(f"--device cpu needs TRITON_INTERPRET=1 before the kernels are imported, and "
-                                   f"{loaded[0]} already is; run `TRITON_INTERPRET=1 vidgan check --device cpu`")
+        raise ConfigError(f"--device cpu needs TRITON_INTERPRET=1 before the kernels are imported, and "
+                          f"{loaded[0]} already is; run `TRITON_INTERPRET=1 vidgan check --device cpu`")
     os.environ["TRITON_INTERPRET"] = "1"
     return "1 (set by vidgan check for this process)"
 
 
-@click.command("check")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
-              help="where to run  [default: cuda if PyTorch sees a GPU, else cpu]")
-@click.option("--paper-size", is_flag=True, help="paper widths, K and batch sizes (GPU only)")
-@click.option("--op", "ops", multiple=True, help="only this check (repeatable): " + ", ".join(check_names()))
-@click.option("--allow-fallback", is_flag=True, help="count PyTorch-fallback rows as passes")
-@click.option("--tf32", is_flag=True, help="run the captured-step rows (CUDA graphs vs eager) with TF32 products; "
-                                            "the op rows always check exact fp32 products")
-@click.option("--allow-skip", is_flag=True,
-              help="exit 0 although rows were not checked (e.g. the CUDA-graph rows on a CPU); they still print "
-                   "as NOT CHECKED")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the rows here")
-def check_command(device, paper_size, tf32, ops, allow_fallback, allow_skip, seed, json_path):
-    """Check every fast op against its reference twin on this machine (and, on a GPU, the CUDA-graph steps
-    against eager steps).
-
-    \b
-    Exit status: 0 every row ran and passed; 1 a row failed;
-    3 nothing failed but rows were NOT CHECKED (skipped: the CUDA-graph rows on a CPU).
-    A row that was not checked is not a pass: pass --allow-skip to accept that (exit 0), or --op to choose rows.
-    """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    interpret_note = _interpreter_for_cpu() if device == "cpu" else None
-    try:
-        results = run_checks(device, paper_size=paper_size, seed=seed, ops=ops or None,
-                             allow_fallback=allow_fallback, tf32=tf32)
-    except ConfigError as e:
-        raise click.UsageError(str(e))
+def check_header(device: str, paper_size: bool, interpret_note: str | None = None) -> dict:
+    """The table's header: the environment (check_report.environment), the sizes and the precision checked."""
     header = environment(device)
     if interpret_note:
         header["TRITON_INTERPRET"] = interpret_note
@@ -396,13 +356,4 @@ def check_command(device, paper_size, tf32, ops, allow_fallback, allow_skip, see
     header["sizes"] = f"{'paper' if paper_size else 'small'} (K={sizes.k_frame}/{sizes.k_video}, " \
                       f"B={sizes.batch_frame}/{sizes.batch_video} for frames/videos)"
     header["precision"] = "fp32 (exact products; PyTorch TF32 off); tf32/bf16 products: `vidgan kernels`"
-    click.echo(format_table(results, header))
-    status = exit_status(results, allow_skip)
-    if json_path:
-        rows = [dict(asdict(r), status=r.status) for r in results]
-        with open(json_path, "w") as f:
-            json.dump({"environment": header, "results": rows,
-                       "summary": {k: len(v) for k, v in tally(results).items()} | {"exit_status": status}}, f,
-                      indent=1)
-    if status:
-        click.get_current_context().exit(status)
+    return header

@@ -1,0 +1,126 @@
+"""The layout rules (ARCHITECTURE.md), read from the source: no import cycle anywhere (imports inside functions
+count), nothing imports the training loop to get a model or a step, step.py stands on models/losses/config only,
+no module reaches a sibling through importlib, and no file is much over 400 lines.
+
+The import graph is built statically with `ast` over vidgan_fast/, kernels/ and benchmarks/ (installed as
+vidgan_fast.kernels and vidgan_fast.benchmarks), so a cycle is found even where a lazy import hides it at run time.
+"""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"vidgan_fast": ROOT / "vidgan_fast", "vidgan_fast.kernels": ROOT / "kernels",
+            "vidgan_fast.benchmarks": ROOT / "benchmarks"}
+MAX_LINES = 415          # "no file much over 400 lines" (data.py: 413)
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            name = ".".join((package, *parts))
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules `name` imports, anywhere in the file (top level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            candidates = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for candidate in candidates:
+            while candidate and candidate not in known:      # `from a.b import c` is a.b.c or a.b
+                candidate = candidate.rpartition(".")[0]
+            if candidate and candidate != name and candidate != "vidgan_fast":
+                targets.add(candidate)
+    return targets
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imports_of(name, path, set(found)) for name, path in found.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, on_stack, stack, out, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_checker_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle():
+    edges = graph()
+    assert "vidgan_fast.step" in edges and "vidgan_fast.kernels.common" in edges      # the walk saw everything
+    assert cycles(edges) == []
+
+
+def test_only_the_command_line_imports_the_training_loop():
+    importers = sorted(name for name, targets in graph().items() if "vidgan_fast.train" in targets)
+    assert importers == ["vidgan_fast.cli"]
+
+
+def test_one_step_stands_on_the_model_definitions_only():
+    allowed = {"vidgan_fast.models", "vidgan_fast.losses", "vidgan_fast.config", "vidgan_fast.profiling",
+               "vidgan_fast.errors"}
+    assert graph()["vidgan_fast.step"] <= allowed
+
+
+def test_kernels_import_no_model_and_no_autograd():
+    paths = modules()
+    for name, targets in graph().items():
+        if name.startswith("vidgan_fast.kernels"):
+            assert targets <= {f"vidgan_fast.kernels.{m}" for m in ("common", "mode", "aot")}, (name, targets)
+            assert "torch.autograd" not in paths[name].read_text() and "torch.nn" not in paths[name].read_text()
+
+
+def test_no_sibling_is_reached_through_importlib():
+    for name, path in modules().items():
+        text = path.read_text()
+        assert "importlib.import_module" not in text and "__import__(" not in text, name
+
+
+def test_no_file_is_much_over_400_lines():
+    long = {str(path.relative_to(ROOT)): n for path in [*modules().values(), *ROOT.joinpath("tests").glob("*.py")]
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
