@@ -251,7 +251,7 @@ def build_parser(prog: str = "vidgan bench") -> argparse.ArgumentParser:
         "training step, as a Markdown table (rows printed as they are measured) and a JSON file.",
         epilog="Defaults follow the device: on a GPU the paper sizes, 20 repeats, 3 warm-up calls, all columns; "
                "on a CPU the tiny sizes, 3 repeats, 1 warm-up call, 1 thread, no torch.compile column (a few "
-               "minutes).")
+               "minutes). `vidgan bench --static`: the roofline projection (no GPU needed; --static --help).")
     p.add_argument("--size", choices=SIZES, default="auto", help="auto: paper on a GPU, tiny on a CPU")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--what", choices=WHAT, default="all", help="rows: ops, steps or all")

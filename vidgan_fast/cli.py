@@ -378,9 +378,14 @@ def eval_(checkpoint, n, out, seed, device):
                                 "help_option_names": []})
 @click.pass_context
 def bench(ctx):
-    """The performance report: reference vs torch.compile vs fast, per op and per step (--help for options)."""
-    from .benchmarks.report import main as report_main
-    code = report_main(ctx.args)
+    """The performance report: reference vs torch.compile vs fast, per op and per step (--help for options);
+    --static: the roofline projection per step and op for named GPUs, no GPU needed (--static --help)."""
+    if "--static" in ctx.args:       # vidgan_fast/roofline_report.py: needs neither a GPU nor the benchmarks
+        from .roofline_report import main as static_main
+        code = static_main([a for a in ctx.args if a != "--static"])
+    else:
+        from .benchmarks.report import main as report_main
+        code = report_main(ctx.args)
     if code:
         raise click.exceptions.Exit(code)
 

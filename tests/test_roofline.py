@@ -1,0 +1,193 @@
+"""The roofline model (vidgan_fast/roofline.py) and `vidgan bench --static`: hand counts of one layer (FLOPs, tile
+padding, bytes), agreement with flops.py and with the kernels' own tiles and geometry, the floor's definition, the
+command's tables. Static: no kernel runs, a few seconds."""
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vidgan_fast import flops as F
+from vidgan_fast import roofline as R
+from vidgan_fast import step
+from vidgan_fast.cli import main
+from vidgan_fast.config import PRESETS, preset
+from vidgan_fast.models import count_parameters, frame_discriminators, video_discriminators
+
+# ---------------------------------------------------------------------------------------------- one layer by hand
+
+
+def test_one_conv_layer_by_hand():
+    # K=2 discriminators, B=3, 5 -> 7 channels, 4x4 kernel, stride 2, padding 1: 8x8 -> 4x4, LeakyReLU
+    fwd, dgrad, wgrad = R.conv_ops("t", 2, 3, 5, 7, (8, 8), (2, 2), (1, 1), leaky=True)
+    nominal = 2 * (2 * 3) * 5 * 7 * 16 * (4 * 4)
+    assert fwd.nominal == dgrad.nominal == wgrad.nominal == nominal == 107_520
+    # forward: M = 3*16 = 48 -> 64, N = 7 -> 64, R = 5*16 = 80 -> 96 (steps of 32), per discriminator
+    assert fwd.executed == 2 * 2 * 64 * 64 * 96
+    # dgrad (sub-pixel): 4 residue classes of 3 * 4 * 4 = 48 -> 64 positions, N = Cin 5 -> 64, R = 7 * 2 * 2 = 28 -> 32
+    assert dgrad.executed == 2 * 2 * 4 * 64 * 64 * 32
+    # wgrad: M = Cout 7 -> 64, N = 5*16 = 80 -> 128, R = 3*16 = 48 -> 64
+    assert wgrad.executed == 2 * 2 * 64 * 128 * 64
+    x, w, b, y = 3 * 5 * 64, 7 * 5 * 16, 7, 3 * 7 * 16
+    assert fwd.bytes == 4 * 2 * (x + w + b + y)
+    assert dgrad.bytes == 4 * 2 * (2 * y + w + x)          # dy and y (LeakyReLU' from the sign of y), w; writes dx
+    assert wgrad.bytes == 4 * 2 * (2 * y + x + w + b)      # dy, y, x; writes dw and db
+
+
+def test_a_dimension_of_one_takes_a_16_block():
+    # the logit layer: Cout = 1, B = 64, 1024 channels at 2x2 -> 1x1 (stride 1, padding 1), no activation
+    fwd, dgrad, wgrad = R.conv_ops("conv4", 1, 64, 1024, 1, (2, 2), (1, 1), (1, 1), leaky=False)
+    assert fwd.executed == 2 * 64 * 16 * (1024 * 16)       # N 1 -> 16: 16x the nominal
+    assert fwd.executed == 16 * fwd.nominal
+    assert wgrad.executed == 2 * 16 * (1024 * 16) * 64     # M = Cout 1 -> 16
+    assert dgrad.executed == 2 * (64 * 4) * 1024 * 32      # R = 1 * 16 taps -> 32
+    assert fwd.bytes == 4 * (64 * 1024 * 4 + 1024 * 16 + 1 + 64)
+
+
+def test_projection_by_hand():
+    # 48 frame projections of 64 frames: 30x30 -> 15x15, one 64-tap tl.dot against 32-filter blocks (48 -> 64)
+    fwd, bwd = R.projection_ops("p", 48, 64, video=False, backward=True)
+    assert fwd.nominal == bwd.nominal == 2 * 48 * 64 * 225 * 64
+    assert fwd.executed == 2 * (64 * 225) * 64 * 64
+    assert bwd.executed == 2 * (64 * 900) * 48 * 64 and bwd.unit == "fp32"     # every input pixel x 64 taps
+    assert fwd.bytes == bwd.bytes == 4 * (64 * 900 + 48 * 64 + 48 * 64 * 225)
+
+
+def test_tile_rounding():
+    assert [R.gpu_tile(n, 64) for n in (1, 2, 16, 64, 1000)] == [16, 64, 64, 64, 64]
+    assert [R.pow2_block(n, 32) for n in (1, 5, 17, 48, 100)] == [16, 16, 32, 32, 32]
+    assert R.padded(65, 64) == 128 and R.padded(64, 64) == 64
+
+
+# ---------------------------------------------------------------------------------------------- against the code
+
+
+def test_tiles_and_rounding_are_the_kernels_own():
+    pytest.importorskip("triton")
+    from kernels import batched_conv, common, frame_generator, projection
+    assert R.read_constant("batched_conv", "GPU_TILES") == batched_conv.GPU_TILES
+    assert R.read_constant("projection", "GPU_TILES") == projection.GPU_TILES
+    assert R.read_constant("frame_generator", "GPU_TILES") == frame_generator.GPU_TILES
+    for n in (1, 2, 15, 16, 17, 31, 64, 100, 513):
+        for cap in (16, 32, 64):
+            assert R.gpu_tile(n, cap) == common.tile(n, cap, gpu=True)
+            assert R.pow2_block(n, cap) == common.block(n, cap)
+
+
+def test_bank_geometry_matches_the_banks():
+    from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
+    assert R.DF_GEOMETRY == FrameDiscriminatorBank.geometry
+    assert R.DV_GEOMETRY == VideoDiscriminatorBank.geometry
+    from vidgan_fast.fast.frozen_generator import UP_PADDING
+    assert R.GF_PADDING == UP_PADDING
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_step_nominal_flops_equal_the_flop_model(name):
+    cfg = preset(name)
+    with torch.device("meta"):
+        g = step.build_frame_generator(cfg)
+        v = step.build_video_generator(cfg)
+        df, dv = frame_discriminators(1, cfg.df_widths), video_discriminators(1, cfg.dv_widths)
+    want = [F.phase1_d_step_flops(g, df, cfg.frames_k, cfg.frames_batch),
+            F.phase1_g_step_flops(g, df, cfg.frames_k, cfg.frames_batch),
+            F.phase2_d_step_flops(v, g, dv, cfg.video_k, cfg.video_batch),
+            F.phase2_g_step_flops(v, g, dv, cfg.video_k, cfg.video_batch)]
+    steps = R.step_models(cfg)
+    assert [s.total("nominal") for s in steps] == [w.total for w in want]
+    assert R.frame_generator_params(cfg) == count_parameters(g)
+    assert R.video_generator_params(cfg) == count_parameters(v)
+    assert R.bank_params(cfg.df_widths, 2) == count_parameters(df)
+    assert R.bank_params(cfg.dv_widths, 3) == count_parameters(dv)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_executed_flops_are_at_least_nominal(name):
+    for step in R.step_models(preset(name)):
+        assert step.total("executed") >= step.total("nominal"), step.name
+        for op in step.ops:
+            # the one exception: G_F's last layer, whose nominal count includes taps into the cropped border
+            if "(tanh)" not in op.name:
+                assert op.executed >= op.nominal, (step.name, op.name)
+
+
+def test_paper_bank_traffic_is_weight_dominated():
+    """Phase-1 D step: 504M bank parameters (2.0 GB); 2 forward reads, 2 dgrad reads (conv2-4), 2 gradient writes,
+    an add (3) and the foreach RMSprop (13): at least 22 weight-sized passes."""
+    cfg = preset("paper")
+    params = cfg.frames_k * R.bank_params(cfg.df_widths, 2)
+    assert 504e6 < params < 505e6
+    d_step = R.step_models(cfg)[0]
+    assert d_step.total("bytes") >= 22 * 4 * params
+    rms = [op for op in d_step.ops if "RMSprop" in op.name]
+    assert len(rms) == 1 and rms[0].bytes == 13 * 4 * params
+
+
+def test_rmsprop_pass_count_follows_torch():
+    """13 passes = mul_ (2) + addcmul_ (3) + sqrt (2) + add_ (2) + addcdiv_ (4): the foreach ops torch runs."""
+    from torch.optim import rmsprop
+    src = inspect.getsource(rmsprop._multi_tensor_rmsprop)
+    for op in ("_foreach_mul_(grouped_square_avgs", "_foreach_addcmul_(", "_foreach_sqrt(", "_foreach_add_(avg, eps",
+               "_foreach_addcdiv_(grouped_params, grouped_grads, avg"):
+        assert op in src, op
+    assert R.RMSPROP_PASSES == 2 + 3 + 2 + 2 + 4
+
+
+# ---------------------------------------------------------------------------------------------- the floor
+
+
+def test_floor_is_the_max_of_compute_and_memory():
+    dev = R.Device("toy", "toy", fp32=1.0, tf32=2.0, bf16=4.0, bandwidth=1000.0, source="test")
+    flops_bound = R.Step("s", [R.Op("a", 10**12, 4 * 10**12, 10**9)])              # 2 s compute, 1 ms memory
+    assert R.floor(flops_bound, dev, "tf32")["floor_s"] == pytest.approx(2.0)
+    assert R.floor(flops_bound, dev, "fp32")["floor_s"] == pytest.approx(4.0)
+    bytes_bound = R.Step("s", [R.Op("b", 0, 0, 3 * 10**12, impl="memory"),
+                               R.Op("c", 10**12, 10**12, 0, unit="fp32", calls=2)])
+    f = R.floor(bytes_bound, dev, "bf16")            # memory 3 s; compute 2 calls x 1 s at the CUDA-core rate
+    assert (f["memory_s"], f["compute_s"], f["floor_s"], f["bound"]) == (pytest.approx(3.0), pytest.approx(2.0),
+                                                                        pytest.approx(3.0), "memory")
+    assert f["serial_s"] == pytest.approx(5.0)
+    for step in R.step_models(preset("paper")):
+        for d in R.DEVICES.values():
+            f = R.floor(step, d, "tf32")
+            assert f["floor_s"] == max(f["compute_s"], f["memory_s"]) <= f["serial_s"]
+
+
+def test_gtx_1080_ti_has_no_tensor_cores():
+    d = R.DEVICES["gtx1080ti"]
+    assert d.rate("mma", "tf32") == d.rate("mma", "bf16") == d.rate("fp32", "tf32") == 11.3e12
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def test_bench_static_prints_the_tables(tmp_path):
+    out = tmp_path / "roofline.json"
+    result = CliRunner().invoke(main, ["bench", "--static", "--preset", "tiny", "--device-model", "h100",
+                                       "gtx1080ti", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "Roofline projection (static, no GPU): preset tiny, precision tf32" in text
+    for step in ("phase 1 D step", "phase 1 G step", "phase 2 D step", "phase 2 G step"):
+        assert f"| {step} (K=" in text
+    assert "H100 SXM5 80GB" in text and "GTX 1080 Ti" in text and "A100" not in text.split("- devices")[0]
+    assert "| D_F conv4 forward | 2 |" in text and "| h100 ms | gtx1080ti ms |" in text
+    saved = json.loads(out.read_text())
+    assert len(saved["steps"]) == 8 and saved["precision"] == "tf32"
+
+
+def test_bench_static_help_does_not_import_torch():
+    code = ("import sys\nfrom vidgan_fast.cli import main\n"
+            "try:\n    main(['bench', '--static', '--help'], prog_name='vidgan')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "assert 'torch' not in sys.modules\nprint('ok')\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.endswith("ok\n"), proc.stderr[-2000:]
+    assert "--device-model" in proc.stdout

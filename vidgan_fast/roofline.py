@@ -1,0 +1,378 @@
+"""Roofline model of the training steps: FLOPs (nominal and as the GPU tiles execute them), bytes moved, and the
+floor max(FLOPs / matrix rate, bytes / memory bandwidth) on named devices. Static: no GPU, no kernel launch.
+
+    steps = step_models(preset("paper"))            # 4 Step objects, each a list of Op
+    floor(steps[0], DEVICES["h100"], "tf32")        # {"compute_s", "memory_s", "floor_s", "serial_s", ...}
+    vidgan bench --static [--preset paper] [--device-model h100 ...]   (vidgan_fast/roofline_report.py)
+
+What an Op counts (per launch; `calls` launches per step, e.g. the bank runs once on real and once on fakes):
+- nominal: flops.py's conventions and hand formulas (2 FLOPs per multiply-add, every kernel tap of every output,
+  biases/activations/losses/optimizer not counted). Per step, the nominal total equals flops.phase*_step_flops
+  (tests/test_roofline.py checks it on the meta-device models).
+- executed: what the chosen GPU tiles issue. A Triton program runs every tl.dot of its tile whatever the masks
+  say, so executed = 2 * (programs * BLOCK_M * BLOCK_N) * (reduction steps * BLOCK_R): M, N and the reduction are
+  padded to tile multiples (a dimension of 1 takes a 16-block, any other the full GPU tile: kernels/common.tile),
+  and the sub-pixel dgrad pads each residue class to ceil(size / stride) positions and ceil(kernel / stride) taps.
+  Tiles are read from the kernels' GPU_TILES (parsed from the source files, so no Triton import is needed).
+  Ops run by PyTorch (the trained G_F of phase 1, G_V) are counted executed = nominal: cuDNN/cuBLAS tiling is not
+  modelled (an under-estimate of their executed FLOPs).
+- unit: "mma" ops run at the run's matrix precision (fp32 = exact fp32 FMA, tf32, bf16); "fp32" ops use CUDA
+  cores whatever the precision (the projection backward and G_F's last layer are tl.sum reductions, not tl.dot).
+- bytes: compulsory DRAM traffic, 4 bytes per element: each operand read once, each result written once (tile
+  re-reads assumed to hit L2; a floor, not a prediction). bf16 does not change bytes: the kernels round operands in
+  registers and keep fp32 tensors in memory (kernels/common.py). Not counted: batch norm / ReLU / tanh passes of
+  the PyTorch modules, the LSTM's gate buffers, loss tensors, .contiguous() copies (all activation-sized and small
+  next to the bank weights at the paper preset; an under-estimate).
+- optimizer: torch.optim.RMSprop's foreach path (the default on CUDA; plain float lr, no momentum, not centered),
+  read in torch/optim/rmsprop.py _multi_tensor_rmsprop: mul_(v) 2 passes, addcmul_(v, g, g) 3, sqrt(v) 2,
+  add_(avg, eps) 2, addcdiv_(p, g, avg) 4 = 13 parameter-sized passes (a fused RMSprop needs 5). In a D step the
+  bank's weights get two gradients (real and fake calls) that autograd adds: 3 more passes.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+F32 = 4                       # bytes per element: every tensor of the modelled steps is fp32 in memory
+Z_DIM, FRAMES, STEP_DIM = 100, 30, 128     # train.Z_DIM, train.FRAMES, VideoGenerator's default step_dim
+RMSPROP_PASSES = 13           # foreach RMSprop, see the module docstring
+FUSED_RMSPROP_PASSES = 5      # read w, g, v; write w, v
+GRAD_ADD_PASSES = 3           # two gradients of one weight added: read 2, write 1
+
+# Layer geometry of the banks, (stride, padding) per layer as fast/bank.py's *Bank.geometry (a test checks).
+DF_GEOMETRY = {"conv1": ((2, 2), (2, 2)), "conv2": ((2, 2), (1, 1)), "conv3": ((2, 2), (1, 1)),
+               "conv4": ((1, 1), (1, 1))}
+DV_GEOMETRY = {"conv1": ((2, 2, 2), (1, 1, 1)), "conv2": ((2, 1, 1), (1, 1, 1)),
+               "conv3": ((1, 1, 1), (0, 1, 1)), "conv4": ((1, 1, 1), (0, 1, 1))}
+GF_PADDING = (1, 1, 1, 2)     # up1..up3, out (fast/frozen_generator.UP_PADDING)
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+@dataclass(frozen=True)
+class Device:
+    key: str
+    name: str
+    fp32: float               # TFLOP/s, CUDA-core FMA (dense)
+    tf32: float               # TFLOP/s, tensor cores, dense (no 2:4 sparsity)
+    bf16: float               # TFLOP/s, tensor cores with fp32 accumulation, dense
+    bandwidth: float          # GB/s, DRAM peak
+    source: str
+
+    def rate(self, unit: str, precision: str) -> float:
+        """FLOP/s of an op of `unit` ("mma" or "fp32") at `precision` ("fp32", "tf32", "bf16")."""
+        return 1e12 * (self.fp32 if unit == "fp32" else getattr(self, precision))
+
+
+# Vendor peak numbers (boost clock, dense; the datasheets' "with sparsity" figures halved). Peaks, not sustained.
+DEVICES = {d.key: d for d in (
+    Device("h100", "H100 SXM5 80GB", 66.9, 494.7, 989.4, 3350,
+           "NVIDIA H100 datasheet: FP32 67, TF32 989* / BF16 1,979* TFLOPS (*sparsity), HBM3 3.35 TB/s"),
+    Device("a100", "A100 SXM4 80GB", 19.5, 156.0, 312.0, 2039,
+           "NVIDIA A100 datasheet: FP32 19.5, TF32 156 (312*), BF16 312 (624*) TFLOPS, HBM2e 2,039 GB/s"),
+    Device("rtx4090", "RTX 4090", 82.6, 82.6, 165.2, 1008,
+           "NVIDIA Ada (AD102) whitepaper: FP32 82.6, TF32 82.6, BF16 fp32-acc 165.2 TFLOPS; GDDR6X 1,008 GB/s"),
+    Device("rtx3090", "RTX 3090", 35.6, 35.6, 71.0, 936,
+           "NVIDIA Ampere GA102 whitepaper: FP32 35.6, TF32 35.6, BF16 fp32-acc 71 TFLOPS; GDDR6X 936 GB/s"),
+    Device("gtx1080ti", "GTX 1080 Ti", 11.3, 11.3, 11.3, 484,
+           "NVIDIA GTX 1080 Ti spec: 11.3 TFLOPS FP32, GDDR5X 11 Gbps x 352 bit = 484 GB/s; no tensor cores "
+           "(tf32/bf16 = fp32 rate). The fast path falls back to PyTorch below sm_70 (fast/backend.py): "
+           "this is the floor of the same work, not of a run the Triton path can make"),
+)}
+
+
+# ----------------------------------------------------------------------------------------------- tiles
+
+def _kernel_source(name: str) -> Path:
+    """The source file of vidgan_fast.kernels.<name> (installed, or kernels/ of a source tree), not imported:
+    the static model runs where Triton is not installed."""
+    return Path(importlib.util.find_spec(f"vidgan_fast.kernels.{name}").origin)
+
+
+def read_constant(module: str, name: str):
+    """The literal value of `name = ...` at the top level of a kernel module, without importing it."""
+    tree = ast.parse(_kernel_source(module).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "dict":
+                return {kw.arg: ast.literal_eval(kw.value) for kw in node.value.keywords}
+            return ast.literal_eval(node.value)
+    raise KeyError(f"roofline: no constant {name} in {module}.py")
+
+
+def gpu_tile(n: int, cap: int) -> int:
+    """kernels/common.tile(n, cap, gpu=True): 16 for a dimension of 1 (tl.dot's minimum), else the full tile."""
+    return 16 if n == 1 else cap
+
+
+def pow2_block(n: int, cap: int) -> int:
+    """kernels/common.block: a power of two holding n, at least 16, at most cap."""
+    return max(16, min(cap, 1 << max(0, n - 1).bit_length()))
+
+
+def padded(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+# ----------------------------------------------------------------------------------------------- ops
+
+@dataclass
+class Op:
+    name: str
+    nominal: int              # FLOPs per call (flops.py conventions)
+    executed: int             # FLOPs per call the GPU tiles issue
+    bytes: int                # compulsory DRAM bytes per call
+    unit: str = "mma"         # "mma": at the run's precision; "fp32": CUDA cores
+    impl: str = "triton"      # "triton", "torch" (executed = nominal) or "memory" (elementwise passes)
+    calls: int = 1
+    note: str = ""
+
+
+@dataclass
+class Step:
+    name: str
+    ops: list
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(op, attr) * op.calls for op in self.ops)
+
+
+def conv_ops(tag: str, k: int, b: int, cin: int, cout: int, in_size, stride, padding, leaky: bool,
+             passes=("forward", "dgrad", "wgrad"), calls: int = 1) -> list[Op]:
+    """kernels/batched_conv.py: K discriminators' layer in one launch per pass, 2D as 3D with D = kd = 1."""
+    from vidgan_fast.flops import conv_flops
+    tiles = read_constant("batched_conv", "GPU_TILES")
+    kern = (4,) * len(in_size)
+    if len(in_size) == 2:
+        in_size, stride, padding, kern = (1, *in_size), (1, *stride), (0, *padding), (1, *kern)
+    out = tuple((i + 2 * p - kk) // s + 1 for i, kk, s, p in zip(in_size, kern, stride, padding))
+    kvol, in_vol, out_vol = math.prod(kern), math.prod(in_size), math.prod(out)
+    nominal = conv_flops(k * b, cin, cout, kern, out)
+    x, w, bias, y = b * cin * in_vol, cout * cin * kvol, cout, b * cout * out_vol
+    dy_reads = y * (2 if leaky else 1)              # dy, and y for LeakyReLU' (read from the sign of y)
+    ops = []
+    for p in passes:
+        bm, bn, br, _warps = tiles[p]
+        if p == "forward":
+            m, n, r, groups = b * out_vol, cout, cin * kvol, 1
+            io = x + w + bias + y
+        elif p == "dgrad":          # sub-pixel: one residue class per program row block, its taps only
+            groups = math.prod(stride)
+            m = b * math.prod(-(-i // s) for i, s in zip(in_size, stride))
+            n, r = cin, cout * math.prod(-(-kk // s) for kk, s in zip(kern, stride))
+            io = dy_reads + w + x
+        else:
+            m, n, r, groups = cout, cin * kvol, b * out_vol, 1
+            io = dy_reads + x + w + bias
+        bm, bn, br = gpu_tile(m, bm), gpu_tile(n, bn), gpu_tile(r, br)
+        executed = 2 * k * groups * padded(m, bm) * padded(n, bn) * padded(r, br)
+        ops.append(Op(f"{tag} {p}", nominal, executed, F32 * k * io, calls=calls,
+                      note=f"M {m}->{padded(m, bm)}{f' x{groups} classes' if groups > 1 else ''}, "
+                           f"N {n}->{padded(n, bn)}, R {r}->{padded(r, br)}"))
+    return ops
+
+
+def projection_ops(tag: str, k: int, images: int, video: bool, backward: bool, calls: int = 1) -> list[Op]:
+    """kernels/projection.py: K fixed 8x8 filters on `images` 30x30 images (frames, or every frame of videos)."""
+    from vidgan_fast import flops
+    geo = flops.VIDEO_PROJ if video else flops.FRAME_PROJ
+    ks, size = flops.PROJ_KERNEL, flops.FRAME_SIZE
+    o = flops.conv_out(size, ks, geo["stride"], geo["padding"])
+    block_p, max_k, _ = read_constant("projection", "GPU_TILES")
+    taps = 1 << (ks * ks - 1).bit_length()
+    nominal = flops.conv_flops(k * images, 1, 1, (ks, ks), (o, o))
+    io = images * size * size + k * ks * ks + k * images * o * o
+    ops = [Op(f"{tag} forward", nominal, 2 * padded(images * o * o, block_p) * taps * padded(k, pow2_block(k, max_k)),
+              F32 * io, calls=calls, note=f"{k} filters -> {padded(k, pow2_block(k, max_k))}, {ks * ks} taps")]
+    if backward:   # gather over (projection, tap) for every input pixel, tl.sum on CUDA cores
+        ops.append(Op(f"{tag} backward", nominal, 2 * padded(images * size * size, block_p) * k * taps, F32 * io,
+                      unit="fp32", calls=calls, note=f"every input pixel x {taps} taps (stride {geo['stride']})"))
+    return ops
+
+
+def torch_layer_ops(tag: str, kind: str, flops: int, x: int, w: int, y: int, dgrad: bool, wgrad: bool,
+                    forward: bool = True) -> list[Op]:
+    """A PyTorch layer (cuDNN/cuBLAS): executed = nominal; bytes: input, weights, output once per pass."""
+    ops = [Op(f"{tag} forward", flops, flops, F32 * (x + w + y), impl="torch", note=kind)] if forward else []
+    if dgrad:
+        ops.append(Op(f"{tag} dgrad", flops, flops, F32 * (y + w + x), impl="torch", note=kind))
+    if wgrad:
+        ops.append(Op(f"{tag} wgrad", flops, flops, F32 * (y + x + w), impl="torch", note=kind))
+    return ops
+
+
+def frame_generator_torch(cfg, b: int, train: bool) -> list[Op]:
+    """G_F as the reference nn.Module (phase 1: it trains): dense + 4 transposed convolutions."""
+    from vidgan_fast.flops import conv_transpose_flops, linear_flops
+    c0, *_ = cfg.gf_widths
+    ops = torch_layer_ops("G_F fc", "Linear", linear_flops(b, Z_DIM, 4 * c0), b * Z_DIM, Z_DIM * 4 * c0 + 4 * c0,
+                          b * 4 * c0, dgrad=False, wgrad=train)
+    for name, cin, cout, h, pad in _gf_layers(cfg):
+        o = 2 * h + 2 - 2 * pad
+        ops += torch_layer_ops(f"G_F {name}", "ConvTranspose2d", conv_transpose_flops(b, cin, cout, (4, 4), (h, h)),
+                               b * cin * h * h, 16 * cin * cout + cout, b * cout * o * o, dgrad=train, wgrad=train)
+    return ops
+
+
+def _gf_layers(cfg):
+    """(name, Cin, Cout, input size, padding) of G_F's transposed convolutions (k4, s2)."""
+    c0, c1, c2, c3 = cfg.gf_widths
+    return [("up1", c0, c1, 2, 1), ("up2", c1, c2, 4, 1), ("up3", c2, c3, 8, 1), ("out", c3, 1, 16, 2)]
+
+
+def frame_generator_frozen(cfg, m: int, backward: bool) -> list[Op]:
+    """Phase 2's frozen G_F (kernels/frame_generator.py) on m frames; backward = the code gradient only."""
+    from vidgan_fast.flops import conv_transpose_flops, linear_flops
+    t = read_constant("frame_generator", "GPU_TILES")
+    bm, nmax, kmax = t["BLOCK_M"], t["MAX_BLOCK_N"], t["MAX_BLOCK_K"]
+    c0 = cfg.gf_widths[0]
+    lin = linear_flops(m, Z_DIM, 4 * c0)
+    ops = [Op("G_F dense forward", lin, 2 * padded(m, bm) * padded(4 * c0, gpu_tile(4 * c0, nmax))
+              * padded(Z_DIM, gpu_tile(Z_DIM, kmax)), F32 * (m * Z_DIM + Z_DIM * 4 * c0 + 4 * c0 + m * 4 * c0))]
+    back = []
+    for name, cin, cout, h, pad in _gf_layers(cfg):
+        o = 2 * h + 2 - 2 * pad
+        nominal = conv_transpose_flops(m, cin, cout, (4, 4), (h, h))
+        rows, red = m * (o // 2) ** 2, 4 * cin            # per phase (4 phases), 2x2 taps x Cin
+        x, w, y = m * h * h * cin, 16 * cin * cout, m * o * o * cout
+        if cout == 1:        # tanh layer: a GEMV with tl.sum, CUDA cores
+            ex = 2 * 4 * padded(rows, bm) * padded(red, gpu_tile(red, kmax))
+            ops.append(Op(f"G_F {name} forward (tanh)", nominal, ex, F32 * (x + w + 1 + y), unit="fp32",
+                          note="tl.sum GEMV; cropped-border taps not executed"))
+        else:
+            ex = 2 * 4 * padded(rows, bm) * padded(cout, gpu_tile(cout, nmax)) * padded(red, gpu_tile(red, kmax))
+            ops.append(Op(f"G_F {name} forward", nominal, ex, F32 * (x + w + cout + y), note="4 sub-pixel phases"))
+        if backward:         # gather form: every input position x 16 taps x Cout; reads the ReLU mask h (= x)
+            ex = 2 * padded(m * h * h, bm) * padded(cin, gpu_tile(cin, nmax)) * padded(16 * cout,
+                                                                                     gpu_tile(16 * cout, kmax))
+            back.append(Op(f"G_F {name} dgrad", nominal, ex, F32 * (y * (2 if cout == 1 else 1) + w + 2 * x)))
+    if backward:
+        ex = 2 * padded(m, bm) * padded(Z_DIM, gpu_tile(Z_DIM, nmax)) * padded(4 * c0, gpu_tile(4 * c0, kmax))
+        back.append(Op("G_F dense dgrad", lin, ex, F32 * (m * 4 * c0 + 4 * c0 * Z_DIM + m * Z_DIM)))
+    return ops + back[::-1]
+
+
+def video_generator_torch(cfg, b: int, train: bool) -> list[Op]:
+    """G_V (PyTorch): dense stack (no biases), 2-layer bidirectional LSTM, to_code; forward and (train) backward."""
+    from vidgan_fast.flops import linear_flops, lstm_flops
+    dims, fwd, bwd = [Z_DIM, *cfg.gv_hidden, FRAMES * STEP_DIM], [], []
+    for i, (a, c) in enumerate(zip(dims[:-1], dims[1:])):
+        ops = torch_layer_ops(f"G_V dense{i}", "Linear", linear_flops(b, a, c), b * a, a * c, b * c,
+                              dgrad=train and i > 0, wgrad=train)
+        fwd.append(ops[0])
+        bwd = ops[1:] + bwd
+    h, width = cfg.gv_lstm, STEP_DIM
+    for layer in range(2):
+        w = 2 * (4 * h * (width + h) + 8 * h)
+        ops = torch_layer_ops(f"G_V lstm{layer}", "LSTM", lstm_flops(FRAMES, b, width, h, 1, True),
+                              FRAMES * b * width, w, FRAMES * b * 2 * h, dgrad=train, wgrad=train)
+        fwd.append(ops[0])
+        bwd = ops[1:] + bwd
+        width = 2 * h
+    ops = torch_layer_ops("G_V to_code", "Linear", linear_flops(FRAMES * b, 2 * h, Z_DIM), FRAMES * b * 2 * h,
+                          2 * h * Z_DIM + Z_DIM, FRAMES * b * Z_DIM, dgrad=train, wgrad=train)
+    return fwd + [ops[0]], ops[1:] + bwd
+
+
+def bank_params(widths, dims: int) -> int:
+    channels = (1, *widths, 1)
+    return sum(co * ci * 4 ** dims + co for ci, co in zip(channels[:-1], channels[1:]))
+
+
+def frame_generator_params(cfg) -> int:
+    c0 = cfg.gf_widths[0]
+    return Z_DIM * 4 * c0 + 3 * 4 * c0 + sum(16 * ci * co + co * (3 if co > 1 else 1) for _, ci, co, _, _ in
+                                             _gf_layers(cfg))
+
+
+def video_generator_params(cfg) -> int:
+    dims = [Z_DIM, *cfg.gv_hidden, FRAMES * STEP_DIM]
+    h = cfg.gv_lstm
+    lstm = 2 * (4 * h * (STEP_DIM + h) + 8 * h) + 2 * (4 * h * (2 * h + h) + 8 * h)
+    return sum(a * c + 2 * c for a, c in zip(dims[:-1], dims[1:])) + lstm + 2 * h * Z_DIM + Z_DIM
+
+
+def optimizer_ops(tag: str, params: int, grad_add: bool) -> list[Op]:
+    ops = [Op(f"{tag} grad add (real + fake)", 0, 0, F32 * GRAD_ADD_PASSES * params, impl="memory",
+              note="autograd sums the two calls' weight gradients")] if grad_add else []
+    return ops + [Op(f"{tag} RMSprop (foreach)", 0, 0, F32 * RMSPROP_PASSES * params, impl="memory",
+                     note=f"{params / 1e6:.1f}M params x {RMSPROP_PASSES} passes")]
+
+
+def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool) -> list[Op]:
+    """The K discriminators: projection, conv1..conv4 forward (x2 in a D step: real, fakes) and backward."""
+    k = cfg.frames_k if phase == 1 else cfg.video_k
+    widths, geo = (cfg.df_widths, DF_GEOMETRY) if phase == 1 else (cfg.dv_widths, DV_GEOMETRY)
+    calls = 2 if d_step else 1
+    images = b if phase == 1 else b * FRAMES
+    ops = projection_ops(f"{tag} projection", k, images, video=phase == 2, backward=not d_step, calls=calls)
+    size = (15, 15) if phase == 1 else (FRAMES, 9, 9)
+    channels = (1, *widths, 1)
+    fwd, back = [], []
+    for i, name in enumerate(geo):
+        stride, pad = geo[name]
+        passes = ("dgrad", "wgrad") if d_step else ("dgrad",)
+        if d_step and i == 0:
+            passes = ("wgrad",)                            # conv1's input (the projection) needs no gradient
+        layer = conv_ops(f"{tag} {name}", k, b, channels[i], channels[i + 1], size, stride, pad, leaky=i < 3,
+                         passes=("forward", *passes), calls=calls)
+        fwd.append(layer[0])
+        back = layer[1:] + back
+        kern = (4,) * len(size)
+        size = tuple((s + 2 * p - kk) // st + 1 for s, kk, st, p in zip(size, kern, stride, pad))
+    return [*ops[:1], *fwd, *back, *ops[1:]]
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+def step_models(cfg) -> list[Step]:
+    """The four training steps of `cfg` (a TrainConfig) as lists of ops, in execution order."""
+    b1, b2, k1, k2 = cfg.frames_batch, cfg.video_batch, cfg.frames_k, cfg.video_k
+    d1, d2 = k1 * bank_params(cfg.df_widths, 2), k2 * bank_params(cfg.dv_widths, 3)
+    gv_fwd, _ = video_generator_torch(cfg, b2, train=False)
+    gv_train_fwd, gv_bwd = video_generator_torch(cfg, b2, train=True)
+    g_f_fwd, g_f_bwd = _split(frame_generator_torch(cfg, b1, train=True))
+    r_fwd, r_bwd = _split(frame_generator_frozen(cfg, b2 * FRAMES, backward=True))
+    return [
+        Step(f"phase 1 D step (K={k1}, B={b1})",
+             frame_generator_torch(cfg, b1, train=False) + bank_ops("D_F", cfg, 1, b1, True)
+             + optimizer_ops("D_F bank", d1, grad_add=True)),
+        Step(f"phase 1 G step (K={k1}, B={b1})",
+             g_f_fwd + bank_ops("D_F", cfg, 1, b1, False) + g_f_bwd[::-1]
+             + optimizer_ops("G_F", frame_generator_params(cfg), grad_add=False)),
+        Step(f"phase 2 D step (K={k2}, B={b2})",
+             gv_fwd + frame_generator_frozen(cfg, b2 * FRAMES, backward=False) + bank_ops("D_V", cfg, 2, b2, True)
+             + optimizer_ops("D_V bank", d2, grad_add=True)),
+        Step(f"phase 2 G step (K={k2}, B={b2})",
+             gv_train_fwd + r_fwd + bank_ops("D_V", cfg, 2, b2, False) + r_bwd
+             + gv_bwd + optimizer_ops("G_V", video_generator_params(cfg), grad_add=False)),
+    ]
+
+
+def _split(ops: list[Op]) -> tuple[list[Op], list[Op]]:
+    """(forward ops, backward ops), each in the given order."""
+    fwd = [op for op in ops if " forward" in op.name]
+    return fwd, [op for op in ops if " forward" not in op.name]
+
+
+def op_floor(op: Op, device: Device, precision: str) -> float:
+    """Seconds for all of the op's calls: max(executed FLOPs / rate, bytes / bandwidth)."""
+    return op.calls * max(op.executed / device.rate(op.unit, precision), op.bytes / (device.bandwidth * 1e9))
+
+
+def floor(step: Step, device: Device, precision: str = "tf32") -> dict:
+    """The step's roofline on `device`: compute_s = sum of executed FLOPs over their rates, memory_s = bytes over
+    the bandwidth, floor_s = max of the two (perfect overlap of compute and traffic across the whole step),
+    serial_s = the sum of per-op floors (each kernel alone, no overlap between kernels: still a lower bound of a
+    step that launches them one after the other)."""
+    compute = sum(op.calls * op.executed / device.rate(op.unit, precision) for op in step.ops)
+    nominal = sum(op.calls * op.nominal / device.rate(op.unit, precision) for op in step.ops)
+    memory = step.total("bytes") / (device.bandwidth * 1e9)
+    return {"step": step.name, "device": device.key, "precision": precision,
+            "nominal_flops": step.total("nominal"), "executed_flops": step.total("executed"),
+            "bytes": step.total("bytes"), "nominal_compute_s": nominal, "compute_s": compute, "memory_s": memory,
+            "floor_s": max(compute, memory), "bound": "memory" if memory >= compute else "compute",
+            "serial_s": sum(op_floor(op, device, precision) for op in step.ops)}
