@@ -76,9 +76,11 @@ def _rmsprop_kernel(ws, gs, vs, steps, numels, starts, lr, lr_ptr, alpha, one_mi
                            eps, STEP=STEP, BLOCK=BLOCK)
 
 
-# (elements per program, warps). On a GPU 2,048 fp32 per program = 16 per thread at 4 warps: four 16-byte
-# accesses per tensor per thread. Under the interpreter, large blocks (fewer numpy steps).
-GPU_TILES = (2048, 4)
+# (elements per program, warps). On a GPU 1,024 fp32 per program = 8 per thread at 4 warps: two 16-byte accesses
+# per tensor per thread; ptxas: 54-56 registers, no spills, 9 CTAs (36 warps) per SM on sm_80/sm_90 for a phase-1
+# bank (2,048 per program takes 88-90 registers, 5 CTAs per SM). Not measured on a GPU yet: see
+# benchmarks/bench_rmsprop.py, which sweeps these. Under the interpreter, large blocks (fewer numpy steps).
+GPU_TILES = (1024, 4)
 INTERPRETER_TILES = (1 << 16, 1)
 MAX_TENSORS = 16       # tensors per launch: the kernel holds one unrolled copy of the update per tensor
 
@@ -106,10 +108,11 @@ def compatible(param: torch.Tensor, grad: torch.Tensor, square_avg: torch.Tensor
 
 
 def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: float, tiles: str = "auto",
-                   max_tensors: int = MAX_TENSORS) -> int:
+                   max_tensors: int = MAX_TENSORS, tile: tuple[int, int] | None = None) -> int:
     """In place, for every i: square_avgs[i] and params[i] take one RMSprop step with grads[i]; steps[i] += 1
     unless steps is None (the caller then increments them). lr: a float or a 1-element tensor on the params'
-    device. One launch per `max_tensors` tensors; returns the number of launches."""
+    device. One launch per `max_tensors` tensors; returns the number of launches. `tile` (elements per program,
+    warps) overrides the tile policy `tiles` (benchmarks sweep it)."""
     params, grads, square_avgs = list(params), list(grads), list(square_avgs)
     if not (len(params) == len(grads) == len(square_avgs)) or (steps is not None and len(steps) != len(params)):
         raise ValueError("rmsprop_update: params, grads, square_avgs (and steps) must have the same length")
@@ -126,7 +129,7 @@ def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: flo
     lr_from_ptr = isinstance(lr, torch.Tensor)
     if lr_from_ptr and (lr.numel() != 1 or lr.device != device):
         raise ValueError("rmsprop_update: a tensor lr must have 1 element and live on the params' device")
-    block, warps = GPU_TILES if gpu_tiles(tiles) else INTERPRETER_TILES
+    block, warps = tile or (GPU_TILES if gpu_tiles(tiles) else INTERPRETER_TILES)
     launches = 0
     for first in range(0, len(params), max_tensors):
         chunk = slice(first, first + max_tensors)
