@@ -7,10 +7,11 @@ within vidgan_fast.tolerance.tolerance("fp32") (relative to the tensor's max |fp
 reduction). The gradients mix normal values of several scales with exact zeros (0 / (sqrt(0) + eps) must be 0)
 and tiny values (|g| ~ 1e-8, where sqrt(v) ~ eps, so eps and the order sqrt-then-add-eps matter).
 
-Mutation check, done by hand once on the kernel (kernels/rmsprop.py, _rmsprop_math): dropping eps (NaN from
-0/0), sqrt(v + eps) instead of sqrt(v) + eps, alpha in place of 1 - alpha, and counting `step` only on the
-first block of the first tensor each made test_matches_fp64_torch_rmsprop[triton-*] fail; so did dropping eps
-in reference_update for the 'ref' cases.
+Mutation check, done by hand once (each edit applied alone, then reverted): in kernels/rmsprop.py dropping eps
+(NaN from 0/0), sqrt(v + eps) instead of sqrt(v) + eps, alpha and 1 - alpha swapped, the kernel never
+incrementing `step`, and the last block's mask one element short each failed 7-8 of the 10 accuracy and
+round-trip tests (every triton case of test_matches_fp64_torch_rmsprop among them); dropping eps in
+reference_update failed the 'ref' cases (3 tests).
 
 Interchange: a state_dict saved by either optimizer loads into the other and training continues as if it had
 never switched (same state keys, same param_groups keys, through torch.save / torch.load as well).
