@@ -9,7 +9,8 @@ parameter's device when capturable, else on the CPU; 'square_avg', like the para
 either loads into the other (checkpoints stay portable) and the engine can rebuild it with type(opt)(params,
 capturable=..., lr=..., alpha=..., eps=..., weight_decay=..., momentum=..., centered=...).
 
-impl (vidgan_fast.fast.backend.resolve_impl): 'triton' runs kernels.rmsprop.rmsprop_update (one launch updates
+tiles ('auto' | 'gpu' | 'interpreter', kernels.common) or tile (elements per program, warps) choose the kernel's
+tile. impl (vidgan_fast.fast.backend.resolve_impl): 'triton' runs kernels.rmsprop.rmsprop_update (one launch updates
 every parameter of the group: a bank's 8 weight and bias tensors in one pass over w, g and v); 'ref' runs the same
 mathematics as plain in-place torch ops, per tensor; 'auto' takes 'triton' where it can run. Tensors the kernel
 cannot take (not fp32, or the parameter, gradient and square_avg in different layouts) take the 'ref' mathematics
@@ -43,7 +44,7 @@ class FusedRMSprop(torch.optim.Optimizer):
     def __init__(self, params, lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False, differentiable: bool = False, *,
-                 impl: str = "auto", tiles: str = "auto"):
+                 impl: str = "auto", tiles: str = "auto", tile: tuple[int, int] | None = None):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         for name, value in (("learning rate", lr), ("epsilon value", eps), ("alpha value", alpha)):
@@ -55,7 +56,7 @@ class FusedRMSprop(torch.optim.Optimizer):
         _check_supported(defaults)
         if impl not in ("auto", "triton", "ref"):
             raise ValueError(f"FusedRMSprop: impl must be one of ('auto', 'triton', 'ref'), got {impl!r}")
-        self.impl, self.tiles = impl, tiles
+        self.impl, self.tiles, self.tile = impl, tiles, tile
         super().__init__(params, defaults)
 
     def __setstate__(self, state):
@@ -71,7 +72,7 @@ class FusedRMSprop(torch.optim.Optimizer):
                                              device=p.device if group["capturable"] else None)
 
     def __getstate__(self):
-        return {**super().__getstate__(), "impl": self.impl, "tiles": self.tiles}
+        return {**super().__getstate__(), "impl": self.impl, "tiles": self.tiles, "tile": self.tile}
 
     def _state(self, p: torch.Tensor, capturable: bool) -> dict:
         """The state of p, made as torch.optim.RMSprop's _init_group makes it when it has none."""
@@ -133,7 +134,7 @@ class FusedRMSprop(torch.optim.Optimizer):
             on_device = all(steps[i].device == params[i].device for i in fused)
             rmsprop_update([params[i] for i in fused], [grads[i] for i in fused], [avgs[i] for i in fused],
                            [steps[i] for i in fused] if on_device else None, lr, alpha, eps,
-                           tiles=self.tiles)
+                           tiles=self.tiles, tile=self.tile)
             if not on_device:
                 torch._foreach_add_([steps[i] for i in fused], 1.0)
         rest = sorted(set(range(len(params))) - set(fused))
