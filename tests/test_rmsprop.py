@@ -1,0 +1,299 @@
+"""FusedRMSprop (vidgan_fast/fast/rmsprop.py, kernel kernels/rmsprop.py) against torch.optim.RMSprop.
+
+Accuracy: several steps over tensors of odd sizes (empty, 1 element, ..., more than four GPU tiles, a
+channels-last one), impl='triton' (the interpreter on CPU; GPU tiles and interpreter tiles) and 'ref', each
+compared after every step with an fp64 run of torch.optim.RMSprop on the same gradients: weights and square_avg
+within vidgan_fast.tolerance.tolerance("fp32") (relative to the tensor's max |fp64|; an elementwise update has no
+reduction). The gradients mix normal values of several scales with exact zeros (0 / (sqrt(0) + eps) must be 0)
+and tiny values (|g| ~ 1e-8, where sqrt(v) ~ eps, so eps and the order sqrt-then-add-eps matter).
+
+Mutation check, done by hand once (each edit applied alone, then reverted): in kernels/rmsprop.py dropping eps
+(NaN from 0/0), sqrt(v + eps) instead of sqrt(v) + eps, alpha and 1 - alpha swapped, the kernel never
+incrementing `step`, and the last block's mask one element short each failed 7-8 of the 10 accuracy and
+round-trip tests (every triton case of test_matches_fp64_torch_rmsprop among them); dropping eps in
+reference_update failed the 'ref' cases (3 tests).
+
+Interchange: a state_dict saved by either optimizer loads into the other and training continues as if it had
+never switched (same state keys, same param_groups keys, through torch.save / torch.load as well).
+"""
+import copy
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels.rmsprop import GPU_TILES, rmsprop_update
+from vidgan_fast.fast.rmsprop import FusedRMSprop, reference_update
+from vidgan_fast.tolerance import relative_error, tolerance
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+TILE = GPU_TILES[0]
+SHAPES = [(0,), (1,), (3,), (17,), (5, 7), (TILE,), (TILE - 1,), (4 * TILE + 5,), (2, 3, 4, 5)]
+CHANNELS_LAST = 8          # index of the 4-d shape, kept channels-last (a dense, non-contiguous layout)
+LR, STEPS = 1e-3, 4
+TOL = tolerance("fp32")
+ULPS = 4 * 2.0 ** -23      # a few fp32 ulps, relative to a tensor's max |value|: kernel vs 'ref' twin, both fp32
+
+
+def make_params(seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES]
+    params[CHANNELS_LAST] = params[CHANNELS_LAST].to(memory_format=torch.channels_last)
+    return [p.requires_grad_() for p in params]
+
+
+def make_grads(params, gen):
+    """Gradients of mixed scales, with exact zeros and tiny (~1e-8) entries, in each parameter's layout."""
+    grads = []
+    for p in params:
+        g = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-3, 2, (), generator=gen)
+        kind = torch.randint(0, 8, p.shape, generator=gen)
+        g = torch.where(kind == 0, 0.0, torch.where(kind == 1, g * 1e-8, g))
+        grads.append(g.to(p.dtype).contiguous(memory_format=torch.channels_last) if p.dim() == 4 else g.to(p.dtype))
+    return grads
+
+
+def clone_params(params, dtype):
+    return [p.detach().to(dtype).clone(memory_format=torch.preserve_format).requires_grad_() for p in params]
+
+
+def set_grads(params, grads):
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.to(p.device, p.dtype).clone(memory_format=torch.preserve_format)
+
+
+def assert_same_state(what, opt, params, ref_opt, ref_params, tol=TOL):
+    for i, (p, q) in enumerate(zip(params, ref_params)):
+        err = relative_error(p, q)
+        assert err <= tol, f"{what}: parameter {i} {tuple(p.shape)}: relative error {err:.3g} > {tol:.3g}"
+        s, r = opt.state.get(p, {}), ref_opt.state.get(q, {})
+        assert set(s) == set(r), f"{what}: parameter {i}: state keys {set(s)} vs {set(r)}"
+        if s:
+            err = relative_error(s["square_avg"], r["square_avg"])
+            assert err <= tol, f"{what}: square_avg {i} {tuple(p.shape)}: relative error {err:.3g} > {tol:.3g}"
+            assert s["step"].item() == r["step"].item(), f"{what}: step {i}"
+            assert s["step"].dtype == r["step"].dtype and s["square_avg"].stride() == r["square_avg"].stride()
+
+
+@pytest.mark.parametrize("lr_kind", ["float", "tensor"])
+@pytest.mark.parametrize("impl,tiles", [("triton", "gpu"), ("triton", "auto"), ("ref", "auto")])
+def test_matches_fp64_torch_rmsprop(impl, tiles, lr_kind):
+    params = make_params()
+    ref = clone_params(params, torch.float64)
+    lr = torch.tensor(LR) if lr_kind == "tensor" else LR
+    opt = FusedRMSprop(params, lr=lr, impl=impl, tiles=tiles)
+    ref_opt = torch.optim.RMSprop(ref, lr=LR)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(STEPS):
+        grads = make_grads(params, gen)
+        grads[2] = None if step < 2 else grads[2]          # a parameter without gradient is skipped, then joins
+        set_grads(params, grads)
+        set_grads(ref, grads)
+        opt.step()
+        ref_opt.step()
+        assert_same_state(f"{impl}/{tiles} step {step + 1}", opt, params, ref_opt, ref)
+    assert opt.state[params[2]]["step"].item() == STEPS - 2
+
+
+def test_triton_and_ref_agree_to_fp32_rounding():
+    """The kernel and the 'ref' twin perform the same fp32 operations (up to FMA contraction): a few ulps of
+    the tensor's largest value (elementwise relative errors mean nothing where w - lr * update cancels)."""
+    params, twins = make_params(), make_params()
+    opts = [FusedRMSprop(params, lr=LR, impl="triton", tiles="gpu"), FusedRMSprop(twins, lr=LR, impl="ref")]
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(STEPS):
+        grads = make_grads(params, gen)
+        set_grads(params, grads)
+        set_grads(twins, grads)
+        for opt in opts:
+            opt.step()
+    for p, q in zip(params, twins):
+        assert relative_error(p, q) <= ULPS
+        assert relative_error(opts[0].state[p]["square_avg"], opts[1].state[q]["square_avg"]) <= ULPS
+
+
+def test_launches_per_chunk_of_tensors():
+    """rmsprop_update: one launch per max_tensors tensors, each tensor updated exactly once."""
+    params = [p.detach() for p in make_params()]
+    twins = [p.clone(memory_format=torch.preserve_format) for p in params]
+    grads = make_grads(params, torch.Generator().manual_seed(3))
+    avgs = [torch.rand_like(p) for p in params]
+    avgs_ref = [v.clone(memory_format=torch.preserve_format) for v in avgs]
+    steps = [torch.zeros(()) for _ in params]
+    assert rmsprop_update(params, grads, avgs, steps, LR, 0.99, 1e-8, tiles="gpu", max_tensors=4) == 3
+    reference_update(twins, grads, avgs_ref, None, LR, 0.99, 1e-8)
+    for p, q, v, w in zip(params, twins, avgs, avgs_ref):
+        assert relative_error(p, q) <= ULPS and relative_error(v, w) <= ULPS
+    assert all(s.item() == 1 for s in steps)
+
+
+def _continue(opt, params, ref_opt, ref, gen, steps=2):
+    for _ in range(steps):
+        grads = make_grads(params, gen)
+        set_grads(params, grads)
+        set_grads(ref, grads)
+        opt.step()
+        ref_opt.step()
+
+
+def _through_file(state_dict):
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+@pytest.mark.parametrize("direction", ["torch_to_fused", "fused_to_torch"])
+def test_state_dict_round_trip_with_torch_rmsprop(direction):
+    """Two steps on one optimizer, its state_dict (through a file) into the other, two more steps: the same as
+    four steps of torch.optim.RMSprop in fp64 throughout."""
+    params = make_params()
+    ref = clone_params(params, torch.float64)
+    ref_opt = torch.optim.RMSprop(ref, lr=LR)
+    gen = torch.Generator().manual_seed(4)
+    first = (torch.optim.RMSprop(params, lr=LR) if direction == "torch_to_fused"
+             else FusedRMSprop(params, lr=LR, impl="triton", tiles="gpu"))
+    _continue(first, params, ref_opt, ref, gen)
+    saved = first.state_dict()
+    torch_sd = torch.optim.RMSprop(clone_params(params, torch.float32), lr=LR)
+    torch_sd.load_state_dict(copy.deepcopy(saved))
+    assert [sorted(g) for g in saved["param_groups"]] == [sorted(g) for g in torch_sd.state_dict()["param_groups"]]
+    assert {k for s in saved["state"].values() for k in s} == {"step", "square_avg"}
+    second = (FusedRMSprop(params, lr=0.5, impl="triton", tiles="gpu") if direction == "torch_to_fused"
+              else torch.optim.RMSprop(params, lr=0.5))
+    second.load_state_dict(_through_file(saved))           # the saved lr (1e-3) wins, as in torch
+    assert second.param_groups[0]["lr"] == LR
+    _continue(second, params, ref_opt, ref, gen)
+    assert_same_state(direction, second, params, ref_opt, ref)
+
+
+def test_capturable_state_lives_on_the_parameter_device_and_loads_as_torch_does():
+    params = make_params()
+    opt = FusedRMSprop(params, lr=LR, capturable=True, impl="triton")
+    assert len(opt.init_state()) == 2 * len(params) and opt.init_state() == []
+    plain = torch.optim.RMSprop(clone_params(params, torch.float32), lr=LR, capturable=True)
+    plain.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert opt.state_dict()["param_groups"] == plain.state_dict()["param_groups"]
+
+
+def test_unsupported_options_raise_and_odd_dtypes_fall_back():
+    p = torch.zeros(3, requires_grad=True)
+    for bad in (dict(momentum=0.9), dict(centered=True), dict(weight_decay=1e-4), dict(maximize=True)):
+        with pytest.raises(NotImplementedError):
+            FusedRMSprop([p], **bad)
+    opt = FusedRMSprop([p], impl="triton")
+    opt.param_groups[0]["momentum"] = 0.9                  # e.g. loaded from a state dict
+    p.grad = torch.ones(3)
+    with pytest.raises(NotImplementedError):
+        opt.step()
+    # a float64 parameter takes the reference update (with one warning) and still matches torch
+    q = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    r = q.detach().clone().requires_grad_()
+    fused, plain = FusedRMSprop([q], lr=LR, impl="triton"), torch.optim.RMSprop([r], lr=LR)
+    q.grad, r.grad = torch.ones(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused.step()
+    plain.step()
+    torch.testing.assert_close(q, r, rtol=0, atol=0)
+
+
+def test_auto_takes_the_kernel_under_the_interpreter(monkeypatch):
+    import kernels.rmsprop
+    calls = []
+    original = kernels.rmsprop.rmsprop_update
+    monkeypatch.setattr(kernels.rmsprop, "rmsprop_update", lambda *a, **k: calls.append(1) or original(*a, **k))
+    p = torch.zeros(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FusedRMSprop([p]).step()
+    assert calls == [1]
+
+
+# ---- ahead-of-time compile (no GPU needed): sm_80 and sm_90 ----
+
+AOT_SCRIPT = """
+import json, torch
+from triton.backends.compiler import GPUTarget
+from kernels.aot import compile_launch
+from vidgan_fast.fast.backend import recording_launches
+from vidgan_fast.fast.rmsprop import FusedRMSprop
+meta = torch.device("meta")
+# the shapes of a phase-1 bank (K=48, widths 256/512/1024): 8 tensors, one launch
+shapes = [(48, 256, 1, 4, 4), (48, 256), (48, 512, 256, 4, 4), (48, 512), (48, 1024, 512, 4, 4), (48, 1024),
+          (48, 1, 1024, 4, 4), (48, 1)]
+params = [torch.zeros(s, device=meta, requires_grad=True) for s in shapes]
+for p in params:
+    p.grad = torch.zeros_like(p)
+opt = FusedRMSprop(params, lr=2e-4, capturable=True, impl="triton")
+with recording_launches() as launches:
+    opt.step()
+out = []
+for arch in (80, 90):
+    r = compile_launch(launches[0], GPUTarget("cuda", arch, 32))
+    out.append(dict(arch=arch, launches=len(launches), error=r.error, registers=r.registers, spill=r.spill_bytes,
+                    v4_load="ld.global.v4" in r.ptx, v4_store="st.global.v4" in r.ptx,
+                    sqrt_rn="sqrt.rn.f32" in r.ptx, div_rn="div.rn.f32" in r.ptx,
+                    approx="sqrt.approx" in r.ptx or "div.approx" in r.ptx or "div.full" in r.ptx))
+print(json.dumps(out))
+"""
+
+
+def test_kernel_compiles_for_sm80_and_sm90_without_spills_with_vector_loads():
+    """The interpreter accepts code the compiler rejects: compile the launch a phase-1 bank makes (recorded on
+    meta tensors, compiled-mode process) for sm_80 and sm_90. No spills; the full blocks use 16-byte loads and
+    stores; sqrt and division are the IEEE-rounded ones (as PyTorch's CUDA kernels), not the approximations."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert r["launches"] == 1 and r["error"] is None, r
+        assert r["spill"] == 0 and r["registers"] is not None, r
+        assert r["v4_load"] and r["v4_store"] and r["sqrt_rn"] and r["div_rn"] and not r["approx"], r
+
+
+# ---- on a CUDA GPU: graph capture, no host synchronisation ----
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_matches_eager_and_step_never_syncs():
+    dev = torch.device("cuda")
+    params = [p.detach().to(dev).requires_grad_() for p in make_params()]
+    ref = clone_params(params, torch.float64)
+    opt = FusedRMSprop(params, lr=LR, capturable=True, impl="triton")
+    ref_opt = torch.optim.RMSprop(ref, lr=LR)
+    opt.init_state()
+    static = [torch.zeros_like(p) for p in params]
+    for p, g in zip(params, static):
+        p.grad = g
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()                                  # eager, and compiles: no host synchronisation allowed
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    set_grads(ref, static)
+    ref_opt.step()                                  # the eager step above, on zero gradients
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(STEPS):
+        grads = make_grads(params, gen)
+        for g, new in zip(static, grads):
+            g.copy_(new)
+        graph.replay()
+        set_grads(ref, grads)
+        ref_opt.step()
+    torch.cuda.synchronize()
+    assert_same_state("graph replay", opt, params, ref_opt, ref)
