@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import gpu_tiles
+from vidgan_fast.kernels.common import gpu_tiles
 
 
 @triton.jit

@@ -55,9 +55,9 @@ def test_no_register_spills_at_paper_size_in_the_default_precision(gate):
 
 def test_capture_covers_every_kernel_forward_and_backward(gate):
     """Every @triton.jit kernel of kernels/ is launched by some step (fwd, dgrad, wgrad, projection both ways,
-    frozen G_F forward and input gradient), at both configurations."""
-    from vidgan_fast.kernels import batched_conv, frame_generator, projection
-    names = {name for module in (batched_conv, frame_generator, projection)
+    frozen G_F forward and input gradient, the banks' fused RMSprop), at both configurations."""
+    from vidgan_fast.kernels import batched_conv, frame_generator, projection, rmsprop
+    names = {name for module in (batched_conv, frame_generator, projection, rmsprop)
              for name in vars(module) if name.startswith("_") and name.endswith("_kernel")}
     for config in ("tiny", "paper"):
         seen = {r["kernel"] for r in gate["rows"] if any(u.startswith(config + "/") for u in r["used_by"].split())}

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.rmsprop import GPU_TILES, rmsprop_update
+from vidgan_fast.kernels.rmsprop import GPU_TILES, rmsprop_update
 from vidgan_fast.fast.rmsprop import FusedRMSprop, reference_update
 from vidgan_fast.tolerance import relative_error, tolerance
 
@@ -207,10 +207,10 @@ def test_unsupported_options_raise_and_odd_dtypes_fall_back():
 
 
 def test_auto_takes_the_kernel_under_the_interpreter(monkeypatch):
-    import kernels.rmsprop
+    from vidgan_fast.kernels import rmsprop
     calls = []
-    original = kernels.rmsprop.rmsprop_update
-    monkeypatch.setattr(kernels.rmsprop, "rmsprop_update", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = rmsprop.rmsprop_update
+    monkeypatch.setattr(rmsprop, "rmsprop_update", lambda *a, **k: calls.append(1) or original(*a, **k))
     p = torch.zeros(3, requires_grad=True)
     p.grad = torch.ones(3)
     with warnings.catch_warnings():
@@ -224,7 +224,7 @@ def test_auto_takes_the_kernel_under_the_interpreter(monkeypatch):
 AOT_SCRIPT = """
 import json, torch
 from triton.backends.compiler import GPUTarget
-from kernels.aot import compile_launch
+from vidgan_fast.kernels.aot import compile_launch
 from vidgan_fast.fast.backend import recording_launches
 from vidgan_fast.fast.rmsprop import FusedRMSprop
 meta = torch.device("meta")

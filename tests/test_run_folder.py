@@ -1,5 +1,5 @@
 """The run-folder lock, the cleanup of a failed start, the log cut on resume, and OS errors in words
-(vidgan_fast/run_folder.py, loop.cut_log, errors.os_error_message). Fast: no training here."""
+(vidgan_fast/run_folder.py, run_log.cut_log, errors.os_error_message). Fast: no training here."""
 import json
 import os
 import signal
@@ -12,7 +12,7 @@ import pytest
 from vidgan_fast import run_folder
 from vidgan_fast.checkpoint import save_checkpoint, umask
 from vidgan_fast.errors import CheckpointError, RunFolderError, os_error_message
-from vidgan_fast.loop import cut_log
+from vidgan_fast.run_log import cut_log
 from vidgan_fast.run_folder import LOCK_NAME, claim
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_checkpoints_follow_the_umask_and_a_failed_write_names_the_file(tmp_path
 
 def test_the_log_is_checked_before_the_first_step(tmp_path):
     from vidgan_fast.errors import TrainingError
-    from vidgan_fast.loop import LossLog
+    from vidgan_fast.run_log import LossLog
     (tmp_path / "log.jsonl").mkdir()                         # something that cannot be appended to
     with pytest.raises(TrainingError, match="cannot write the log .*log.jsonl \\(it is a folder\\)"):
         LossLog(tmp_path / "log.jsonl", "frames", 1, 0, "run")

@@ -3,8 +3,9 @@
     state = to_fast(build_state(cfg, phase, ...))   # banks for the K discriminators, frozen Triton G_F
 
 Only the execution changes: the discriminators become one bank (stacked weights, one launch per layer for
-all K), phase 2's frozen G_F becomes the folded Triton generator, and optimizers become capturable on CUDA, so
-that the loop may replay the steps as CUDA graphs (graphs.GraphedSteps). Checkpoints stay in the reference
+all K) trained by the fused RMSprop (fast/rmsprop.py: one launch updates the whole bank), phase 2's frozen G_F
+becomes the folded Triton generator, and optimizers become capturable on CUDA, so that the loop may replay the
+steps as CUDA graphs (graphs.GraphedSteps). Checkpoints stay in the reference
 layout (the banks' reference_state_dict / reference_optimizer_state), so a fast run resumes on the reference
 path and back. Whether a run takes this path at all is decided in one place: vidgan_fast/execution.py.
 """
@@ -15,17 +16,19 @@ import torch
 from vidgan_fast.fast.backend import triton_unavailable_reason
 from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
 from vidgan_fast.fast.interchange import optimizer_state_from_reference
+from vidgan_fast.fast.rmsprop import FusedRMSprop
 
 
 class FastPathUnavailable(RuntimeError):
     """Triton cannot run the fast ops on this state's device; str(e) says why in one line."""
 
 
-def _rebuild_optimizer(opt: torch.optim.Optimizer, params, state_dict: dict, capturable: bool):
-    """The same optimizer (type, hyper-parameters, state) over `params`, capturable for CUDA graphs if asked."""
+def _rebuild_optimizer(opt: torch.optim.Optimizer, params, state_dict: dict, capturable: bool, cls=None, **extra):
+    """The same optimizer (hyper-parameters, state; type `cls`, default opt's) over `params`, capturable for CUDA
+    graphs if asked."""
     group = opt.param_groups[0]
     kwargs = {k: group[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")}
-    new = type(opt)(params, capturable=capturable, **kwargs)
+    new = (cls or type(opt))(params, capturable=capturable, **kwargs, **extra)
     # the flag goes into the state dict too, so that load_state_dict puts `step` on the device it needs
     new.load_state_dict({**state_dict, "param_groups": [{**g, "capturable": capturable}
                                                         for g in state_dict["param_groups"]]})
@@ -48,7 +51,8 @@ def to_fast(state, precision: str | None = None):
     bank = bank.to(state.device)
     bank.train(state.discriminators.training)
     d_opt_state = optimizer_state_from_reference(bank, state.d_opt.state_dict())
-    state.d_opt = _rebuild_optimizer(state.d_opt, bank.parameters(), d_opt_state, capturable)
+    state.d_opt = _rebuild_optimizer(state.d_opt, bank.parameters(), d_opt_state, capturable, cls=FusedRMSprop,
+                                     impl="triton")
     state.discriminators = bank
     state.g_opt = _rebuild_optimizer(state.g_opt, state.generator.parameters(), state.g_opt.state_dict(),
                                      capturable)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from vidgan_fast.fast.rmsprop import FusedRMSprop
 from vidgan_fast.profiling import nvtx_range
 from vidgan_fast.step import d_step, g_step
 
@@ -45,6 +46,8 @@ def init_optimizer_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     """Allocate the state of every parameter that has none, exactly as RMSprop's lazy init (_init_group) would:
     `step` a 0-d zero (on the parameter's device when capturable), `square_avg` (and `momentum_buffer`,
     `grad_avg` when used) zeros like the parameter. Returns the tensors it made."""
+    if isinstance(opt, FusedRMSprop):
+        return opt.init_state()
     if type(opt) is not torch.optim.RMSprop:
         raise RuntimeError(f"CUDA graphs: no state initialiser for {type(opt).__name__} (only RMSprop)")
     scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32

@@ -120,7 +120,7 @@ class FusedRMSprop(torch.optim.Optimizer):
         return loss
 
     def _update(self, params, grads, avgs, steps, group) -> None:
-        from kernels.rmsprop import compatible, rmsprop_update
+        from vidgan_fast.kernels.rmsprop import compatible, rmsprop_update
         lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
         if isinstance(lr, torch.Tensor) and lr.device != params[0].device:
             lr = lr.item()                        # a CPU tensor lr for CUDA params: as torch's _to_scalar (no sync)
