@@ -1,4 +1,5 @@
 """Training steps of both phases (CPU, reference path, tiny widths): who learns, who stays frozen, NaN stops."""
+import copy
 import numpy as np
 import pytest
 import torch
@@ -178,3 +179,25 @@ def test_new_run_refuses_a_folder_with_a_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match="already holds frames.ckpt; pass --resume"):
         open_phase("frames", tmp_path, small_cfg())
     assert (tmp_path / "frames.ckpt").read_bytes() == b"precious"
+
+
+def test_d_step_runs_the_discriminators_once_on_real_and_fake():
+    """One pass over the [2B] batch (real first), and the same losses and weight gradients as two passes, in fp64
+    (the discriminators hold no batch statistics: only the summation order of the weight gradients differs)."""
+    state = build_state(small_cfg(), "frames")
+    state.generator.double(), state.discriminators.double()
+    real, z_d, _ = step_both(state)
+    real, z_d = real.double(), z_d.double()
+    seen = []
+    state.discriminators.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    twin = copy.deepcopy(state)
+    d_step(state, real, z_d)
+    assert seen == [2 * len(real)]
+    with torch.no_grad():
+        fake = twin.generate(z_d)
+    twin.d_opt.zero_grad()
+    two_pass = losses.discriminator_losses(twin.discriminators(real), twin.discriminators(fake))
+    two_pass.sum().backward()
+    twin.d_opt.step()
+    for (name, a), b in zip(state.discriminators.named_parameters(), twin.discriminators.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15, msg=name)

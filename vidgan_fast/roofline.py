@@ -5,7 +5,7 @@ floor max(FLOPs / matrix rate, bytes / memory bandwidth) on named devices. Stati
     floor(steps[0], DEVICES["h100"], "tf32")        # {"compute_s", "memory_s", "floor_s", "serial_s", ...}
     vidgan bench --static [--preset paper] [--device-model h100 ...]   (vidgan_fast/roofline_report.py)
 
-What an Op counts (per launch; `calls` launches per step, e.g. the bank runs once on real and once on fakes):
+What an Op counts (per launch; `calls` launches of it per step):
 - nominal: flops.py's conventions and hand formulas (2 FLOPs per multiply-add, every kernel tap of every output,
   biases/activations/losses/optimizer not counted). Per step, the nominal total equals flops.phase*_step_flops
   (tests/test_roofline.py checks it on the meta-device models).
@@ -25,8 +25,9 @@ What an Op counts (per launch; `calls` launches per step, e.g. the bank runs onc
   next to the bank weights at the paper preset; an under-estimate).
 - optimizer: torch.optim.RMSprop's foreach path (the default on CUDA; plain float lr, no momentum, not centered),
   read in torch/optim/rmsprop.py _multi_tensor_rmsprop: mul_(v) 2 passes, addcmul_(v, g, g) 3, sqrt(v) 2,
-  add_(avg, eps) 2, addcdiv_(p, g, avg) 4 = 13 parameter-sized passes (a fused RMSprop needs 5). In a D step the
-  bank's weights get two gradients (real and fake calls) that autograd adds: 3 more passes.
+  add_(avg, eps) 2, addcdiv_(p, g, avg) 4 = 13 parameter-sized passes, for the generators. The banks (--fast) use
+  the fused RMSprop (fast/rmsprop.py): read w, g, v, write w, v = 5 passes. A D step runs the bank once on the
+  [2B] batch of real and generated samples (step.d_step): one weight read per pass, one weight gradient.
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ F32 = 4                       # bytes per element: every tensor of the modelled 
 Z_DIM, FRAMES, STEP_DIM = 100, 30, 128     # train.Z_DIM, train.FRAMES, VideoGenerator's default step_dim
 RMSPROP_PASSES = 13           # foreach RMSprop, see the module docstring
 FUSED_RMSPROP_PASSES = 5      # read w, g, v; write w, v
-GRAD_ADD_PASSES = 3           # two gradients of one weight added: read 2, write 1
 
 # Layer geometry of the banks, (stride, padding) per layer as fast/bank.py's *Bank.geometry (a test checks).
 DF_GEOMETRY = {"conv1": ((2, 2), (2, 2)), "conv2": ((2, 2), (1, 1)), "conv3": ((2, 2), (1, 1)),
@@ -295,18 +295,20 @@ def video_generator_params(cfg) -> int:
     return sum(a * c + 2 * c for a, c in zip(dims[:-1], dims[1:])) + lstm + 2 * h * Z_DIM + Z_DIM
 
 
-def optimizer_ops(tag: str, params: int, grad_add: bool) -> list[Op]:
-    ops = [Op(f"{tag} grad add (real + fake)", 0, 0, F32 * GRAD_ADD_PASSES * params, impl="memory",
-              note="autograd sums the two calls' weight gradients")] if grad_add else []
-    return ops + [Op(f"{tag} RMSprop (foreach)", 0, 0, F32 * RMSPROP_PASSES * params, impl="memory",
-                     note=f"{params / 1e6:.1f}M params x {RMSPROP_PASSES} passes")]
+def optimizer_ops(tag: str, params: int, fused: bool) -> list[Op]:
+    """RMSprop over `params` parameters: the fused kernel (the banks) or torch's foreach ops (the generators)."""
+    passes, kind = (FUSED_RMSPROP_PASSES, "fused") if fused else (RMSPROP_PASSES, "foreach")
+    return [Op(f"{tag} RMSprop ({kind})", 0, 0, F32 * passes * params, impl="memory",
+               note=f"{params / 1e6:.1f}M params x {passes} passes")]
 
 
 def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool) -> list[Op]:
-    """The K discriminators: projection, conv1..conv4 forward (x2 in a D step: real, fakes) and backward."""
+    """The K discriminators: projection, conv1..conv4 forward and backward (a D step: one pass over the 2b
+    real and generated samples)."""
     k = cfg.frames_k if phase == 1 else cfg.video_k
     widths, geo = (cfg.df_widths, DF_GEOMETRY) if phase == 1 else (cfg.dv_widths, DV_GEOMETRY)
-    calls = 2 if d_step else 1
+    calls = 1
+    b = 2 * b if d_step else b
     images = b if phase == 1 else b * FRAMES
     ops = projection_ops(f"{tag} projection", k, images, video=phase == 2, backward=not d_step, calls=calls)
     size = (15, 15) if phase == 1 else (FRAMES, 9, 9)
@@ -339,16 +341,16 @@ def step_models(cfg) -> list[Step]:
     return [
         Step(f"phase 1 D step (K={k1}, B={b1})",
              frame_generator_torch(cfg, b1, train=False) + bank_ops("D_F", cfg, 1, b1, True)
-             + optimizer_ops("D_F bank", d1, grad_add=True)),
+             + optimizer_ops("D_F bank", d1, fused=True)),
         Step(f"phase 1 G step (K={k1}, B={b1})",
              g_f_fwd + bank_ops("D_F", cfg, 1, b1, False) + g_f_bwd[::-1]
-             + optimizer_ops("G_F", frame_generator_params(cfg), grad_add=False)),
+             + optimizer_ops("G_F", frame_generator_params(cfg), fused=False)),
         Step(f"phase 2 D step (K={k2}, B={b2})",
              gv_fwd + frame_generator_frozen(cfg, b2 * FRAMES, backward=False) + bank_ops("D_V", cfg, 2, b2, True)
-             + optimizer_ops("D_V bank", d2, grad_add=True)),
+             + optimizer_ops("D_V bank", d2, fused=True)),
         Step(f"phase 2 G step (K={k2}, B={b2})",
              gv_train_fwd + r_fwd + bank_ops("D_V", cfg, 2, b2, False) + r_bwd
-             + gv_bwd + optimizer_ops("G_V", video_generator_params(cfg), grad_add=False)),
+             + gv_bwd + optimizer_ops("G_V", video_generator_params(cfg), fused=False)),
     ]
 
 

@@ -58,8 +58,8 @@ def notes(devices, precision: str) -> list[str]:
              f"- compute: executed FLOPs at the {precision} matrix rate for tl.dot and cuDNN/cuBLAS ops, at the fp32 "
              "CUDA-core rate for the tl.sum ops (projection backward, G_F's last layer); PyTorch ops "
              "(phase-1 G_F, G_V) are counted executed = nominal.",
-             f"- optimizer: foreach RMSprop, {RMSPROP_PASSES} parameter-sized passes (a fused one needs "
-             f"{FUSED_RMSPROP_PASSES}); a D step also adds the real and fake weight gradients (3 passes).",
+             f"- optimizer: the banks' fused RMSprop, {FUSED_RMSPROP_PASSES} parameter-sized passes; the generators' "
+             f"foreach RMSprop, {RMSPROP_PASSES}. A D step runs each bank once over the real and generated batch.",
              "- devices (TFLOP/s fp32 / tf32 / bf16, GB/s):"]
     for d in devices:
         lines.append(f"  - {d.name}: {d.fp32:g} / {d.tf32:g} / {d.bf16:g}, {d.bandwidth:g}. {d.source}")

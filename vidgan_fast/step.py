@@ -164,11 +164,16 @@ def build_state(cfg: TrainConfig, phase: str, frame_generator_state: dict | None
 # ----------------------------------------------------------------------------------------------- the step
 
 def d_step(state: TrainState, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """One RMSprop step of every discriminator on its own loss. Returns the mean loss (detached)."""
+    """One RMSprop step of every discriminator on its own loss. Returns the mean loss (detached).
+
+    The discriminators see the real and the generated batch in one pass ([2B] samples: one read of every weight,
+    one weight gradient, no sum of two), and the two halves' logits give the real and fake terms of each loss.
+    The discriminators have no batch statistics, so sample b's logit does not depend on the others."""
     with nvtx_range("generator forward", "generator"), torch.no_grad(), state.autocast():
         fake = state.generate(z)
     with nvtx_range("discriminator forward", "discriminator"), state.autocast():
-        per_disc = losses.discriminator_losses(state.discriminators(real), state.discriminators(fake))   # [K]
+        logits = state.discriminators(torch.cat([real, fake.to(real.dtype)]))                 # [K, 2B]
+        per_disc = losses.discriminator_losses(logits[:, :len(real)], logits[:, len(real):])  # [K]
         per_disc = per_disc.float()
     with nvtx_range("discriminator backward", "backward"):
         state.d_opt.zero_grad(set_to_none=True)
