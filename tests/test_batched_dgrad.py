@@ -5,22 +5,24 @@ only its tap box (the taps that reach an in-range output for some row of the til
 Shapes: the layers of both discriminators at multi-tile widths (2-3 channel tiles of 64 each way, several row
 tiles so that tiles have different boxes), and odd geometries the architectures do not use (kernel not a multiple
 of the stride, stride 3, padding larger than the kernel's reach, one output channel, batch 1).
-What it catches (each tried by breaking the kernel on purpose, 2026-12-04, and each made this file fail):
-a wrong phase offset (r_h = c_h % SH, dropping the padding), a tap box one tap too narrow (count hi - lo), a box
-that ignores the row validity (i_max over every row of the tile, rows past the last position included).
+What it catches (each tried by breaking the kernel on purpose; each made this file fail, at its first case):
+a wrong phase offset (r_d = c_d % SD, the padding dropped), a tap box one tap too narrow (count hi - lo instead of
+hi - lo + 1), a box that starts one tap late (lo from O - 2 instead of O - 1).
 """
 import pytest
 import torch
 
-from vidgan_fast.kernels.batched_conv import conv_forward, conv_input_grad
+import torch.nn.functional as F
+
+from vidgan_fast.kernels.batched_conv import conv_input_grad
 from vidgan_fast.tolerance import relative_error, tolerance
 
 CASES = [   # x shape [K, B, Cin, (D,) H, W], (Cout, kernel), stride, padding
-    ((2, 3, 70, 7, 3, 3), (40, (4, 4, 4)), (1, 1, 1), (0, 1, 1)),      # D_V conv3: out 4x2x2, most taps are border
-    ((2, 2, 66, 9, 4, 4), (36, (4, 4, 4)), (2, 1, 1), (1, 1, 1)),      # D_V conv2: strided in depth only
+    ((1, 3, 66, 7, 3, 3), (40, (4, 4, 4)), (1, 1, 1), (0, 1, 1)),      # D_V conv3: out 4x2x2, most taps are border
+    ((1, 2, 66, 9, 4, 4), (36, (4, 4, 4)), (2, 1, 1), (1, 1, 1)),      # D_V conv2: strided in depth only
     ((1, 5, 70, 4, 2, 2), (1, (4, 4, 4)), (1, 1, 1), (0, 1, 1)),       # D_V conv4: one output channel, out 1x1x1
     ((2, 3, 20, 15, 15), (33, (4, 4)), (2, 2), (2, 2)),                # D_F conv1-like, odd size
-    ((2, 9, 80, 4, 4), (130, (4, 4)), (2, 2), (1, 1)),                 # D_F conv3: 9 positions per tile row block
+    ((1, 9, 80, 4, 4), (130, (4, 4)), (2, 2), (1, 1)),                 # D_F conv3: 9 positions per tile row block
     ((1, 2, 17, 7, 6), (5, (3, 3)), (2, 2), (0, 2)),                   # kernel 3, stride 2: a class with 1 tap
     ((2, 1, 5, 11, 10), (7, (4, 4)), (3, 2), (1, 0)),                  # stride 3, batch 1
     ((1, 2, 3, 5, 3, 4), (2, (3, 4, 4)), (1, 2, 1), (0, 1, 2)),        # 3D, mixed strides, padding 2
@@ -43,7 +45,8 @@ def test_dgrad_matches_fp64_at_gpu_tiles(x_shape, conv, stride, padding, leaky):
     K, _, cin = x_shape[:3]
     x = torch.randn(x_shape, generator=gen)
     w = torch.randn((K, cout, cin, *kernel), generator=gen)
-    y = conv_forward(x, w, torch.randn((K, cout), generator=gen), stride, padding, leaky, tiles="gpu")
+    conv = F.conv2d if x.dim() == 5 else F.conv3d
+    y = torch.stack([F.leaky_relu(conv(x[k], w[k], None, stride, padding), 0.2) for k in range(K)])
     dy = torch.randn(y.shape, generator=gen)
     dx = conv_input_grad(dy, w, x.shape, stride, padding, y if leaky else None, tiles="gpu")
     ref = reference(dy, w, x_shape, stride, padding, y if leaky else None)
