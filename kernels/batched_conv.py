@@ -249,6 +249,8 @@ def _geometry(x_shape, w_shape, stride, padding):
 # on sm_80/sm_90 (the compile gate measured 32-72 bytes; vidgan kernels shows it), so they run 8 warps: half the
 # accumulator and index registers per thread. A dimension of 1 (the logit layer's one output channel, the one
 # projected input channel) takes a block of 16, tl.dot's minimum; every other dimension the full tile (common.tile).
+# The dgrad's tap box (runtime loop bounds and tap decoding) costs registers: 120-215 at paper/tf32 (sm_80/90, no
+# spills; was 76-196), 1 CTA of 8 warps per SM on the heavy layers. A tap-outer loop with Cout inner spilled.
 GPU_TILES = {"forward": (64, 64, 32, 4), "dgrad": (64, 64, 32, 8), "wgrad": (64, 64, 32, 8)}
 INTERPRETER_TILE_CAPS = (256, 64, 128)    # the interpreter: same code, fewer and larger numpy steps
 

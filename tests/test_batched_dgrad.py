@@ -4,8 +4,8 @@ only its tap box (the taps that reach an in-range output for some row of the til
 
 Shapes: the layers of both discriminators at multi-tile widths (2-3 channel tiles of 64 each way, several row
 tiles so that tiles have different boxes), and odd geometries the architectures do not use (kernel not a multiple
-of the stride, stride 3, padding larger than the kernel's reach, one output channel, batch 1).
-What it catches (each tried by breaking the kernel on purpose; each made this file fail, at its first case):
+of the stride, stride 3, padding 2 with a 3-tap kernel, one output channel, batch 1).
+What it catches (each tried by breaking the kernel on purpose; each made this file fail):
 a wrong phase offset (r_d = c_d % SD, the padding dropped), a tap box one tap too narrow (count hi - lo instead of
 hi - lo + 1), a box that starts one tap late (lo from O - 2 instead of O - 1).
 """
