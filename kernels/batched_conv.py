@@ -5,7 +5,8 @@ Each kernel is an implicit GEMM (no im2col buffer) with the discriminator index 
     (act = LeakyReLU(0.2) or identity; the backward kernels apply act' from the sign of the saved output y)
     dgrad    dx[k] = sum over (co, taps) of dy[k] w[k]  M = B*in positions,  N = Cin,  reduction = Cout*kvol/stride
              (gather form, no atomics: each input position reads the outputs it fed; positions are grouped by
-             their residue modulo the stride, so each program only visits the taps that fed them)
+             their residue modulo the stride and a tile loops over its box of taps that reach an in-range output
+             only, so neither the taps a stride skips nor those past the border are executed)
     wgrad    dw[k] = sum over (b, out positions) of dy[k] x[k] patches; db[k] = sum of dy[k]
 Layouts (contiguous): x [K, B, Cin, D, H, W], w [K, Cout, Cin, kd, kh, kw], b [K, Cout], y [K, B, Cout, OD, OH, OW].
 2D convolutions are the 3D kernels with D = kd = 1 (the wrappers accept 5-D x / 5-D w for that).
@@ -72,6 +73,18 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 
 
 @triton.jit
+def _tap_range(i, ok, P, r, S: tl.constexpr, J: tl.constexpr, O):
+    """(first j, count) of the taps kk = r + S * j (j < J) that feed an output o = (i + P - kk) / S in [0, O) for
+    at least one valid row i of the tile: the tile's tap box along one dimension. i + P - r >= 0 is a multiple of
+    S for every i of the residue class, so the divisions are exact."""
+    i_min = tl.min(tl.where(ok, i, 1 << 30), axis=0)
+    i_max = tl.max(tl.where(ok, i, -S), axis=0)
+    lo = tl.maximum((i_min + P - r) // S - (O - 1), 0)
+    hi = tl.minimum((i_max + P - r) // S, J - 1)
+    return lo, tl.maximum(hi - lo + 1, 0)
+
+
+@triton.jit
 def _conv_dgrad_kernel(dy_ptr, y_ptr, w_ptr, dx_ptr,
                        B, CIN, D, H, W, COUT, OD, OH, OW,
                        SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -80,8 +93,10 @@ def _conv_dgrad_kernel(dy_ptr, y_ptr, w_ptr, dx_ptr,
                        LEAKY: tl.constexpr, PRECISION: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     # Sub-pixel form: a program takes input positions of one residue class (id % SD, ih % SH, iw % SW); in a
-    # class exactly the taps kd = rd + SD * jd (etc.) fed each position, so the weight tile is shared by all rows
-    # and no reduction step is spent on taps that a stride skips.
+    # class exactly the taps kd = rd + SD * jd (etc.) fed each position, so no reduction step is spent on taps
+    # that a stride skips. Rows run position-major, batch fastest, so a tile holds few positions, and its
+    # reduction visits only its tap box (_tap_range): the border taps whose output is out of range for every
+    # row are not executed either (they are most taps when the output is small: D_V conv3, 7 -> 4 in depth).
     JD = (KD + SD - 1) // SD                                       # taps per class, per dimension (constexpr)
     JH = (KH + SH - 1) // SH
     JW = (KW + SW - 1) // SW
@@ -97,27 +112,31 @@ def _conv_dgrad_kernel(dy_ptr, y_ptr, w_ptr, dx_ptr,
     CH = (H + SH - 1) // SH
     CW = (W + SW - 1) // SW
     MC = B * CD * CH * CW
-    R = COUT * JD * JH * JW
     KVOL = KD * KH * KW
     offs_m = (tl.program_id(0) // (SD * SH * SW)) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)   # input channels
-    u_w = offs_m % CW
-    u_h = (offs_m // CW) % CH
-    u_d = (offs_m // (CW * CH)) % CD
-    b = offs_m // (CW * CH * CD)
+    b = offs_m % B                                                 # rows (u_d, u_h, u_w, b)
+    u_w = (offs_m // B) % CW
+    u_h = (offs_m // (B * CW)) % CH
+    u_d = offs_m // (B * CW * CH)
     i_d = c_d + SD * u_d
     i_h = c_h + SH * u_h
     i_w = c_w + SW * u_w
     m_ok = (offs_m < MC) & (i_d < D) & (i_h < H) & (i_w < W)
+    lo_d, n_d = _tap_range(i_d, m_ok, PD, r_d, SD, JD, OD)
+    lo_h, n_h = _tap_range(i_h, m_ok, PH, r_h, SH, JH, OH)
+    lo_w, n_w = _tap_range(i_w, m_ok, PW, r_w, SW, JW, OW)
+    R = n_d * n_h * n_w * COUT
     dy_k = dy_ptr + k * B * COUT * OD * OH * OW
     w_k = w_ptr + k * COUT * CIN * KVOL
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)                        # reduction index (co, jd, jh, jw)
-        kw = r_w + SW * (offs_r % JW)
-        kh = r_h + SH * ((offs_r // JW) % JH)
-        kd = r_d + SD * ((offs_r // (JW * JH)) % JD)
-        co = offs_r // (JW * JH * JD)
+        offs_r = r0 + tl.arange(0, BLOCK_R)                        # reduction index (tap in the box, co)
+        co = offs_r % COUT
+        t = offs_r // COUT
+        kw = r_w + SW * (lo_w + t % n_w)
+        kh = r_h + SH * (lo_h + (t // n_w) % n_h)
+        kd = r_d + SD * (lo_d + t // (n_w * n_h))
         r_ok = (offs_r < R) & (kd < KD) & (kh < KH) & (kw < KW)
         o_d = (i_d[:, None] + PD - kd[None, :]) // SD              # exact: the class fixes the residue
         o_h = (i_h[:, None] + PH - kh[None, :]) // SH
@@ -230,6 +249,8 @@ def _geometry(x_shape, w_shape, stride, padding):
 # on sm_80/sm_90 (the compile gate measured 32-72 bytes; vidgan kernels shows it), so they run 8 warps: half the
 # accumulator and index registers per thread. A dimension of 1 (the logit layer's one output channel, the one
 # projected input channel) takes a block of 16, tl.dot's minimum; every other dimension the full tile (common.tile).
+# The dgrad's tap box (runtime loop bounds and tap decoding) costs registers: 120-215 at paper/tf32 (sm_80/90, no
+# spills; was 76-196), 1 CTA of 8 warps per SM on the heavy layers. A tap-outer loop with Cout inner spilled.
 GPU_TILES = {"forward": (64, 64, 32, 4), "dgrad": (64, 64, 32, 8), "wgrad": (64, 64, 32, 8)}
 INTERPRETER_TILE_CAPS = (256, 64, 128)    # the interpreter: same code, fewer and larger numpy steps
 

@@ -11,8 +11,10 @@ What an Op counts (per launch; `calls` launches of it per step):
   (tests/test_roofline.py checks it on the meta-device models).
 - executed: what the chosen GPU tiles issue. A Triton program runs every tl.dot of its tile whatever the masks
   say, so executed = 2 * (programs * BLOCK_M * BLOCK_N) * (reduction steps * BLOCK_R): M, N and the reduction are
-  padded to tile multiples (a dimension of 1 takes a 16-block, any other the full GPU tile: kernels/common.tile),
-  and the sub-pixel dgrad pads each residue class to ceil(size / stride) positions and ceil(kernel / stride) taps.
+  padded to tile multiples (a dimension of 1 takes a 16-block, any other the full GPU tile: kernels/common.tile);
+  the sub-pixel dgrad pads each residue class to ceil(size / stride) positions, and each row tile reduces over
+  its tap box only (dgrad_tap_boxes) times Cout, padded to BLOCK_R. The box leaves out the taps that a forward
+  spends on padding, so a dgrad can execute fewer FLOPs than the nominal count (which includes them).
   Tiles are read from the kernels' GPU_TILES (parsed from the source files, so no Triton import is needed).
   Ops run by PyTorch (the trained G_F of phase 1, G_V) are counted executed = nominal: cuDNN/cuBLAS tiling is not
   modelled (an under-estimate of their executed FLOPs).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,11 +162,18 @@ def conv_ops(tag: str, k: int, b: int, cin: int, cout: int, in_size, stride, pad
         if p == "forward":
             m, n, r, groups = b * out_vol, cout, cin * kvol, 1
             io = x + w + bias + y
-        elif p == "dgrad":          # sub-pixel: one residue class per program row block, its taps only
+        elif p == "dgrad":          # sub-pixel classes, row tiles, each reducing over its own tap box only
             groups = math.prod(stride)
             m = b * math.prod(-(-i // s) for i, s in zip(in_size, stride))
             n, r = cin, cout * math.prod(-(-kk // s) for kk, s in zip(kern, stride))
             io = dy_reads + w + x
+            boxes = dgrad_tap_boxes(b, in_size, kern, stride, padding, out, gpu_tile(m, bm))
+            bn, br = gpu_tile(n, bn), gpu_tile(r, br)
+            executed = 2 * k * gpu_tile(m, bm) * padded(n, bn) * sum(padded(t * cout, br) for t in boxes)
+            ops.append(Op(f"{tag} {p}", nominal, executed, F32 * k * io, calls=calls,
+                          note=f"M {m} x{groups} classes in {len(boxes)} tiles, N {n}->{padded(n, bn)}, "
+                               f"R {r} -> tap boxes of {min(boxes)}-{max(boxes)} taps x {cout}"))
+            continue
         else:
             m, n, r, groups = cout, cin * kvol, b * out_vol, 1
             io = dy_reads + x + w + bias
@@ -173,6 +183,26 @@ def conv_ops(tag: str, k: int, b: int, cin: int, cout: int, in_size, stride, pad
                       note=f"M {m}->{padded(m, bm)}{f' x{groups} classes' if groups > 1 else ''}, "
                            f"N {n}->{padded(n, bn)}, R {r}->{padded(r, br)}"))
     return ops
+
+
+def dgrad_tap_boxes(b: int, size, kern, stride, pad, out, bm: int) -> list[int]:
+    """kernels/batched_conv.py's dgrad, one entry per (residue class, row tile): the taps in the tile's tap box.
+    Rows of a class are (u_d, u_h, u_w, b), batch fastest, input position i = c + S * u; per dimension the box
+    holds the class's taps kk = r + S * j (j < ceil(kernel / S)) that reach an output in [0, out) from some valid
+    row of the tile (the kernel's _tap_range)."""
+    boxes = []
+    for cls in itertools.product(*(range(s) for s in stride)):
+        grid = list(itertools.product(*(range(-(-i // s)) for i, s in zip(size, stride))))   # u, row-major
+        for t0 in range(0, b * len(grid), bm):
+            pos = [[c + s * v for c, s, v in zip(cls, stride, u)] for u in grid[t0 // b:-(-(t0 + bm) // b)]]
+            pos = [p for p in pos if all(i < n for i, n in zip(p, size))]
+            box = 1 if pos else 0
+            for dim, (c, kk, s, p, o) in enumerate(zip(cls, kern, stride, pad, out)):
+                r, coords = (c + p) % s, [q[dim] for q in pos] or [0]
+                lo, hi = max((min(coords) + p - r) // s - (o - 1), 0), min((max(coords) + p - r) // s, -(-kk // s) - 1)
+                box *= max(hi - lo + 1, 0)
+            boxes.append(box)
+    return boxes
 
 
 def projection_ops(tag: str, k: int, images: int, video: bool, backward: bool, calls: int = 1) -> list[Op]:
