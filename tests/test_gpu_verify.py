@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_verify  # noqa: E402
+from vidgan_fast.benchmarks import gpu_verify  # noqa: E402
 
 STAGES = ["env", "check", "train_frames", "train_video", "report", "gpu_tests", "check_tf32"]
 
