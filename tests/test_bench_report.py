@@ -3,18 +3,14 @@
 No timing assertions: speed is shown by the report, never asserted by tests.
 """
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `benchmarks` is not an installed package
-
-from benchmarks import bench_steps  # noqa: E402
-from vidgan_fast.benchmarks.report import HEADER, format_header, format_table, measure_case, run_report  # noqa: E402
-from vidgan_fast.benchmarks.timing import Case, time_call  # noqa: E402
-from vidgan_fast import train  # noqa: E402
+from vidgan_fast import step as steps
+from vidgan_fast.benchmarks import bench_steps
+from vidgan_fast.benchmarks.report import HEADER, format_header, format_table, measure_case, run_report
+from vidgan_fast.benchmarks.timing import Case, time_call
 
 CPU = torch.device("cpu")
 
@@ -88,8 +84,8 @@ def test_a_failing_column_becomes_a_cell_and_the_report_goes_on():
 def test_step_rows_time_the_training_code(monkeypatch):
     calls = []
     for name in ("d_step", "g_step"):
-        original = getattr(train, name)
-        monkeypatch.setattr(train, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+        original = getattr(steps, name)
+        monkeypatch.setattr(steps, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     cases = bench_steps.step_cases("tiny", CPU, compile_enabled=False)
     for case in (cases[0], cases[1]):
         case.columns["reference"]()(case.inputs[0])

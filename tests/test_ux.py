@@ -260,7 +260,7 @@ def test_to_uint8_inverts_reading_a_data_file(tmp_path):
 
 def test_bench_prints_the_header_first_and_saves_every_row(tmp_path, monkeypatch):
     """Stopped after two rows: the header and both rows are out, and the JSON holds them."""
-    from benchmarks import report
+    from vidgan_fast.benchmarks import report
     real, calls = report.measure_case, []
 
     def measure(*a, **kw):
@@ -285,7 +285,7 @@ def test_bench_prints_the_header_first_and_saves_every_row(tmp_path, monkeypatch
 
 
 def test_bench_defaults_follow_the_device(monkeypatch):
-    from benchmarks import report
+    from vidgan_fast.benchmarks import report
     seen = {}
     monkeypatch.setattr(report, "run_report", lambda *a, **kw: seen.update(args=a) or [])
     assert report.main(["--device", "cpu", "--json", os.devnull]) == 0
