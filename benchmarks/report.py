@@ -74,7 +74,7 @@ def measure_case(case, device, warmup: int, repeats: int, rates: dict, tf32: boo
                     pin_tf32(tf32)
                 cell["tf32"] = tf32_flags(tf32)
                 # compile: the first calls compile (and record CUDA graphs); give it room before timing
-                compiled = column == "compile" or (column == "vmap" and "compile" in cell["label"])
+                compiled = column in ("compile", "vmap") and not isinstance(case.columns.get("compile"), str)
                 timing = time_call(fn, case.inputs, device, warmup=max(warmup, 3 if compiled else 1),
                                    repeats=repeats, reset_peak=False)
                 cell.update(timing.to_dict(), wall_s=time.perf_counter() - t0)
