@@ -69,6 +69,8 @@ def measure_case(case, device, warmup: int, repeats: int, rates: dict, tf32: boo
                     torch._dynamo.reset()    # each case compiles afresh (no cache entries left by other cases)
                 gc.collect()
                 reset_peak_memory(device)
+                if device.type == "cuda":      # what was held before this column (op rows: the shared models)
+                    cell["reserved_before_bytes"] = torch.cuda.memory_reserved(device)
                 fn = entry()
                 if tf32 is not None:
                     pin_tf32(tf32)
@@ -83,6 +85,8 @@ def measure_case(case, device, warmup: int, repeats: int, rates: dict, tf32: boo
                 cell["traceback"] = traceback.format_exc(limit=3)
             finally:
                 fn = None
+                if column in ("compile", "vmap"):
+                    torch._dynamo.reset()      # also frees inductor's CUDA-graph trees (their pools)
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -266,7 +270,8 @@ def format_notes(rows: list[dict]) -> list[str]:
     head.append("- peak alloc MiB: torch.cuda.max_memory_allocated (live tensors) of that column; peak reserved "
                 "MiB: torch.cuda.max_memory_reserved (what the caching allocator holds from the device, CUDA-graph "
                 "private pools included: a captured step's footprint shows here, not in alloc); both reset before "
-                "the column is built, so compilation, capture and warm-up count; - on CPU")
+                "the column is built, so compilation, capture and warm-up count (the JSON's reserved_before_bytes: "
+                "what was held already); - on CPU")
     return head + notes + memory_notes(rows)
 
 
