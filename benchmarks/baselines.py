@@ -6,7 +6,8 @@ step.g_loss) with fullgraph=True, the backward through AOTAutograd's compiled ba
 compiled too (torch.compile of opt.step, as PyTorch's optimizer tutorial does; not fullgraph: torch.optim's
 `_use_grad` wrapper breaks the graph on purpose before and after the update, so the update itself is one graph,
 pytorch/pytorch#104053). The step stays the training code's own (step.d_step / g_step with the compiled forward).
-Checked on CPU (TORCH_LOGS=graph_breaks, phase 1 D step, both columns): those two are the only graph breaks. Phase 2 needs Dynamo's `allow_rnn` for G_V's nn.LSTM
+Checked on CPU (TORCH_LOGS=graph_breaks; phase 1 D step and phase 2 G step, LSTM backward included, both
+columns): those two are the only graph breaks. Compiling takes minutes per step on a CPU (phase 2 G: ~15). Phase 2 needs Dynamo's `allow_rnn` for G_V's nn.LSTM
 (without it Dynamo refuses to trace the LSTM and fullgraph fails); it is switched on only while compiling.
 
 `vmap`: what a PyTorch user would write for K small models: the K reference discriminators stacked with
