@@ -1,6 +1,7 @@
 """Op-level cases of the report (benchmarks/report.py): projections, discriminator banks forward and
-forward+backward, frozen G_F forward and forward+input-backward, each for reference / compile / fast, at the
-shapes the training steps use (the D step's 2B samples; phase 2's B x 30 codes).
+forward+backward, frozen G_F forward and forward+input-backward, each for reference / compile / fast (and vmap,
+the stacked discriminators of baselines.py, on the bank rows), at the shapes the training steps use (the D step's
+2B samples; phase 2's B x 30 codes).
 
 The per-op pytest-benchmark suites live in bench_bank.py and bench_frozen_generator.py; this file adds only
 the projections to pytest-benchmark (`pytest benchmarks/bench_ops.py --benchmark-only`).
@@ -12,6 +13,7 @@ import os
 import torch
 
 from vidgan_fast.benchmarks.bench_steps import bench_config, resolve_size
+from vidgan_fast.benchmarks import baselines
 from vidgan_fast.benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
 
 try:
@@ -51,7 +53,7 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
     from vidgan_fast.fast.projection import project_frames, project_videos
     device = resolve_device(device)
     size = resolve_size(size, device)
-    cfg = bench_config(size, device)
+    cfg = bench_config(size, device, fast_tf32)
     settings = column_settings(device, kind="op", compile_enabled=compile_enabled)
     impl = settings.fast_impl
     gen = torch.Generator().manual_seed(0)
@@ -88,6 +90,9 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
         filters = torch.stack([d.projection.reshape(8, 8) for d in ds])
         return lambda x: project(x, filters, impl=impl)
 
+    def stacked(what):
+        return baselines.StackedDiscriminators(models(what)).to(device).train()
+
     def frozen_fast(_):
         return FrozenFrameGenerator.from_reference(models("G_F"), impl=impl,
                                                    precision="tf32" if fast_tf32 else "fp32").to(device)
@@ -123,12 +128,17 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
     cases = []
     for name, what, mode, inputs, flops, ref_builder, fast_builder in specs:
         def factory(column, what=what, mode=mode, ref_builder=ref_builder, fast_builder=fast_builder):
-            forward = fast_builder(what) if column == "fast" else ref_builder(what)
+            builder = {"fast": fast_builder, "vmap": stacked}.get(column, ref_builder)
+            forward = builder(what)
             params = list(forward.parameters()) if isinstance(forward, torch.nn.Module) else []
             if column == "compile":
                 forward = torch.compile(forward, **settings.compile_kwargs)
+            elif column == "vmap" and settings.compile_enabled:
+                forward = baselines.compiled_module(forward, settings.compile_kwargs)
             return _closure(mode, forward, params)
-        cases.append(Case(name, "op", int(flops), inputs, settings.columns(factory), settings.labels, size))
+        bank_row = fast_builder is bank
+        cases.append(Case(name, "op", int(flops), inputs, settings.columns(factory, vmap=bank_row),
+                          settings.labels, size))
     return cases
 
 

@@ -1,5 +1,5 @@
 """Training-step benchmarks: phase 1 D step and G step, phase 2 D step and G step, each for the eager reference,
-torch.compile of the reference step, and the fast path. The steps are vidgan_fast.step.d_step / g_step, the
+torch.compile of the reference step, the stacked-vmap baseline (baselines.py) and the fast path. The steps are vidgan_fast.step.d_step / g_step, the
 functions `vidgan train` runs, on states built by vidgan_fast.steps.build_state.
 
     pytest benchmarks/bench_steps.py --benchmark-only            # size: paper on a GPU, tiny on CPU
@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from vidgan_fast.benchmarks import baselines
 from vidgan_fast.benchmarks.timing import COLUMNS, Case, bench_case, column_settings, resolve_device
 
 try:
@@ -38,8 +39,9 @@ def resolve_size(size: str, device: torch.device) -> str:
     return size
 
 
-def bench_config(size: str, device: torch.device):
-    return preset(size, device="cuda" if device.type == "cuda" else "cpu")
+def bench_config(size: str, device: torch.device, tf32: bool = True):
+    """The preset of `size` on `device`, TF32 as pinned (step.build_state sets PyTorch's switches from it)."""
+    return preset(size, device="cuda" if device.type == "cuda" else "cpu", tf32=tf32)
 
 
 def _state(cfg, phase: str):
@@ -99,10 +101,10 @@ def _step_flops(cfg, phase: str, which: str) -> int:
 
 def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32: bool = True,
                compile_enabled: bool = True) -> list[Case]:
-    """The four training steps as timing cases (columns reference / compile / fast, built lazily)."""
+    """The four training steps as timing cases (columns reference / compile / vmap / fast, built lazily)."""
     device = resolve_device(device)
     size = resolve_size(size, device)
-    cfg = bench_config(size, device)
+    cfg = bench_config(size, device, fast_tf32)
     settings = column_settings(device, kind="step", compile_enabled=compile_enabled)
     cases = []
     for phase, k, batch in (("frames", cfg.frames_k, cfg.frames_batch), ("video", cfg.video_k, cfg.video_batch)):
@@ -123,12 +125,11 @@ def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf3
                     make_fast(state, settings.fast_impl, fast_tf32)
                     if state.device.type == "cuda":
                         return graphed_step(state, which, real_shape, batch)
-                step = steps.d_step if which == "D" else steps.g_step
-                if column == "compile":
-                    step = torch.compile(step, **settings.compile_kwargs)
-                if which == "D":
-                    return lambda inp: step(state, inp[0], inp[1])
-                return lambda inp: step(state, inp)
+                if column == "vmap":
+                    baselines.to_vmap(state)
+                if column == "compile" or (column == "vmap" and settings.compile_enabled):
+                    return baselines.compiled_step(state, which, settings.compile_kwargs)
+                return baselines.eager_step(state, which)
 
             name = f"{label} {which} step (K={k}, B={batch})"
             cases.append(Case(name, "step", _step_flops(cfg, phase, which), inputs,

@@ -1,6 +1,8 @@
-"""The performance report: one table of ops and training steps, reference vs torch.compile vs fast, with the
-speed-ups, achieved TFLOP/s against the FLOP model (vidgan_fast/flops.py), the fraction of the device's measured
-matrix rate, and peak GPU memory; saved as JSON too.
+"""The performance report: one table of ops and training steps, reference vs torch.compile vs vmap vs fast, with
+the speed-ups, achieved TFLOP/s against the FLOP model (vidgan_fast/flops.py), the fraction of the device's
+measured matrix rate, and peak GPU memory (allocated and reserved); saved as JSON too. TF32 is pinned for the
+whole run (cuDNN, cuBLAS matmul and the Triton kernels alike: --tf32, the default, or --no-tf32) and recorded
+in the header, the JSON meta and every cell.
 
     vidgan bench                                      # defaults chosen for the device, see below
     vidgan bench --size tiny --repeats 5 --no-compile --json out.json
@@ -33,7 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):          # `python benchmarks/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-COLUMNS = ("reference", "compile", "fast")          # benchmarks.timing.COLUMNS (torch-free copy; a test checks)
+COLUMNS = ("reference", "compile", "vmap", "fast")          # benchmarks.timing.COLUMNS (torch-free copy; a test checks)
 SIZES = ("auto", "paper", "tiny")
 WHAT = ("all", "ops", "steps")
 CPU_DEFAULTS = dict(repeats=3, warmup=1, compile=False, threads=1)
@@ -45,32 +47,46 @@ def _error_cell(e: BaseException) -> str:
     return f"failed: {type(e).__name__}: {line}"
 
 
-def measure_case(case, device, warmup: int, repeats: int, rates: dict) -> dict:
-    """Time every column of `case` (a benchmarks.timing.Case) on `device`; one JSON-ready row."""
+def measure_case(case, device, warmup: int, repeats: int, rates: dict, tf32: bool | None = None) -> dict:
+    """Time every column of `case` (a benchmarks.timing.Case) on `device`; one JSON-ready row. With tf32 given,
+    the TF32 switches are pinned to it after each column is built (and recorded in the cell either way).
+
+    Peak memory: reset before the column is built, so compilation, CUDA-graph capture and warm-up count;
+    allocated (tensors) and reserved (the caching allocator's segments, CUDA-graph private pools included)."""
     import torch
 
-    from vidgan_fast.benchmarks.timing import time_call
+    from vidgan_fast.benchmarks.timing import pin_tf32, reset_peak_memory, tf32_flags, time_call
     row = {"name": case.name, "kind": case.kind, "size": case.size, "flops": case.flops, "columns": {}}
     for column in COLUMNS:
-        entry = case.columns[column]
-        cell = {"label": case.labels.get(column, column)}
+        entry = case.columns.get(column)
+        cell = {} if entry is None else {"label": case.labels.get(column, column)}     # None: no such column
         if isinstance(entry, str):
             cell["skipped"] = entry
-        else:
+        elif entry is not None:
             try:
                 t0 = time.perf_counter()
-                if column == "compile":
+                if column in ("compile", "vmap"):
                     torch._dynamo.reset()    # each case compiles afresh (no cache entries left by other cases)
+                gc.collect()
+                reset_peak_memory(device)
+                if device.type == "cuda":      # what was held before this column (op rows: the shared models)
+                    cell["reserved_before_bytes"] = torch.cuda.memory_reserved(device)
                 fn = entry()
+                if tf32 is not None:
+                    pin_tf32(tf32)
+                cell["tf32"] = tf32_flags(tf32)
                 # compile: the first calls compile (and record CUDA graphs); give it room before timing
-                timing = time_call(fn, case.inputs, device, warmup=max(warmup, 3 if column == "compile" else 1),
-                                   repeats=repeats)
+                compiled = column in ("compile", "vmap") and not isinstance(case.columns.get("compile"), str)
+                timing = time_call(fn, case.inputs, device, warmup=max(warmup, 3 if compiled else 1),
+                                   repeats=repeats, reset_peak=False)
                 cell.update(timing.to_dict(), wall_s=time.perf_counter() - t0)
             except Exception as e:   # noqa: BLE001 - a failed column is a result, the report goes on
                 cell["skipped"] = _error_cell(e)
                 cell["traceback"] = traceback.format_exc(limit=3)
             finally:
                 fn = None
+                if column in ("compile", "vmap"):
+                    torch._dynamo.reset()      # also frees inductor's CUDA-graph trees (their pools)
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -78,6 +94,7 @@ def measure_case(case, device, warmup: int, repeats: int, rates: dict) -> dict:
     t = {c: row["columns"][c].get("median_s") for c in COLUMNS}
     row["speedup_vs_reference"] = t["reference"] / t["fast"] if t["reference"] and t["fast"] else None
     row["speedup_vs_compile"] = t["compile"] / t["fast"] if t["compile"] and t["fast"] else None
+    row["speedup_vs_vmap"] = t["vmap"] / t["fast"] if t["vmap"] and t["fast"] else None
     # TFLOP/s of the fast column, or of the fastest column that ran
     ran = [c for c in COLUMNS if t[c]]
     best = "fast" if t["fast"] else (min(ran, key=lambda c: t[c]) if ran else None)
@@ -86,6 +103,7 @@ def measure_case(case, device, warmup: int, repeats: int, rates: dict) -> dict:
     row["fraction_of_matrix_rate"] = {
         k: (case.flops / t[best] / r if best and r else None) for k, r in rates.items()}
     row["peak_bytes"] = row["columns"][best].get("peak_bytes") if best else None
+    row["peak_reserved_bytes"] = row["columns"][best].get("peak_reserved_bytes") if best else None
     return row
 
 
@@ -106,7 +124,8 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
     import torch
 
     from vidgan_fast.benchmarks.bench_steps import resolve_size
-    from vidgan_fast.benchmarks.timing import device_info, matrix_rate, resolve_device
+    from vidgan_fast.benchmarks.timing import (device_info, matrix_rate, pin_tf32, resolve_device, restore_tf32,
+                                               tf32_flags)
     if size not in SIZES:
         raise ValueError(f"report size must be one of {SIZES}, got {size!r}")
     if what not in WHAT:
@@ -119,10 +138,12 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
     if threads is not None:
         torch.set_num_threads(threads)
     rows: list[dict] = []
+    saved_tf32 = pin_tf32(fast_tf32)
     try:
         rates = matrix_rate(str(dev), torch.get_num_threads())
         meta = dict(device_info(dev), threads=threads or saved_threads, size=size, repeats=repeats, warmup=warmup,
-                    fast_tf32=fast_tf32, compile=compile_enabled, matrix_rate_flops=rates,
+                    fast_tf32=fast_tf32, tf32=tf32_flags(fast_tf32), compile=compile_enabled,
+                    matrix_rate_flops=rates,
                     load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     command=command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), complete=False)
@@ -133,7 +154,7 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
         for i, case in enumerate(cases, 1):
             if on_case:
                 on_case(i, len(cases), case["name"] if isinstance(case, dict) else case.name)
-            rows.append(case if isinstance(case, dict) else measure_case(case, dev, warmup, repeats, rates))
+            rows.append(case if isinstance(case, dict) else measure_case(case, dev, warmup, repeats, rates, fast_tf32))
             _save(out_json, meta, rows)
             if progress:
                 progress(format_row(rows[-1]))
@@ -141,6 +162,7 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
         _save(out_json, meta, rows)
     finally:
         torch.set_num_threads(saved_threads)
+        restore_tf32(saved_tf32)
     return rows
 
 
@@ -171,8 +193,8 @@ def _cases(size, dev, what, compile_enabled, fast_tf32) -> list:
 
 # ------------------------------------------------------------------------------------ the table
 
-HEADER = ("op / step", "GFLOP", "ref ms", "compile ms", "fast ms", "fast vs ref", "fast vs compile", "TFLOP/s",
-          "% fp32 MM", "% tf32 MM", "peak MiB")
+HEADER = ("op / step", "GFLOP", "ref ms", "compile ms", "vmap ms", "fast ms", "fast vs ref", "fast vs compile",
+          "fast vs vmap", "TFLOP/s", "% fp32 MM", "% tf32 MM", "peak alloc MiB", "peak reserved MiB")
 
 
 def _ms(cell: dict) -> str:
@@ -193,12 +215,15 @@ def format_row(row: dict) -> list[str]:
     cols = row.get("columns", {})
     frac = row.get("fraction_of_matrix_rate", {})
     tflops = row.get("tflops")
-    peak = row.get("peak_bytes")
     rate_note = "" if row.get("rate_column") in (None, "fast") else f" ({row['rate_column']})"
     return [row["name"], f"{row['flops'] / 1e9:.3g}", *(_ms(cols.get(c, {})) for c in COLUMNS),
-            _x(row.get("speedup_vs_reference")), _x(row.get("speedup_vs_compile")),
+            _x(row.get("speedup_vs_reference")), _x(row.get("speedup_vs_compile")), _x(row.get("speedup_vs_vmap")),
             "-" if tflops is None else f"{tflops:.3g}{rate_note}", _pct(frac.get("fp32")), _pct(frac.get("tf32")),
-            "-" if peak is None else f"{peak / 2 ** 20:.0f}"]
+            _mib(row.get("peak_bytes")), _mib(row.get("peak_reserved_bytes"))]
+
+
+def _mib(v) -> str:
+    return "-" if v is None else f"{v / 2 ** 20:.0f}"
 
 
 def header_lines(markdown: bool = True) -> list[str]:
@@ -229,25 +254,43 @@ def format_notes(rows: list[dict]) -> list[str]:
         if "error" in r:
             notes.append(f"- {r['name']}: {r['error']}")
         for c, cell in r.get("columns", {}).items():
-            labels.setdefault(c, cell.get("label", c))
+            label = cell.get("label", c)
+            if cell and label not in labels.setdefault(c, []):    # {}: the row has no such column ('-')
+                labels[c].append(label)
             if "skipped" in cell:
                 skipped.setdefault((c, cell["skipped"]), []).append(r["name"])
     timed = [r for r in rows if "error" not in r]
     for (c, why), names in skipped.items():
         where = "all rows" if len(names) == len(timed) else "; ".join(names)
         notes.append(f"- skip* {c} ({where}): {why}")
-    head = ["- columns: " + "; ".join(f"{c} = {labels[c]}" for c in COLUMNS if c in labels)] if labels else []
-    head.append("- fast vs ref / fast vs compile: time ratio (>1 = fast is faster); TFLOP/s and % of the measured "
-                "matmul rate are of the fast column (or of the column named in brackets); peak MiB is "
-                "torch.cuda.max_memory_allocated of that column (- on CPU)")
-    return head + notes
+    head = ["- columns: " + "; ".join(f"{c} = {' | '.join(labels[c])}" for c in COLUMNS if labels.get(c))] \
+        if labels else []
+    head.append("- fast vs ref / compile / vmap: time ratio (>1 = fast is faster); TFLOP/s and % of the measured "
+                "matmul rate are of the fast column (or of the column named in brackets)")
+    head.append("- peak alloc MiB: torch.cuda.max_memory_allocated (live tensors) of that column; peak reserved "
+                "MiB: torch.cuda.max_memory_reserved (what the caching allocator holds from the device, CUDA-graph "
+                "private pools included: a captured step's footprint shows here, not in alloc); both reset before "
+                "the column is built, so compilation, capture and warm-up count (the JSON's reserved_before_bytes: "
+                "what was held already); - on CPU")
+    return head + notes + memory_notes(rows)
+
+
+def memory_notes(rows: list[dict]) -> list[str]:
+    """Every column's peak memory (alloc / reserved MiB), one line per row that has any (GPU runs only)."""
+    out = []
+    for r in rows:
+        cells = [(c, r["columns"][c]) for c in COLUMNS if r.get("columns", {}).get(c, {}).get("peak_bytes")]
+        if cells:
+            out.append(f"- peak MiB alloc / reserved, {r['name']}: " + "; ".join(
+                f"{c} {_mib(cell['peak_bytes'])} / {_mib(cell.get('peak_reserved_bytes'))}" for c, cell in cells))
+    return out
 
 
 # ------------------------------------------------------------------------------------ the command
 
 def build_parser(prog: str = "vidgan bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="The performance report: reference vs torch.compile vs fast, per op and per "
+        prog=prog, description="The performance report: reference vs torch.compile vs vmap vs fast, per op and per "
         "training step, as a Markdown table (rows printed as they are measured) and a JSON file.",
         epilog="Defaults follow the device: on a GPU the paper sizes, 20 repeats, 3 warm-up calls, all columns; "
                "on a CPU the tiny sizes, 3 repeats, 1 warm-up call, 1 thread, no torch.compile column (a few "
@@ -261,7 +304,9 @@ def build_parser(prog: str = "vidgan bench") -> argparse.ArgumentParser:
     p.add_argument("--json", default="bench.json", help="where to save meta and rows (default bench.json)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time the torch.compile column (GPU: yes; CPU: no, it compiles for minutes per case)")
-    p.add_argument("--no-tf32", action="store_true", help="fast kernels in strict fp32 (no TF32)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="TF32 products for every column: cuDNN, cuBLAS matmul (so inductor too) and the Triton "
+                        "kernels alike (default: on, as training); --no-tf32: strict fp32 everywhere")
     return p
 
 
@@ -294,7 +339,7 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
 
     try:
         rows = run_report(a.size, str(dev), a.json, pick(a.repeats, "repeats"), pick(a.warmup, "warmup"), a.what,
-                          pick(a.compile, "compile"), not a.no_tf32, pick(a.threads, "threads"), progress=progress,
+                          pick(a.compile, "compile"), a.tf32, pick(a.threads, "threads"), progress=progress,
                           on_start=on_start, on_case=on_case, command=" ".join([prog, *(argv or [])]))
     except ValueError as e:
         return _fail(str(e), 2)
@@ -315,8 +360,14 @@ def format_header(meta: dict) -> str:
     rates = ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in meta["matrix_rate_flops"].items() if v)
     return (f"{meta['date'][:16]} UTC | {meta['name']} | torch {meta['torch']} | triton {meta['triton']} | "
             f"size {meta['size']} | threads {meta['threads']} | repeats {meta['repeats']} | "
-            f"fast TF32 {'on' if meta.get('fast_tf32') else 'off'} | "
+            f"{_tf32_text(meta)} | "
             f"measured matmul rate: {rates}")
+
+
+def _tf32_text(meta: dict) -> str:
+    flags = meta.get("tf32") or {"triton": meta.get("fast_tf32")}
+    on = lambda v: "on" if v else "off"      # noqa: E731
+    return "TF32 (every column) " + ", ".join(f"{k} {on(v)}" for k, v in flags.items())
 
 
 if __name__ == "__main__":

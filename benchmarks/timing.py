@@ -19,11 +19,12 @@ class Timing:
     min_s: float
     max_s: float
     repeats: int
-    peak_bytes: int | None     # torch.cuda.max_memory_allocated over warm-up and repeats; None on CPU
+    peak_bytes: int | None     # torch.cuda.max_memory_allocated since the last peak reset; None on CPU
+    peak_reserved_bytes: int | None = None   # torch.cuda.max_memory_reserved (caching allocator + graph pools)
 
     def to_dict(self) -> dict:
         return dict(median_s=self.median_s, min_s=self.min_s, max_s=self.max_s, repeats=self.repeats,
-                    peak_bytes=self.peak_bytes)
+                    peak_bytes=self.peak_bytes, peak_reserved_bytes=self.peak_reserved_bytes)
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -36,12 +37,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Free the cached blocks and start the peak counters afresh (allocated and reserved), on CUDA."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def time_call(fn: Callable[[Any], Any], inputs: Sequence[Any], device: torch.device | str,
-              warmup: int = 3, repeats: int = 20) -> Timing:
+              warmup: int = 3, repeats: int = 20, reset_peak: bool = True) -> Timing:
     """Median wall time of fn(inputs[i % len(inputs)]) over `repeats` calls after `warmup` calls.
 
     On CUDA each call is bracketed by CUDA events (so only device time between them counts, launch gaps
-    included); on CPU by time.perf_counter. Peak memory is reset before the warm-up.
+    included); on CPU by time.perf_counter. Peak memory is reset before the warm-up unless reset_peak is False
+    (the report resets it before it builds a column, so that CUDA-graph capture and compilation count too).
     """
     device = torch.device(device)
     if repeats < 1 or warmup < 0:
@@ -49,9 +59,8 @@ def time_call(fn: Callable[[Any], Any], inputs: Sequence[Any], device: torch.dev
     if len(inputs) == 0:
         raise ValueError("time_call: need at least one input buffer to rotate over")
     cuda = device.type == "cuda"
-    if cuda:
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    if cuda and reset_peak:
+        reset_peak_memory(device)
     for i in range(warmup):
         fn(inputs[i % len(inputs)])
     synchronize(device)
@@ -71,7 +80,8 @@ def time_call(fn: Callable[[Any], Any], inputs: Sequence[Any], device: torch.dev
             fn(inputs[(warmup + i) % len(inputs)])
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
-    return Timing(statistics.median(times), min(times), max(times), repeats, peak)
+    reserved = torch.cuda.max_memory_reserved(device) if cuda else None
+    return Timing(statistics.median(times), min(times), max(times), repeats, peak, reserved)
 
 
 def _matmul_rate(device: torch.device, n: int, dtype: torch.dtype, repeats: int) -> float:
@@ -122,7 +132,25 @@ def device_info(device: torch.device | str) -> dict:
 
 # ------------------------------------------------------------------------------------ what is timed
 
-COLUMNS = ("reference", "compile", "fast")
+COLUMNS = ("reference", "compile", "vmap", "fast")
+
+
+def pin_tf32(enabled: bool) -> dict:
+    """Set TF32 for cuDNN convolutions and cuBLAS matmuls (inductor's generated matmuls follow the latter) to
+    `enabled`; the Triton kernels get the same choice as precision='tf32' / 'fp32'. Returns the saved flags."""
+    saved = tf32_flags(None)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    return saved
+
+
+def restore_tf32(saved: dict) -> None:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved["cudnn"], saved["matmul"]
+
+
+def tf32_flags(triton: bool | None) -> dict:
+    """The TF32 switches in effect now: cuDNN, cuBLAS matmul, and the Triton kernels' (as passed)."""
+    return {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32,
+            "triton": triton}
 
 
 @dataclass
@@ -130,7 +158,7 @@ class Case:
     """One row of the report: an op or a training step, its FLOPs, rotated inputs and one entry per column.
 
     columns[c] is a zero-argument builder returning fn(input) (built only when that column is timed, so one
-    column's models live at a time), or a string: why column c is skipped.
+    column's models live at a time), a string: why column c is skipped, or None: column c does not apply.
     """
     name: str
     kind: str                         # "op" or "step"
@@ -161,20 +189,32 @@ class ColumnSettings:
         # phase 2 steps on torch 2.13 CPU, an inductor failure on the symbolic video-projection sizes)
         if self.device.type != "cuda":
             return {"dynamic": False}    # CPU: inductor's default mode (max-autotune / CUDA graphs are GPU features)
-        return {"mode": "max-autotune" if self.kind == "op" else "reduce-overhead", "dynamic": False}
+        return {"mode": "max-autotune", "dynamic": False}
 
     @property
     def labels(self) -> dict:
         mode = self.compile_kwargs.get("mode", "default")
         fast = "fast (Triton)" if self.fast_impl == "triton" else "fast modules, impl='ref' (no Triton here)"
-        return {"reference": "eager reference", "compile": f"torch.compile(reference, mode={mode}, dynamic=False)",
-                "fast": fast}
+        if self.kind == "step":
+            compiled = (f"torch.compile(mode={mode}, dynamic=False) of the reference step: forward+loss "
+                        f"fullgraph=True, optimizer step compiled, NVTX off")
+        else:
+            compiled = f"torch.compile(reference, mode={mode}, dynamic=False)"
+        vmap = ("K discriminators stacked (torch.func.stack_module_state) through torch.func.vmap of one "
+                "functional_call" + (", RMSprop(foreach=True) on the stacks" if self.kind == "step" else ""))
+        vmap += (f", torch.compile as the compile column (fullgraph=True, mode={mode})" if self.compile_enabled
+                 else ", eager (compile disabled)")
+        rows = "steps: " if self.kind == "step" else "ops: "
+        return {"reference": "eager reference", "compile": rows + compiled, "vmap": rows + vmap, "fast": fast}
 
-    def columns(self, factory) -> dict:
+    def columns(self, factory, vmap: bool = True) -> dict:
+        """One entry per column: factory(column) builders; vmap=False: the row has no vmap column (None)."""
         import functools
         out = {c: functools.partial(factory, c) for c in COLUMNS}
         if not self.compile_enabled:
             out["compile"] = "skipped: compile disabled (--no-compile; the default on a CPU, --compile times it)"
+        if not vmap:
+            out["vmap"] = None
         return out
 
 
@@ -188,11 +228,11 @@ def bench_case(benchmark, case: Case, column: str, rounds: int, warmup: int = 3)
     """pytest-benchmark one column of `case`: skip with the reason if it cannot run, warm up (compilation,
     CUDA graph recording), then time rounds with inputs rotated and the device synchronised after each call."""
     import pytest
-    entry = case.columns[column]
-    if isinstance(entry, str):
-        pytest.skip(entry)
+    entry = case.columns.get(column)
+    if entry is None or isinstance(entry, str):
+        pytest.skip(entry or f"no {column} column for this row")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if column == "compile":
+    if column in ("compile", "vmap"):
         torch._dynamo.reset()
     fn = entry()
     for i in range(warmup):

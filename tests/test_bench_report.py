@@ -3,18 +3,14 @@
 No timing assertions: speed is shown by the report, never asserted by tests.
 """
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `benchmarks` is not an installed package
-
-from vidgan_fast.benchmarks import bench_steps  # noqa: E402
-from vidgan_fast.benchmarks.report import HEADER, format_header, format_table, measure_case, run_report  # noqa: E402
-from vidgan_fast.benchmarks.timing import Case, time_call  # noqa: E402
-from vidgan_fast import step as train  # noqa: E402  (the steps bench_steps times)
+from vidgan_fast import step as steps
+from vidgan_fast.benchmarks import bench_steps
+from vidgan_fast.benchmarks.report import HEADER, format_header, format_table, measure_case, run_report
+from vidgan_fast.benchmarks.timing import Case, time_call
 
 CPU = torch.device("cpu")
 
@@ -47,7 +43,16 @@ def test_rows_cover_ops_and_the_four_training_steps(report):
         assert r["speedup_vs_compile"] is None
         assert r["tflops"] == pytest.approx(r["flops"] / fast["median_s"] / 1e12)
         assert r["fraction_of_matrix_rate"]["tf32"] is None and r["fraction_of_matrix_rate"]["fp32"] > 0
-        assert r["peak_bytes"] is None                  # CPU: no CUDA memory figure
+        assert r["peak_bytes"] is None and r["peak_reserved_bytes"] is None      # CPU: no CUDA memory figure
+        # vmap: on the discriminator rows and the steps (eager without --compile), '-' ({}) elsewhere
+        vmap = r["columns"]["vmap"]
+        if "bank" in r["name"] or "step" in r["name"]:
+            assert vmap["median_s"] > 0 and "vmap" in vmap["label"] and "eager" in vmap["label"], vmap
+            assert r["speedup_vs_vmap"] == pytest.approx(vmap["median_s"] / fast["median_s"])
+        else:
+            assert vmap == {} and r["speedup_vs_vmap"] is None
+        for cell in (ref, fast, vmap):                   # the TF32 switches in effect, in every timed cell
+            assert cell == {} or cell["tf32"] == {"cudnn": True, "matmul": True, "triton": True}
 
 
 def test_json_holds_meta_and_the_same_rows(report):
@@ -58,6 +63,8 @@ def test_json_holds_meta_and_the_same_rows(report):
         assert key in meta
     assert meta["size"] == "tiny" and meta["threads"] == 1 and meta["matrix_rate_flops"]["fp32"] > 0
     assert "torch 2" in format_header(meta)
+    assert meta["tf32"] == {"cudnn": True, "matmul": True, "triton": True}
+    assert "TF32 (every column) cudnn on, matmul on, triton on" in format_header(meta)
 
 
 def test_table_has_a_header_and_one_line_per_row(report):
@@ -69,6 +76,8 @@ def test_table_has_a_header_and_one_line_per_row(report):
     assert len(body) == len(rows)
     assert all(ln.count("|") == len(HEADER) + 1 for ln in body)
     assert "skip* compile (all rows): skipped: compile disabled" in table
+    assert "skip* vmap" not in table and "vmap = ops: K discriminators stacked" in table
+    assert "peak reserved MiB: torch.cuda.max_memory_reserved" in table and "peak MiB alloc" not in table
     plain = format_table(rows, markdown=False)
     assert plain.splitlines()[0].startswith("op / step")
 
@@ -88,8 +97,8 @@ def test_a_failing_column_becomes_a_cell_and_the_report_goes_on():
 def test_step_rows_time_the_training_code(monkeypatch):
     calls = []
     for name in ("d_step", "g_step"):
-        original = getattr(train, name)
-        monkeypatch.setattr(train, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+        original = getattr(steps, name)
+        monkeypatch.setattr(steps, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     cases = bench_steps.step_cases("tiny", CPU, compile_enabled=False)
     for case in (cases[0], cases[1]):
         case.columns["reference"]()(case.inputs[0])
@@ -104,3 +113,29 @@ def test_time_call_rotates_inputs_and_checks_arguments():
         time_call(seen.append, [0], CPU, repeats=0)
     with pytest.raises(ValueError, match="size"):
         run_report(size="huge", device="cpu")
+
+
+def test_tf32_is_pinned_for_the_run_and_restored(monkeypatch):
+    from vidgan_fast.benchmarks import report
+    seen = []
+    monkeypatch.setattr(report, "_cases", lambda *a: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or [])
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    assert run_report(size="tiny", device="cpu", fast_tf32=False) == []
+    assert seen == [(False, False)]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_peak_memory_is_reset_before_each_column_is_built(monkeypatch):
+    from vidgan_fast.benchmarks import timing
+    order = []
+    monkeypatch.setattr(timing, "reset_peak_memory", lambda device: order.append("reset"))
+
+    def build(column):
+        order.append(column)
+        return lambda x: x
+    case = Case("toy", "op", 1, [torch.zeros(1)], {"reference": lambda: build("reference"), "compile": "no",
+                                                   "vmap": None, "fast": lambda: build("fast")}, {})
+    row = measure_case(case, CPU, warmup=0, repeats=1, rates={"fp32": 1e9, "tf32": None}, tf32=True)
+    assert order == ["reset", "reference", "reset", "fast"]
+    assert row["columns"]["vmap"] == {} and row["columns"]["fast"]["peak_reserved_bytes"] is None

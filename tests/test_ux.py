@@ -293,4 +293,6 @@ def test_bench_defaults_follow_the_device(monkeypatch):
     assert (size, device, repeats, warmup, compile_enabled, threads) == ("auto", "cpu", 3, 1, False, 1)
     assert report.main(["--device", "cpu", "--compile", "--repeats", "7", "--json", os.devnull]) == 0
     assert seen["args"][3] == 7 and seen["args"][6] is True
+    assert seen["args"][7] is True                  # TF32 on by default, as training
+    assert report.main(["--device", "cpu", "--no-tf32", "--json", os.devnull]) == 0 and seen["args"][7] is False
     assert report.COLUMNS == __import__("vidgan_fast.benchmarks.timing", fromlist=["COLUMNS"]).COLUMNS

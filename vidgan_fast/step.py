@@ -5,8 +5,8 @@ Phase 2 ("video"):  G_V against K video discriminators; G_F comes from a phase-1
                     no gradients, in no optimizer) unless cfg.finetune_frames.
 
     state = build_state(cfg, "frames")                 # fresh models and RMSprop optimizers from cfg.seed
-    d_loss = d_step(state, real, torch.randn(B, Z_DIM))
-    g_loss = g_step(state, torch.randn(B, Z_DIM))
+    d_loss = d_step(state, real, torch.randn(B, Z_DIM))       # d_update(state, d_losses(state, real, z))
+    g_loss = g_step(state, torch.randn(B, Z_DIM))             # g_update(state, g_loss(state, z))
 
 The steps only assume that `state.discriminators` maps x -> logits [K, B] and has .parameters(), and that
 `state.renderer` maps codes -> frames: `--fast` (execution.py, fast/engine.py) swaps those modules for a Triton
@@ -163,8 +163,9 @@ def build_state(cfg: TrainConfig, phase: str, frame_generator_state: dict | None
 
 # ----------------------------------------------------------------------------------------------- the step
 
-def d_step(state: TrainState, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """One RMSprop step of every discriminator on its own loss. Returns the mean loss (detached).
+def d_losses(state: TrainState, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The D step's forward and loss: [K] fp32 losses, discriminator k's in row k (no backward, no update).
+    Free of graph breaks under torch.compile(fullgraph=True) with NVTX off (profiling.nvtx_disabled).
 
     The discriminators see the real and the generated batch in one pass ([2B] samples: one read of every weight,
     one weight gradient, no sum of two), and the two halves' logits give the real and fake terms of each loss.
@@ -174,7 +175,11 @@ def d_step(state: TrainState, real: torch.Tensor, z: torch.Tensor) -> torch.Tens
     with nvtx_range("discriminator forward", "discriminator"), state.autocast():
         logits = state.discriminators(torch.cat([real, fake.to(real.dtype)]))                 # [K, 2B]
         per_disc = losses.discriminator_losses(logits[:, :len(real)], logits[:, len(real):])  # [K]
-        per_disc = per_disc.float()
+    return per_disc.float()
+
+
+def d_update(state: TrainState, per_disc: torch.Tensor) -> torch.Tensor:
+    """Backward of the [K] losses from d_losses and one RMSprop step of every discriminator; the mean loss."""
     with nvtx_range("discriminator backward", "backward"):
         state.d_opt.zero_grad(set_to_none=True)
         per_disc.sum().backward()            # discriminator k only sees loss k
@@ -183,27 +188,44 @@ def d_step(state: TrainState, real: torch.Tensor, z: torch.Tensor) -> torch.Tens
     return per_disc.detach().mean()
 
 
-def g_step(state: TrainState, z: torch.Tensor) -> torch.Tensor:
-    """One RMSprop step of the generator (and of G_F when fine-tuned) on the combined K losses."""
+def d_step(state: TrainState, real: torch.Tensor, z: torch.Tensor, forward=d_losses) -> torch.Tensor:
+    """One RMSprop step of every discriminator on its own loss. Returns the mean loss (detached).
+    `forward` computes the losses (d_losses; the benchmarks pass a torch.compile of it)."""
+    return d_update(state, forward(state, real, z))
+
+
+def g_loss(state: TrainState, z: torch.Tensor) -> torch.Tensor:
+    """The G step's forward and loss: the combined scalar of the K generator losses (call it with the
+    discriminators' weights not requiring gradients, as g_step does). Free of graph breaks like d_losses."""
+    with nvtx_range("generator forward", "generator"), state.autocast():
+        fake = state.generate(z)
+    with nvtx_range("discriminator forward", "discriminator"), state.autocast():
+        per_disc = losses.generator_losses(state.discriminators(fake)).float()       # [K]
+    return losses.combine(per_disc, state.cfg.loss)
+
+
+def g_update(state: TrainState, loss: torch.Tensor) -> torch.Tensor:
+    """Backward of g_loss's scalar and one RMSprop step of the generator (and of G_F when fine-tuned)."""
+    with nvtx_range("generator backward", "backward"):
+        state.g_opt.zero_grad(set_to_none=True)
+        if state.f_opt is not None:
+            state.f_opt.zero_grad(set_to_none=True)
+        loss.backward()
+    with nvtx_range("generator optimizer", "optimizer"):
+        state.g_opt.step()
+        if state.f_opt is not None:
+            state.f_opt.step()
+    return loss.detach()
+
+
+def g_step(state: TrainState, z: torch.Tensor, forward=g_loss) -> torch.Tensor:
+    """One RMSprop step of the generator (and of G_F when fine-tuned) on the combined K losses.
+    `forward` computes the loss (g_loss; the benchmarks pass a torch.compile of it)."""
     state.discriminators.requires_grad_(False)     # gradients flow through D to G, none into D's weights
     try:
-        with nvtx_range("generator forward", "generator"), state.autocast():
-            fake = state.generate(z)
-        with nvtx_range("discriminator forward", "discriminator"), state.autocast():
-            per_disc = losses.generator_losses(state.discriminators(fake)).float()       # [K]
-        loss = losses.combine(per_disc, state.cfg.loss)
-        with nvtx_range("generator backward", "backward"):
-            state.g_opt.zero_grad(set_to_none=True)
-            if state.f_opt is not None:
-                state.f_opt.zero_grad(set_to_none=True)
-            loss.backward()
-        with nvtx_range("generator optimizer", "optimizer"):
-            state.g_opt.step()
-            if state.f_opt is not None:
-                state.f_opt.step()
+        return g_update(state, forward(state, z))
     finally:
         state.discriminators.requires_grad_(True)
-    return loss.detach()
 
 
 class EagerSteps:
