@@ -165,8 +165,10 @@ PRESETS: dict[str, TrainConfig] = {
     #   batch norms start with the statistics of a real batch: after a 32-step phase 2 the running variances
     #   otherwise still hold ~4% of their initial 1 against true variances ~1e-4, and the eval-mode G_V drew
     #   nearly the same video for every z (seed 0: diversity 0.18 without, 0.41 with).
-    # Measured on 3 seeds (benchmarks/RESULTS.md, "Quality"): not robust yet; G_F reaches 21-33% frames with
-    # exactly 3 blobs (target 70%), and phase 2 meets the speed and diversity targets on 1 of 3 seeds.
+    # Measured on 3 seeds (benchmarks/RESULTS.md, "Quality"): not robust yet. Phase 1 (1600 steps at 2e-3, CLI,
+    # 2,000 frames): 3-blob frames 0.67 / 0.77 / 0.64 on seeds 0 / 1 / 2 (target 0.70), radius 3.30-3.36 px
+    # (data 3.53), diversity 0.75-0.80, 505-530 s CPU. Phase 2 (measured on the older 416-step G_F, 0.21-0.33)
+    # met the speed and diversity targets on 1 of 3 seeds; not re-measured on the new G_F.
     "small": TrainConfig(
         frames_k=16, frames_batch=32, frames_epochs=50, frames_lr=2e-3,   # 32 steps per epoch, 1600 steps
         video_k=4, video_batch=32, video_epochs=1, video_lr=5e-5,
