@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vidgan_fast import models
+from vidgan_fast.checks import randomize_weights
 from vidgan_fast.fast import backend
 from vidgan_fast.fast.bank import BatchedConv, FrameDiscriminatorBank, VideoDiscriminatorBank
 from vidgan_fast.tolerance import relative_error, tolerance
@@ -31,14 +32,7 @@ def assert_fp64_close(what, fast, ref32, ref64, rtol=RTOL):
 
 def randomize(module, seed):
     """Random weights N(0, 1/fan_in) and biases N(0, 0.1^2), so activations stay O(1) through the layers."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("weight"):
-                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return module
+    return randomize_weights(module, torch.Generator().manual_seed(seed))
 
 
 def make_references(kind, k, seed=0, widths=WIDTHS):

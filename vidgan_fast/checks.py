@@ -118,8 +118,9 @@ class _Ctx:
         return _row(op, shape, tensors, self.tol(reduction), self.path, self.allow_fallback, self.note)
 
 
-def _randomize(module: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Weights N(0, 1/fan_in), biases N(0, 0.1^2): activations stay O(1), so relative errors mean something."""
+def randomize_weights(module: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Weights N(0, 1/fan_in), biases N(0, 0.1^2): activations stay O(1), so relative errors mean something
+    (in place; returns the module). Also what tests/test_bank.py draws its discriminators with."""
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name.endswith("weight"):
@@ -176,7 +177,7 @@ def _check_bank(ctx: _Ctx, kind: str) -> list[CheckResult]:
         reduction = max(64 * widths[2], 64 * widths[1], 240 * b, 9 * k)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
-        refs = _randomize(make(k, widths, seed=ctx.seed), ctx.gen).to(ctx.device)
+        refs = randomize_weights(make(k, widths, seed=ctx.seed), ctx.gen).to(ctx.device)
     bank = cls.from_reference(list(refs), impl=ctx.impl)
     refs64 = copy.deepcopy(refs).double()
     grad = ctx.randn(k, b)
