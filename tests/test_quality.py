@@ -5,7 +5,8 @@ import torch
 
 from vidgan_fast import train
 from vidgan_fast.config import preset
-from vidgan_fast.models import CALIBRATED_CODE_STD, VideoGenerator, calibrate_codes
+from vidgan_fast.errors import ConfigError
+from vidgan_fast.models import CALIBRATED_CODE_STD, VideoGenerator, calibrate_codes, time_filter
 from vidgan_fast.step import build_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
@@ -61,6 +62,46 @@ def test_sphere_codes_have_the_norm_of_frame_codes():
     assert preset("paper").video_codes == "tanh" and preset("small").video_codes == "sphere"
     with pytest.raises(ValueError, match="unknown code map"):
         VideoGenerator(code_map="relu")
+
+
+def test_time_filter_is_a_normalised_gaussian_with_replicated_ends():
+    assert torch.equal(time_filter(30, 0.0), torch.eye(30))
+    f = time_filter(30, 3.0).double()
+    assert torch.allclose(f.sum(1), torch.ones(30, dtype=torch.float64), atol=1e-6)
+    t = torch.arange(-9, 10, dtype=torch.float64)
+    g = torch.exp(-0.5 * (t / 3.0) ** 2)
+    assert torch.allclose(f[15, 6:25], (g / g.sum()), atol=1e-6)           # interior row: the plain Gaussian
+    assert torch.allclose(f[0, 0], (g / g.sum())[:10].sum().to(f), atol=1e-6)  # taps before frame 0 land on it
+    ramp = torch.arange(30, dtype=torch.float64)
+    assert torch.allclose((f @ ramp)[9:21], ramp[9:21], atol=1e-5)          # away from the ends a line stays put
+
+
+def test_smoothing_is_a_fixed_filter_on_the_same_weights():
+    torch.manual_seed(0)
+    plain = VideoGenerator(hidden=(32, 64), lstm_hidden=16, code_map="sphere").eval()
+    smooth = VideoGenerator(hidden=(32, 64), lstm_hidden=16, code_map="sphere", smoothing=3.0)
+    assert set(smooth.state_dict()) == set(plain.state_dict())            # checkpoints keep the paper's keys
+    smooth.load_state_dict(plain.state_dict())
+    smooth.eval()
+    z = torch.randn(8, 100)
+    with torch.no_grad():
+        u = pre_tanh_codes(plain, z)                                       # [B, T, code_dim] before the sphere
+        expected = torch.einsum("ts,bsc->btc", time_filter(30, 3.0), u)
+        expected = expected * (10.0 / expected.norm(dim=-1, keepdim=True))
+        a, b = plain.codes(z), smooth.codes(z)
+    assert torch.allclose(b, expected, atol=1e-4)
+    step = lambda c: (c[:, 1:] - c[:, :-1]).norm(dim=-1).mean()
+    assert step(b) < 0.7 * step(a)                                         # slower, smoother paths
+    smooth.train()
+    smooth.codes(z).sum().backward()                                       # gradients flow through the filter
+    assert smooth.to_code.weight.grad.abs().sum() > 0
+
+
+def test_smoothing_option_is_validated():
+    assert preset("paper").gv_smoothing == 0.0
+    for bad in (-1.0, float("nan"), 11.0, True):
+        with pytest.raises(ConfigError, match="gv-smoothing"):
+            preset("small", gv_smoothing=bad)
 
 
 # The collapse check (issue 17): the `small` preset's run, cut to test size. A collapsed G_V (the tiny preset

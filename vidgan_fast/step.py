@@ -113,7 +113,8 @@ def build_frame_generator(cfg: TrainConfig) -> FrameGenerator:
 
 def build_video_generator(cfg: TrainConfig) -> VideoGenerator:
     return VideoGenerator(Z_DIM, cfg.gv_hidden, steps=FRAMES, lstm_hidden=cfg.gv_lstm, code_dim=Z_DIM,
-                          code_map=cfg.video_codes, forget_bias=cfg.gv_forget_bias)
+                          code_map=cfg.video_codes, forget_bias=cfg.gv_forget_bias,
+                          smoothing=cfg.gv_smoothing)
 
 
 def freeze(module: nn.Module) -> nn.Module:
