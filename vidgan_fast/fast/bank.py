@@ -51,7 +51,7 @@ class BatchedConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, padding, leaky, precision="fp32", tiles="auto",
                 out_dtype=torch.float32, weight_dtype=torch.float32):
         from vidgan_fast.kernels.batched_conv import conv_forward
-        weight_read = weight.detach().to(weight_dtype)             # the parameter itself when weight_dtype matches
+        weight_read = weight if weight.dtype == weight_dtype else weight.detach().to(weight_dtype)
         y = conv_forward(x, weight_read, bias, stride, padding, leaky, precision, tiles, out_dtype)
         ctx.save_for_backward(x, weight_read, y if leaky else None)   # LReLU'(pre) is read from the sign of y
         ctx.conf = (stride, padding, precision, tiles, tuple(weight.shape))
