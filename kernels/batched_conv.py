@@ -12,6 +12,9 @@ Layouts (contiguous): x [K, B, Cin, D, H, W], w [K, Cout, Cin, kd, kh, kw], b [K
 2D convolutions are the 3D kernels with D = kd = 1 (the wrappers accept 5-D x / 5-D w for that).
 
 precision: "fp32" (exact products), "tf32" or "bf16" (tensor cores, fp32 accumulation): kernels/common.py.
+Storage: x, w, dy and y may each be float32 or bfloat16 (read, then computed in fp32 registers); y and dx are
+written in `out_dtype` (float32 or bfloat16); b, dw and db are always float32 (the master weights and their
+optimizer read them).
 tiles: "auto" (GPU tiles when compiled, larger ones under the interpreter) or "gpu" / "interpreter".
 These are launch wrappers only: no autograd (see vidgan_fast.fast.bank).
 """
@@ -21,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vidgan_fast.kernels.common import dot_precision, gpu_tiles, mma, tile
+from vidgan_fast.kernels.common import cast_for_store, dot_precision, gpu_tiles, mma, tile
 
 NEGATIVE_SLOPE = tl.constexpr(0.2)     # a plain Python global would be rejected by the compiler (not the interpreter)
 
@@ -60,16 +63,16 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
         a_mask = ((offs_m[:, None] < M) & (offs_r[None, :] < R) & (i_d >= 0) & (i_d < D)
                   & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W))
         a_off = (((b[:, None] * CIN + ci[None, :]) * D + i_d) * H + i_h) * W + i_w
-        a = tl.load(x_k + a_off, mask=a_mask, other=0.0)
+        a = tl.load(x_k + a_off, mask=a_mask, other=0.0).to(tl.float32)
         w_mask = (offs_r[:, None] < R) & (offs_n[None, :] < COUT)
-        w = tl.load(w_k + offs_n[None, :] * R + offs_r[:, None], mask=w_mask, other=0.0)
+        w = tl.load(w_k + offs_n[None, :] * R + offs_r[:, None], mask=w_mask, other=0.0).to(tl.float32)
         acc = mma(a, w, acc, PRECISION)
     acc += tl.load(b_ptr + k * COUT + offs_n, mask=offs_n < COUT, other=0.0)[None, :]
     if LEAKY:
         acc = tl.where(acc > 0, acc, acc * NEGATIVE_SLOPE)
     y_off = (b[:, None] * COUT + offs_n[None, :]) * P + p[:, None]
     y_mask = (offs_m[:, None] < M) & (offs_n[None, :] < COUT)
-    tl.store(y_ptr + k * B * COUT * P + y_off, acc, mask=y_mask)
+    tl.store(y_ptr + k * B * COUT * P + y_off, cast_for_store(acc, y_ptr.dtype.element_ty), mask=y_mask)
 
 
 @triton.jit
@@ -145,17 +148,17 @@ def _conv_dgrad_kernel(dy_ptr, y_ptr, w_ptr, dx_ptr,
                   & (i_h[:, None] + PH >= kh[None, :]) & (o_h < OH)
                   & (i_w[:, None] + PW >= kw[None, :]) & (o_w < OW))
         a_off = (b[:, None] * COUT + co[None, :]) * (OD * OH * OW) + (o_d * OH + o_h) * OW + o_w
-        a = tl.load(dy_k + a_off, mask=a_mask, other=0.0)
+        a = tl.load(dy_k + a_off, mask=a_mask, other=0.0).to(tl.float32)
         if LEAKY:                                                  # dL/dpre from dL/dy and the sign of y
-            y = tl.load(y_ptr + k * B * COUT * OD * OH * OW + a_off, mask=a_mask, other=0.0)
+            y = tl.load(y_ptr + k * B * COUT * OD * OH * OW + a_off, mask=a_mask, other=0.0).to(tl.float32)
             a = tl.where(y > 0, a, a * NEGATIVE_SLOPE)
         w_off = (co[:, None] * CIN + offs_n[None, :]) * KVOL + ((kd * KH + kh) * KW + kw)[:, None]
         w_mask = r_ok[:, None] & (offs_n[None, :] < CIN)
-        w = tl.load(w_k + w_off, mask=w_mask, other=0.0)
+        w = tl.load(w_k + w_off, mask=w_mask, other=0.0).to(tl.float32)
         acc = mma(a, w, acc, PRECISION)
     dx_off = ((b[:, None] * CIN + offs_n[None, :]) * D + i_d[:, None]) * (H * W) + (i_h * W + i_w)[:, None]
     dx_mask = m_ok[:, None] & (offs_n[None, :] < CIN)
-    tl.store(dx_ptr + k * B * CIN * D * H * W + dx_off, acc, mask=dx_mask)
+    tl.store(dx_ptr + k * B * CIN * D * H * W + dx_off, cast_for_store(acc, dx_ptr.dtype.element_ty), mask=dx_mask)
 
 
 @triton.jit
@@ -190,9 +193,9 @@ def _conv_wgrad_kernel(dy_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
         od = p // (OW * OH)
         g_mask = (offs_m[:, None] < COUT) & (offs_q[None, :] < Q)
         g_off = (b[None, :] * COUT + offs_m[:, None]) * P + p[None, :]
-        g = tl.load(dy_k + g_off, mask=g_mask, other=0.0)
+        g = tl.load(dy_k + g_off, mask=g_mask, other=0.0).to(tl.float32)
         if LEAKY:                                                  # dL/dpre from dL/dy and the sign of y
-            y = tl.load(y_ptr + k * B * COUT * P + g_off, mask=g_mask, other=0.0)
+            y = tl.load(y_ptr + k * B * COUT * P + g_off, mask=g_mask, other=0.0).to(tl.float32)
             g = tl.where(y > 0, g, g * NEGATIVE_SLOPE)
         i_d = od[:, None] * SD - PD + kd[None, :]
         i_h = oh[:, None] * SH - PH + kh[None, :]
@@ -200,7 +203,7 @@ def _conv_wgrad_kernel(dy_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
         x_mask = ((offs_q[:, None] < Q) & (offs_n[None, :] < N) & (i_d >= 0) & (i_d < D)
                   & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W))
         x_off = (((b[:, None] * CIN + ci[None, :]) * D + i_d) * H + i_h) * W + i_w
-        xs = tl.load(x_k + x_off, mask=x_mask, other=0.0)
+        xs = tl.load(x_k + x_off, mask=x_mask, other=0.0).to(tl.float32)
         acc = mma(g, xs, acc, PRECISION)
         bias_acc += tl.sum(g, axis=1)
     dw_mask = (offs_m[:, None] < COUT) & (offs_n[None, :] < N)
@@ -262,21 +265,40 @@ def _blocks(kernel: str, m: int, n: int, r: int, tiles: str) -> tuple[int, int, 
     return (*(tile(v, cap, gpu) for v, cap in zip((m, n, r), caps)), warps)
 
 
-def _fp32(*tensors):
-    for t in tensors:
+STORAGE_DTYPES = (torch.float32, torch.bfloat16)     # activations, weights read, input gradients
+
+
+def _stored(**tensors):
+    """The tensors, contiguous; each must be float32 or bfloat16 (what the kernels read and convert to fp32)."""
+    for name, t in tensors.items():
+        if t.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"batched conv: {name} must be float32 or bfloat16, got {t.dtype}")
+    return [t.contiguous() for t in tensors.values()]
+
+
+def _fp32(**tensors):
+    """The tensors, contiguous; each must be float32 (biases: the fp32 master values)."""
+    for name, t in tensors.items():
         if t.dtype != torch.float32:
-            raise ValueError(f"batched conv: float32 tensors only, got {t.dtype}")
-    return [t.contiguous() for t in tensors]
+            raise ValueError(f"batched conv: {name} must be float32, got {t.dtype}")
+    return [t.contiguous() for t in tensors.values()]
+
+
+def _out_dtype(dtype):
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"batched conv: out_dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+    return dtype
 
 
 def conv_forward(x, w, bias, stride, padding, leaky: bool, precision: str = "fp32",
-                 tiles: str = "auto") -> torch.Tensor:
-    """y[k] = conv(x[k], w[k]) + bias[k], then LeakyReLU(0.2) if `leaky`. 2D or 3D; returns y [K, B, Cout, ...]."""
+                 tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
+    """y[k] = conv(x[k], w[k]) + bias[k], then LeakyReLU(0.2) if `leaky`. 2D or 3D; returns y [K, B, Cout, ...]
+    in out_dtype."""
     (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x.shape, w.shape, stride, padding)
     if tuple(bias.shape) != (K, COUT):
         raise ValueError(f"batched conv: bias {tuple(bias.shape)} should be [K={K}, Cout={COUT}]")
-    x, w, bias = _fp32(x, w, bias)
-    y = torch.empty((K, B, COUT, OD, OH, OW), device=x.device, dtype=torch.float32)
+    (x, w), (bias,) = _stored(x=x, w=w), _fp32(bias=bias)
+    y = torch.empty((K, B, COUT, OD, OH, OW), device=x.device, dtype=_out_dtype(out_dtype))
     M, R = B * OD * OH * OW, CIN * consts["KD"] * consts["KH"] * consts["KW"]
     BM, BN, BR, warps = _blocks("forward", M, COUT, R, tiles)
     grid = (triton.cdiv(M, BM), triton.cdiv(COUT, BN), K)
@@ -286,15 +308,17 @@ def conv_forward(x, w, bias, stride, padding, leaky: bool, precision: str = "fp3
     return y.view(K, B, COUT, OH, OW) if x.dim() == 5 else y
 
 
-def conv_input_grad(dy, w, x_shape, stride, padding, y=None, precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
-    """dx (shape x_shape) of y = act(conv(x, w) + b) given dy = dL/dy [K, B, Cout, ...]; pass the forward's
-    output y when act is LeakyReLU(0.2) (its derivative is read from the sign of y), None when act is identity."""
+def conv_input_grad(dy, w, x_shape, stride, padding, y=None, precision: str = "fp32", tiles: str = "auto",
+                    out_dtype=torch.float32) -> torch.Tensor:
+    """dx (shape x_shape, in out_dtype) of y = act(conv(x, w) + b) given dy = dL/dy [K, B, Cout, ...]; pass the
+    forward's output y when act is LeakyReLU(0.2) (its derivative is read from the sign of y), None when act is
+    identity."""
     (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x_shape, w.shape, stride, padding)
     if dy.numel() != K * B * COUT * OD * OH * OW:
         raise ValueError(f"batched conv dgrad: dy {tuple(dy.shape)} does not match the output of x {tuple(x_shape)}")
     leaky = y is not None
-    dy, w, y = _fp32(dy, w, y if leaky else dy)      # y is not read when not leaky
-    dx = torch.empty(x_shape, device=dy.device, dtype=torch.float32)
+    dy, w, y = _stored(dy=dy, w=w, y=y if leaky else dy)      # y is not read when not leaky
+    dx = torch.empty(x_shape, device=dy.device, dtype=_out_dtype(out_dtype))
     classes = consts["SD"] * consts["SH"] * consts["SW"]
     per_class = B * triton.cdiv(D, consts["SD"]) * triton.cdiv(H, consts["SH"]) * triton.cdiv(W, consts["SW"])
     taps = triton.cdiv(consts["KD"], consts["SD"]) * triton.cdiv(consts["KH"], consts["SH"]) * \
@@ -308,13 +332,13 @@ def conv_input_grad(dy, w, x_shape, stride, padding, y=None, precision: str = "f
 
 
 def conv_weight_grad(dy, x, w_shape, stride, padding, y=None, precision: str = "fp32", tiles: str = "auto"):
-    """(dw of shape w_shape, db [K, Cout]) of y = act(conv(x, w) + b) given dy = dL/dy [K, B, Cout, ...];
-    y as in conv_input_grad."""
+    """(dw of shape w_shape, db [K, Cout]), both float32, of y = act(conv(x, w) + b) given dy = dL/dy
+    [K, B, Cout, ...]; y as in conv_input_grad."""
     (K, B, CIN, D, H, W, COUT, OD, OH, OW), consts = _geometry(x.shape, w_shape, stride, padding)
     if dy.numel() != K * B * COUT * OD * OH * OW:
         raise ValueError(f"batched conv wgrad: dy {tuple(dy.shape)} does not match the output of x {tuple(x.shape)}")
     leaky = y is not None
-    dy, x, y = _fp32(dy, x, y if leaky else dy)      # y is not read when not leaky
+    dy, x, y = _stored(dy=dy, x=x, y=y if leaky else dy)      # y is not read when not leaky
     N = CIN * consts["KD"] * consts["KH"] * consts["KW"]
     dw = torch.empty(w_shape, device=x.device, dtype=torch.float32)
     db = torch.empty((K, COUT), device=x.device, dtype=torch.float32)

@@ -3,10 +3,13 @@
 Precision (the `precision` argument of every launch wrapper that multiplies):
     "fp32"  exact fp32 products (tl.dot input_precision "ieee": FMA, no tensor core)
     "tf32"  TF32 tensor-core products (10-bit mantissa), fp32 accumulation
-    "bf16"  operands rounded to bf16 (round-to-nearest-even), bf16 tensor-core products, fp32 accumulation;
-            tensors stay fp32 in memory
+    "bf16"  operands rounded to bf16 (round-to-nearest-even), bf16 tensor-core products, fp32 accumulation
+Storage is separate from precision: the kernels that carry activations (batched_conv, frame_generator) read fp32
+or bf16 tensors (the dtype of each pointer), compute in fp32 registers, and write their activation / input-gradient
+outputs in the dtype of the output tensor the wrapper allocates (`cast_for_store`); weight gradients are fp32.
 The interpreter ignores input_precision and mishandles bf16 dots, so there "bf16" rounds the operands with
-integer bit operations and multiplies them exactly: the same products the tensor cores form. (TF32 cannot be
+integer bit operations and multiplies them exactly: the same products the tensor cores form. Its fp32 -> bf16
+cast truncates, so `cast_for_store` rounds first there (the compiled cast rounds to nearest even itself). (TF32 cannot be
 seen under the interpreter; tests read the compiled PTX for it, see kernels/aot.py.)
 
 Tiles: each launcher has GPU tiles (what a GPU runs; what the compile gate checks for registers and spills)
@@ -74,3 +77,14 @@ def mma(a, b, acc, PRECISION: tl.constexpr):
             return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     else:
         return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def cast_for_store(x, dtype: tl.constexpr):
+    """fp32 x as `dtype` (a store's element type) rounded to nearest even: the compiled fp32 -> bf16 cast rounds
+    so; the interpreter's truncates, so there x is rounded first with integer bit operations (the cast is then
+    exact)."""
+    if INTERPRETED:
+        if dtype == tl.bfloat16:
+            return round_to_bf16(x).to(dtype)
+    return x.to(dtype)

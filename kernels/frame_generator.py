@@ -22,6 +22,8 @@ Backward (input gradient only; the frozen weights need none)
     dense (again)    grad_codes = grad @ w_fc
 
 precision: "fp32" (exact products), "tf32" or "bf16" (tensor cores, fp32 accumulation): kernels/common.py.
+Storage: inputs, weights, saved activations and output gradients may each be float32 or bfloat16 (read, then
+computed in fp32 registers); each op writes its output in `out_dtype` (float32 or bfloat16). Biases are float32.
 Launch wrappers only: no autograd (see vidgan_fast.fast.frozen_generator).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vidgan_fast.kernels.common import dot_precision, gpu_tiles, mma, tile
+from vidgan_fast.kernels.common import cast_for_store, dot_precision, gpu_tiles, mma, tile
 
 # Tiles (BLOCK_M rows per program, N up to MAX_BLOCK_N, reduction steps of MAX_BLOCK_K, warps). On a GPU: 64-row
 # tiles, N up to 64, steps of 32 (fp32 operands, 4 warps). The interpreter pays per tile operation rather than
@@ -46,12 +48,25 @@ def _tiles(tiles: str) -> dict:
     return dict(GPU_TILES if gpu else INTERPRETER_TILES, gpu=gpu)
 
 
+STORAGE_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _check(t: torch.Tensor, name: str, dims: int) -> None:
-    if t.dim() != dims or t.dtype != torch.float32 or not t.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous float32 tensor with {dims} dims, "
+    if t.dim() != dims or t.dtype not in STORAGE_DTYPES or not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous float32 or bfloat16 tensor with {dims} dims, "
                          f"got {tuple(t.shape)} {t.dtype} contiguous={t.is_contiguous()}")
     if t.numel() >= 2 ** 31:
         raise ValueError(f"{name}: {t.numel()} elements is too many for 32-bit offsets; split the batch")
+
+
+def _check_dtypes(op: str, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype) -> None:
+    """Weights are read as float32 or bfloat16, biases as float32; outputs are float32 or bfloat16."""
+    if weight.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"{op}: weight must be float32 or bfloat16, got {weight.dtype}")
+    if bias is not None and bias.dtype != torch.float32:
+        raise ValueError(f"{op}: bias must be float32, got {bias.dtype}")
+    if out_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"{op}: out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
 
 
 # ---------------------------------------------------------------------------------------------- dense
@@ -68,26 +83,29 @@ def _dense_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
         a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
-                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0).to(tl.float32)
         b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
-                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
+                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0).to(tl.float32)
         acc = mma(a, b, acc, PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    tl.store(c_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], cast_for_store(acc, c_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-          precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
-    """x [M, K] @ w [K, N] (+ bias [N]) (then ReLU) -> [M, N]. w may be a strided view (e.g. a transpose)."""
+          precision: str = "fp32", tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
+    """x [M, K] @ w [K, N] (+ bias [N]) (then ReLU) -> [M, N] in out_dtype. w may be a strided view (e.g. a
+    transpose)."""
     _check(x, "dense input", 2)
-    if w.dim() != 2 or w.shape[0] != x.shape[1] or w.dtype != torch.float32:
-        raise ValueError(f"dense: weight {tuple(w.shape)} {w.dtype} does not fit input {tuple(x.shape)}")
+    if w.dim() != 2 or w.shape[0] != x.shape[1]:
+        raise ValueError(f"dense: weight {tuple(w.shape)} does not fit input {tuple(x.shape)}")
+    _check_dtypes("dense", w, bias, out_dtype)
     M, K = x.shape
     N = w.shape[1]
-    out = torch.empty(M, N, device=x.device, dtype=torch.float32)
+    out = torch.empty(M, N, device=x.device, dtype=out_dtype)
     t = _tiles(tiles)
     bn, bk = tile(N, t["MAX_BLOCK_N"], t["gpu"]), tile(K, t["MAX_BLOCK_K"], t["gpu"])
     grid = (triton.cdiv(M, t["BLOCK_M"]), triton.cdiv(N, bn))
@@ -141,7 +159,7 @@ def _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M,
     ix = b[:, None] + dx - (tap % 2)[None, :]
     ok = ((rows[:, None] < M * HA * WA) & (k[None, :] < 4 * CIN)
           & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
-    return tl.load(x_ptr + ((m[:, None] * H + iy) * W + ix) * CIN + ci[None, :], mask=ok, other=0.0)
+    return tl.load(x_ptr + ((m[:, None] * H + iy) * W + ix) * CIN + ci[None, :], mask=ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -160,13 +178,14 @@ def _conv_transpose_relu_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
         k = k0 + tl.arange(0, BLOCK_K)
         xa = _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M, H, W, CIN, OH // 2, OW // 2)
         wb = tl.load(w_phase + k[:, None] * COUT + co[None, :],
-                     mask=(k[:, None] < 4 * CIN) & (co[None, :] < COUT), other=0.0)
+                     mask=(k[:, None] < 4 * CIN) & (co[None, :] < COUT), other=0.0).to(tl.float32)
         acc = mma(xa, wb, acc, PRECISION)
     acc = tl.maximum(acc + tl.load(bias_ptr + co, mask=co < COUT, other=0.0)[None, :], 0.0)
     oy = 2 * a + py
     ox = 2 * b + px
     out = ((m[:, None] * OH + oy[:, None]) * OW + ox[:, None]) * COUT + co[None, :]
-    tl.store(y_ptr + out, acc, mask=(rows[:, None] < M * (OH // 2) * (OW // 2)) & (co[None, :] < COUT))
+    tl.store(y_ptr + out, cast_for_store(acc, y_ptr.dtype.element_ty),
+             mask=(rows[:, None] < M * (OH // 2) * (OW // 2)) & (co[None, :] < COUT))
 
 
 def _out_size(h: int, pad: int) -> int:
@@ -174,16 +193,18 @@ def _out_size(h: int, pad: int) -> int:
 
 
 def conv_transpose_relu(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int,
-                        precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
-    """relu(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4; NHWC x [M, H, W, Cin] -> NHWC out."""
+                        precision: str = "fp32", tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
+    """relu(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4; NHWC x [M, H, W, Cin] -> NHWC out
+    (out_dtype)."""
     _check(x, "conv_transpose input", 4)
+    _check_dtypes("conv_transpose", w_packed, bias, out_dtype)
     M, H, W, cin = x.shape
     if w_packed.shape[:2] != (4, 4 * cin) or bias.shape != (w_packed.shape[2],):
         raise ValueError(f"conv_transpose: packed weight {tuple(w_packed.shape)} / bias {tuple(bias.shape)} "
                          f"do not fit input with {cin} channels")
     cout = w_packed.shape[2]
     OH, OW = _out_size(H, pad), _out_size(W, pad)
-    y = torch.empty(M, OH, OW, cout, device=x.device, dtype=torch.float32)
+    y = torch.empty(M, OH, OW, cout, device=x.device, dtype=out_dtype)
     _check(y, "conv_transpose output", 4)
     t = _tiles(tiles)
     bn, bk = tile(cout, t["MAX_BLOCK_N"], t["gpu"]), tile(4 * cin, t["MAX_BLOCK_K"], t["gpu"])
@@ -218,7 +239,7 @@ def _conv_transpose_tanh_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
     for k0 in range(0, 4 * CIN, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         xa = _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M, H, W, CIN, OH // 2, OW // 2)
-        wv = tl.load(w_ptr + phase * 4 * CIN + k, mask=k < 4 * CIN, other=0.0)
+        wv = tl.load(w_ptr + phase * 4 * CIN + k, mask=k < 4 * CIN, other=0.0).to(tl.float32)
         acc += tl.sum(xa * wv[None, :], axis=1)
     acc += tl.load(bias_ptr)
     y = _tanh(acc)
@@ -229,8 +250,9 @@ def _conv_transpose_tanh_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
 
 def conv_transpose_tanh(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int,
                         tiles: str = "auto") -> torch.Tensor:
-    """tanh(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4, Cout = 1; NHWC x -> [M, OH, OW]."""
+    """tanh(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4, Cout = 1; NHWC x -> float32 [M, OH, OW]."""
     _check(x, "conv_transpose_tanh input", 4)
+    _check_dtypes("conv_transpose_tanh", w_packed, bias, torch.float32)
     M, H, W, cin = x.shape
     if w_packed.shape != (4, 4 * cin, 1) or bias.shape != (1,):
         raise ValueError(f"conv_transpose_tanh: packed weight {tuple(w_packed.shape)} / bias {tuple(bias.shape)} "
@@ -278,25 +300,25 @@ def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
         ok = ((rows[:, None] < M * H * W) & (k[None, :] < 16 * COUT)
               & (oy >= 0) & (oy < OH) & (ox >= 0) & (ox < OW))
         off = ((m[:, None] * OH + oy) * OW + ox) * COUT + co[None, :]
-        ga = tl.load(g_ptr + off, mask=ok, other=0.0)
+        ga = tl.load(g_ptr + off, mask=ok, other=0.0).to(tl.float32)
         if TANH_GRAD:                                                # d tanh = 1 - y^2, y the saved output
-            yv = tl.load(y_ptr + off, mask=ok, other=0.0)
+            yv = tl.load(y_ptr + off, mask=ok, other=0.0).to(tl.float32)
             ga = ga * (1.0 - yv * yv)
         wb = tl.load(w_ptr + k[:, None] * CIN + ci[None, :],
-                     mask=(k[:, None] < 16 * COUT) & (ci[None, :] < CIN), other=0.0)
+                     mask=(k[:, None] < 16 * COUT) & (ci[None, :] < CIN), other=0.0).to(tl.float32)
         acc = mma(ga, wb, acc, PRECISION)
     io = rows[:, None] * CIN + ci[None, :]
     io_ok = (rows[:, None] < M * H * W) & (ci[None, :] < CIN)
     if RELU_MASK:                                                    # ReLU' of the layer below: saved h > 0
-        h = tl.load(h_ptr + io, mask=io_ok, other=0.0)
+        h = tl.load(h_ptr + io, mask=io_ok, other=0.0).to(tl.float32)
         acc = tl.where(h > 0, acc, 0.0)
-    tl.store(dx_ptr + io, acc, mask=io_ok)
+    tl.store(dx_ptr + io, cast_for_store(acc, dx_ptr.dtype.element_ty), mask=io_ok)
 
 
 def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pad: int,
                               relu_input: torch.Tensor | None = None, tanh_out: torch.Tensor | None = None,
-                              precision: str = "fp32", tiles: str = "auto") -> torch.Tensor:
-    """Gradient of a k4 s2 transposed convolution with respect to its NHWC input [M, H, W, Cin].
+                              precision: str = "fp32", tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
+    """Gradient (in out_dtype) of a k4 s2 transposed convolution with respect to its NHWC input [M, H, W, Cin].
 
     grad_out: NHWC [M, OH, OW, Cout], the gradient of the layer's output (of tanh's output when tanh_out, the
     saved tanh output, is given: then 1 - y^2 is applied on the fly). relu_input: the saved NHWC input h of
@@ -304,6 +326,7 @@ def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pa
     to the pre-activation of the layer below.
     """
     _check(grad_out, "conv_transpose_input_grad grad_out", 4)
+    _check_dtypes("conv_transpose_input_grad", w_packed, None, out_dtype)
     M, OH, OW, cout = grad_out.shape
     cin = w_packed.shape[1]
     if w_packed.shape != (16 * cout, cin):
@@ -312,9 +335,10 @@ def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pa
     H, W = (OH + 2 * pad - 2) // 2, (OW + 2 * pad - 2) // 2
     for t, name in ((relu_input, "relu_input"), (tanh_out, "tanh_out")):
         want = (M, H, W, cin) if name == "relu_input" else tuple(grad_out.shape)
-        if t is not None and (tuple(t.shape) != want or not t.is_contiguous()):
-            raise ValueError(f"conv_transpose_input_grad: {name} {tuple(t.shape)} should be contiguous {want}")
-    dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=torch.float32)
+        if t is not None and (tuple(t.shape) != want or not t.is_contiguous() or t.dtype not in STORAGE_DTYPES):
+            raise ValueError(f"conv_transpose_input_grad: {name} {tuple(t.shape)} {t.dtype} should be contiguous "
+                             f"{want} float32 or bfloat16")
+    dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=out_dtype)
     _check(dx, "conv_transpose_input_grad output", 4)
     t = _tiles(tiles)
     bn, bk = tile(cin, t["MAX_BLOCK_N"], t["gpu"]), tile(16 * cout, t["MAX_BLOCK_K"], t["gpu"])

@@ -72,7 +72,8 @@ def check_bank(kind, k, b, impl, seed=0, device="cpu", precision="fp32", rtol=RT
     assert logits.shape == (k, b)
     assert_fp64_close("logits", logits, logits32, logits64, rtol)
     if precision != "fp32":    # rounded products flip LeakyReLU masks near 0: gradients have no bound vs fp64
-        return                 # (bf16 gradients: test_bf16_layer_is_bf16_operands_with_fp32_accumulation)
+        return                 # (bf16 gradients: test_bf16_layer_is_bf16_operands_with_fp32_accumulation, and
+                               # tests/test_bank_bf16.py against fp64 references that take the bank's slopes)
     assert_fp64_close("input gradient", dx, dx32, dx64, rtol)
     for name in grads64:
         assert grads[name].shape == grads64[name].shape, name
@@ -96,11 +97,12 @@ def test_video_bank_matches_references(k, b, impl):
 @pytest.mark.parametrize("kind", ["frame", "video"])
 def test_bank_on_gpu_matches_references(kind, precision, monkeypatch):
     """On a GPU, at widths spanning several tiles: fp32 logits and every gradient; tf32/bf16 logits within their
-    derived bound (vidgan_fast.tolerance); PyTorch's own TF32 off so that the fp32 reference is fp32."""
+    derived bound (vidgan_fast.tolerance; bf16 also stores the 3 hidden activations in bf16); PyTorch's own TF32
+    off so that the fp32 reference is fp32."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     check_bank(kind, 5, 3, "triton", seed=1, device="cuda", precision=precision, widths=(80, 130, 72),
-               rtol=tolerance(precision, 16 * 130, layers=4))
+               rtol=tolerance(precision, 16 * 130, layers=4, stored=3 if precision == "bf16" else 0))
 
 
 # ---- widths that span several GPU tiles (64 channels), at the GPU tiles, every gradient ----

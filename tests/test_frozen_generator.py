@@ -226,7 +226,7 @@ def test_paper_widths_on_gpu(precision):
     g = random_frame_generator((1024, 1024, 512, 256), seed=1).cuda()
     codes, grad_frames = torch.randn(240, 100, device="cuda"), torch.randn(240, 1, 30, 30, device="cuda")
     y64, dz64 = fp64_reference(g, codes, grad_frames)
-    tol = tolerance(precision, 16 * 1024, layers=5)
+    tol = tolerance(precision, 16 * 1024, layers=5, stored=4 if precision == "bf16" else 0)   # bf16: h0..h3 stored
     y, dz = run(FrozenFrameGenerator.from_reference(g, impl="triton", precision=precision), codes, grad_frames)
     assert rel_err(y, y64) < tol
     if precision == "fp32":    # rounded products flip ReLU masks near 0: the code gradient has no bound vs fp64

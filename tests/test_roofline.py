@@ -227,3 +227,40 @@ def test_bench_static_help_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0 and proc.stdout.endswith("ok\n"), proc.stderr[-2000:]
     assert "--device-model" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- bf16 storage
+
+def test_one_conv_layer_bf16_bytes_by_hand():
+    """Under bf16 x, y (and dx, dy) and the weight reads are 2 bytes; bias reads, dw and db stay 4 bytes."""
+    fwd, dgrad, wgrad = R.conv_ops("t", 2, 3, 5, 7, (8, 8), (2, 2), (1, 1), leaky=True, x_bytes=2, y_bytes=2,
+                                   w_bytes=2)
+    x, w, b, y = 3 * 5 * 64, 7 * 5 * 16, 7, 3 * 7 * 16
+    assert fwd.bytes == 2 * (2 * x + 2 * w + 4 * b + 2 * y)
+    assert dgrad.bytes == 2 * (2 * 2 * y + 2 * w + 2 * x)
+    assert wgrad.bytes == 2 * (2 * 2 * y + 2 * x + 4 * w + 4 * b)
+
+
+def test_bf16_storage_bytes_of_the_paper_steps():
+    """bf16 halves the banks' and the frozen G_F's activation and weight-read bytes, adds the banks' per-forward
+    weight copy (read 4 B, write 2 B per weight) and leaves the PyTorch modules and the fp32 optimizers alone."""
+    cfg = preset("paper")
+    for fp32_step, bf16_step in zip(R.step_models(cfg, "tf32"), R.step_models(cfg, "bf16")):
+        before, after = {op.name: op for op in fp32_step.ops}, {op.name: op for op in bf16_step.ops}
+        copies = [name for name in after if name not in before]
+        assert len(copies) == 1 and copies[0].endswith("bf16 weight copies"), copies
+        phase, tag = (1, "D_F") if "phase 1" in fp32_step.name else (2, "D_V")
+        k, widths = (cfg.frames_k, cfg.df_widths) if phase == 1 else (cfg.video_k, cfg.dv_widths)
+        channels = (1, *widths, 1)
+        weights = k * sum(ci * co * 4 ** (phase + 1) for ci, co in zip(channels[:-1], channels[1:]))
+        assert after[copies[0]].bytes == 6 * weights
+        for name, op in before.items():
+            if name.startswith("G_V") or "RMSprop" in name or (phase == 1 and name.startswith("G_F")):
+                assert after[name].bytes == op.bytes, name            # PyTorch modules, fp32 optimizer passes
+            elif "projection" in name:
+                assert after[name].bytes == op.bytes, name            # fp32 frames / videos and projections
+            else:
+                assert op.bytes / 2 <= after[name].bytes < op.bytes, name   # bank convs, frozen G_F
+        conv3 = after[f"{tag} conv3 forward"]
+        assert conv3.bytes * 2 == before[f"{tag} conv3 forward"].bytes + 4 * k * channels[3]   # bias read stays fp32
+    assert "bf16 does not change bytes" not in R.__doc__ and "2 bytes per element" in R.__doc__

@@ -79,8 +79,9 @@ class TrainConfig:
     # comparison compares like with like; --no-tf32 gives exact fp32 products everywhere.
     tf32: bool = _opt("TF32 products (fp32 accumulation) in the Triton kernels and PyTorch's matmuls and "
                       "convolutions, on GPUs that have them (sm_80+); --no-tf32: exact fp32", default=True)
-    bf16: bool = _opt("bf16: the fast kernels multiply bf16-rounded operands (fp32 accumulation), the reference "
-                      "path autocasts its forward passes (GPUs with bf16 only)", default=False)
+    bf16: bool = _opt("bf16: the fast kernels multiply bf16 operands (fp32 accumulation) and the banks and frozen "
+                      "G_F store activations and weight copies in bf16 (fp32 master weights); the reference path "
+                      "autocasts its forward passes (GPUs with bf16 only)", default=False)
 
     @property
     def precision(self) -> str:

@@ -20,9 +20,15 @@ What an Op counts (per launch; `calls` launches of it per step):
   modelled (an under-estimate of their executed FLOPs).
 - unit: "mma" ops run at the run's matrix precision (fp32 = exact fp32 FMA, tf32, bf16); "fp32" ops use CUDA
   cores whatever the precision (the projection backward and G_F's last layer are tl.sum reductions, not tl.dot).
-- bytes: compulsory DRAM traffic, 4 bytes per element: each operand read once, each result written once (tile
-  re-reads assumed to hit L2; a floor, not a prediction). bf16 does not change bytes: the kernels round operands in
-  registers and keep fp32 tensors in memory (kernels/common.py). Not counted: batch norm / ReLU / tanh passes of
+- bytes: compulsory DRAM traffic: each operand read once, each result written once (tile re-reads assumed to hit
+  L2; a floor, not a prediction), 4 bytes per element, except under precision "bf16", where the banks and the
+  frozen G_F store in bf16 (fast/bank.py, fast/frozen_generator.py): 2 bytes per element of the activations
+  between their layers, of the input gradients between their layers and of every weight read; still 4 bytes: the
+  bank's projection output and logits (and their gradients), the codes, frames and code gradient of the frozen G_F,
+  biases, weight gradients and the optimizer's passes (fp32 master weights). The banks also copy their fp32
+  weights to bf16 once per forward (read 4 B, write 2 B per weight: the "bf16 weight copies" op); the frozen G_F
+  packs its bf16 weights once, outside the steps. The PyTorch modules (phase 1's G_F, G_V) are counted at 4 bytes
+  whatever the precision (autocast's own copies are not modelled). Not counted: batch norm / ReLU / tanh passes of
   the PyTorch modules, the LSTM's gate buffers, loss tensors, .contiguous() copies (all activation-sized and small
   next to the bank weights at the paper preset; an under-estimate).
 - optimizer: torch.optim.RMSprop's foreach path (the default on CUDA; plain float lr, no momentum, not centered),
@@ -40,7 +46,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-F32 = 4                       # bytes per element: every tensor of the modelled steps is fp32 in memory
+from vidgan_fast.roofline_devices import DEVICES, Device  # noqa: F401  (the device table, re-exported)
+
+F32 = 4                       # bytes per fp32 element
+BF16 = 2                      # bytes per bf16 element: the banks' and frozen G_F's storage under precision "bf16"
 Z_DIM, FRAMES, STEP_DIM = 100, 30, 128     # train.Z_DIM, train.FRAMES, VideoGenerator's default step_dim
 RMSPROP_PASSES = 13           # foreach RMSprop, see the module docstring
 FUSED_RMSPROP_PASSES = 5      # read w, g, v; write w, v
@@ -51,41 +60,6 @@ DF_GEOMETRY = {"conv1": ((2, 2), (2, 2)), "conv2": ((2, 2), (1, 1)), "conv3": ((
 DV_GEOMETRY = {"conv1": ((2, 2, 2), (1, 1, 1)), "conv2": ((2, 1, 1), (1, 1, 1)),
                "conv3": ((1, 1, 1), (0, 1, 1)), "conv4": ((1, 1, 1), (0, 1, 1))}
 GF_PADDING = (1, 1, 1, 2)     # up1..up3, out (fast/frozen_generator.UP_PADDING)
-
-
-# ----------------------------------------------------------------------------------------------- devices
-
-@dataclass(frozen=True)
-class Device:
-    key: str
-    name: str
-    fp32: float               # TFLOP/s, CUDA-core FMA (dense)
-    tf32: float               # TFLOP/s, tensor cores, dense (no 2:4 sparsity)
-    bf16: float               # TFLOP/s, tensor cores with fp32 accumulation, dense
-    bandwidth: float          # GB/s, DRAM peak
-    source: str
-
-    def rate(self, unit: str, precision: str) -> float:
-        """FLOP/s of an op of `unit` ("mma" or "fp32") at `precision` ("fp32", "tf32", "bf16")."""
-        return 1e12 * (self.fp32 if unit == "fp32" else getattr(self, precision))
-
-
-# Vendor peak numbers (boost clock, dense; the datasheets' "with sparsity" figures halved). Peaks, not sustained.
-DEVICES = {d.key: d for d in (
-    Device("h100", "H100 SXM5 80GB", 66.9, 494.7, 989.4, 3350,
-           "NVIDIA H100 datasheet: FP32 67, TF32 989* / BF16 1,979* TFLOPS (*sparsity), HBM3 3.35 TB/s"),
-    Device("a100", "A100 SXM4 80GB", 19.5, 156.0, 312.0, 2039,
-           "NVIDIA A100 datasheet: FP32 19.5, TF32 156 (312*), BF16 312 (624*) TFLOPS, HBM2e 2,039 GB/s"),
-    Device("rtx4090", "RTX 4090", 82.6, 82.6, 165.2, 1008,
-           "NVIDIA Ada (AD102) whitepaper: FP32 82.6, TF32 82.6, BF16 fp32-acc 165.2 TFLOPS; GDDR6X 1,008 GB/s"),
-    Device("rtx3090", "RTX 3090", 35.6, 35.6, 71.0, 936,
-           "NVIDIA Ampere GA102 whitepaper: FP32 35.6, TF32 35.6, BF16 fp32-acc 71 TFLOPS; GDDR6X 936 GB/s"),
-    Device("gtx1080ti", "GTX 1080 Ti", 11.3, 11.3, 11.3, 484,
-           "NVIDIA GTX 1080 Ti spec: 11.3 TFLOPS FP32, GDDR5X 11 Gbps x 352 bit = 484 GB/s; no tensor cores "
-           "(tf32/bf16 = fp32 rate). The fast path falls back to PyTorch below sm_70 (fast/backend.py): "
-           "this is the floor of the same work, not of a run the Triton path can make"),
-)}
-
 
 # ----------------------------------------------------------------------------------------------- tiles
 
@@ -143,9 +117,17 @@ class Step:
         return sum(getattr(op, attr) * op.calls for op in self.ops)
 
 
+def storage_bytes(precision: str) -> int:
+    """Bytes per element of what the banks and the frozen G_F store (activations, input gradients, weight reads)."""
+    return BF16 if precision == "bf16" else F32
+
+
 def conv_ops(tag: str, k: int, b: int, cin: int, cout: int, in_size, stride, padding, leaky: bool,
-             passes=("forward", "dgrad", "wgrad"), calls: int = 1) -> list[Op]:
-    """kernels/batched_conv.py: K discriminators' layer in one launch per pass, 2D as 3D with D = kd = 1."""
+             passes=("forward", "dgrad", "wgrad"), calls: int = 1, x_bytes: int = F32, y_bytes: int = F32,
+             w_bytes: int = F32) -> list[Op]:
+    """kernels/batched_conv.py: K discriminators' layer in one launch per pass, 2D as 3D with D = kd = 1.
+    x_bytes: per element of x and dx (dx takes x's dtype); y_bytes: of y and dy; w_bytes: of the weight read by
+    the forward and the dgrad. Bias reads and the weight and bias gradients are fp32."""
     from vidgan_fast.flops import conv_flops
     tiles = read_constant("batched_conv", "GPU_TILES")
     kern = (4,) * len(in_size)
@@ -156,30 +138,32 @@ def conv_ops(tag: str, k: int, b: int, cin: int, cout: int, in_size, stride, pad
     nominal = conv_flops(k * b, cin, cout, kern, out)
     x, w, bias, y = b * cin * in_vol, cout * cin * kvol, cout, b * cout * out_vol
     dy_reads = y * (2 if leaky else 1)              # dy, and y for LeakyReLU' (read from the sign of y)
+    x, w_read, w_grad, y, bias, dy_reads = (x * x_bytes, w * w_bytes, w * F32, y * y_bytes, bias * F32,
+                                            dy_reads * y_bytes)       # in bytes from here on
     ops = []
     for p in passes:
         bm, bn, br, _warps = tiles[p]
         if p == "forward":
             m, n, r, groups = b * out_vol, cout, cin * kvol, 1
-            io = x + w + bias + y
+            io = x + w_read + bias + y
         elif p == "dgrad":          # sub-pixel classes, row tiles, each reducing over its own tap box only
             groups = math.prod(stride)
             m = b * math.prod(-(-i // s) for i, s in zip(in_size, stride))
             n, r = cin, cout * math.prod(-(-kk // s) for kk, s in zip(kern, stride))
-            io = dy_reads + w + x
+            io = dy_reads + w_read + x
             boxes = dgrad_tap_boxes(b, in_size, kern, stride, padding, out, gpu_tile(m, bm))
             bn, br = gpu_tile(n, bn), gpu_tile(r, br)
             executed = 2 * k * gpu_tile(m, bm) * padded(n, bn) * sum(padded(t * cout, br) for t in boxes)
-            ops.append(Op(f"{tag} {p}", nominal, executed, F32 * k * io, calls=calls,
+            ops.append(Op(f"{tag} {p}", nominal, executed, k * io, calls=calls,
                           note=f"M {m} x{groups} classes in {len(boxes)} tiles, N {n}->{padded(n, bn)}, "
                                f"R {r} -> tap boxes of {min(boxes)}-{max(boxes)} taps x {cout}"))
             continue
         else:
             m, n, r, groups = cout, cin * kvol, b * out_vol, 1
-            io = dy_reads + x + w + bias
+            io = dy_reads + x + w_grad + bias
         bm, bn, br = gpu_tile(m, bm), gpu_tile(n, bn), gpu_tile(r, br)
         executed = 2 * k * groups * padded(m, bm) * padded(n, bn) * padded(r, br)
-        ops.append(Op(f"{tag} {p}", nominal, executed, F32 * k * io, calls=calls,
+        ops.append(Op(f"{tag} {p}", nominal, executed, k * io, calls=calls,
                       note=f"M {m}->{padded(m, bm)}{f' x{groups} classes' if groups > 1 else ''}, "
                            f"N {n}->{padded(n, bn)}, R {r}->{padded(r, br)}"))
     return ops
@@ -253,15 +237,17 @@ def _gf_layers(cfg):
     return [("up1", c0, c1, 2, 1), ("up2", c1, c2, 4, 1), ("up3", c2, c3, 8, 1), ("out", c3, 1, 16, 2)]
 
 
-def frame_generator_frozen(cfg, m: int, backward: bool) -> list[Op]:
-    """Phase 2's frozen G_F (kernels/frame_generator.py) on m frames; backward = the code gradient only."""
+def frame_generator_frozen(cfg, m: int, backward: bool, precision: str = "fp32") -> list[Op]:
+    """Phase 2's frozen G_F (kernels/frame_generator.py) on m frames; backward = the code gradient only.
+    Activations, input gradients and weights at storage_bytes(precision); codes, frames, code gradient, biases fp32."""
     from vidgan_fast.flops import conv_transpose_flops, linear_flops
     t = read_constant("frame_generator", "GPU_TILES")
     bm, nmax, kmax = t["BLOCK_M"], t["MAX_BLOCK_N"], t["MAX_BLOCK_K"]
+    a = storage_bytes(precision)
     c0 = cfg.gf_widths[0]
     lin = linear_flops(m, Z_DIM, 4 * c0)
     ops = [Op("G_F dense forward", lin, 2 * padded(m, bm) * padded(4 * c0, gpu_tile(4 * c0, nmax))
-              * padded(Z_DIM, gpu_tile(Z_DIM, kmax)), F32 * (m * Z_DIM + Z_DIM * 4 * c0 + 4 * c0 + m * 4 * c0))]
+              * padded(Z_DIM, gpu_tile(Z_DIM, kmax)), F32 * (m * Z_DIM + 4 * c0) + a * (Z_DIM * 4 * c0 + m * 4 * c0))]
     back = []
     for name, cin, cout, h, pad in _gf_layers(cfg):
         o = 2 * h + 2 - 2 * pad
@@ -270,18 +256,19 @@ def frame_generator_frozen(cfg, m: int, backward: bool) -> list[Op]:
         x, w, y = m * h * h * cin, 16 * cin * cout, m * o * o * cout
         if cout == 1:        # tanh layer: a GEMV with tl.sum, CUDA cores
             ex = 2 * 4 * padded(rows, bm) * padded(red, gpu_tile(red, kmax))
-            ops.append(Op(f"G_F {name} forward (tanh)", nominal, ex, F32 * (x + w + 1 + y), unit="fp32",
+            ops.append(Op(f"G_F {name} forward (tanh)", nominal, ex, a * (x + w) + F32 * (1 + y), unit="fp32",
                           note="tl.sum GEMV; cropped-border taps not executed"))
         else:
             ex = 2 * 4 * padded(rows, bm) * padded(cout, gpu_tile(cout, nmax)) * padded(red, gpu_tile(red, kmax))
-            ops.append(Op(f"G_F {name} forward", nominal, ex, F32 * (x + w + cout + y), note="4 sub-pixel phases"))
+            ops.append(Op(f"G_F {name} forward", nominal, ex, a * (x + w + y) + F32 * cout, note="4 sub-pixel phases"))
         if backward:         # gather form: every input position x 16 taps x Cout; reads the ReLU mask h (= x)
             ex = 2 * padded(m * h * h, bm) * padded(cin, gpu_tile(cin, nmax)) * padded(16 * cout,
                                                                                      gpu_tile(16 * cout, kmax))
-            back.append(Op(f"G_F {name} dgrad", nominal, ex, F32 * (y * (2 if cout == 1 else 1) + w + 2 * x)))
+            dy = F32 * 2 * y if cout == 1 else a * y      # the frames' gradient and tanh output are fp32
+            back.append(Op(f"G_F {name} dgrad", nominal, ex, dy + a * (w + 2 * x)))
     if backward:
         ex = 2 * padded(m, bm) * padded(Z_DIM, gpu_tile(Z_DIM, nmax)) * padded(4 * c0, gpu_tile(4 * c0, kmax))
-        back.append(Op("G_F dense dgrad", lin, ex, F32 * (m * 4 * c0 + 4 * c0 * Z_DIM + m * Z_DIM)))
+        back.append(Op("G_F dense dgrad", lin, ex, a * (m * 4 * c0 + 4 * c0 * Z_DIM) + F32 * m * Z_DIM))
     return ops + back[::-1]
 
 
@@ -332,9 +319,9 @@ def optimizer_ops(tag: str, params: int, fused: bool) -> list[Op]:
                note=f"{params / 1e6:.1f}M params x {passes} passes")]
 
 
-def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool) -> list[Op]:
+def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool, precision: str = "fp32") -> list[Op]:
     """The K discriminators: projection, conv1..conv4 forward and backward (a D step: one pass over the 2b
-    real and generated samples)."""
+    real and generated samples). Under bf16: the weight copies, then bf16 between the layers (storage_bytes)."""
     k = cfg.frames_k if phase == 1 else cfg.video_k
     widths, geo = (cfg.df_widths, DF_GEOMETRY) if phase == 1 else (cfg.dv_widths, DV_GEOMETRY)
     calls = 1
@@ -343,6 +330,11 @@ def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool) -> list[Op]:
     ops = projection_ops(f"{tag} projection", k, images, video=phase == 2, backward=not d_step, calls=calls)
     size = (15, 15) if phase == 1 else (FRAMES, 9, 9)
     channels = (1, *widths, 1)
+    a, kvol, copies = storage_bytes(precision), 4 ** len(size), []
+    if a != F32:
+        weights = k * sum(ci * co * kvol for ci, co in zip(channels[:-1], channels[1:]))
+        copies = [Op(f"{tag} bf16 weight copies", 0, 0, (F32 + BF16) * weights, impl="memory",
+                     note=f"{weights / 1e6:.1f}M weights: read fp32, write bf16, once per forward")]
     fwd, back = [], []
     for i, name in enumerate(geo):
         stride, pad = geo[name]
@@ -350,36 +342,40 @@ def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool) -> list[Op]:
         if d_step and i == 0:
             passes = ("wgrad",)                            # conv1's input (the projection) needs no gradient
         layer = conv_ops(f"{tag} {name}", k, b, channels[i], channels[i + 1], size, stride, pad, leaky=i < 3,
-                         passes=("forward", *passes), calls=calls)
+                         passes=("forward", *passes), calls=calls, x_bytes=F32 if i == 0 else a,
+                         y_bytes=F32 if i == len(geo) - 1 else a, w_bytes=a)   # projection and logits: fp32
         fwd.append(layer[0])
         back = layer[1:] + back
         kern = (4,) * len(size)
         size = tuple((s + 2 * p - kk) // st + 1 for s, kk, st, p in zip(size, kern, stride, pad))
-    return [*ops[:1], *fwd, *back, *ops[1:]]
+    return [*ops[:1], *copies, *fwd, *back, *ops[1:]]
 
 
 # ----------------------------------------------------------------------------------------------- steps
 
-def step_models(cfg) -> list[Step]:
-    """The four training steps of `cfg` (a TrainConfig) as lists of ops, in execution order."""
+def step_models(cfg, precision: str | None = None) -> list[Step]:
+    """The four training steps of `cfg` (a TrainConfig) as lists of ops, in execution order; bytes as stored
+    under `precision` (default: cfg's)."""
+    precision = precision or cfg.precision
     b1, b2, k1, k2 = cfg.frames_batch, cfg.video_batch, cfg.frames_k, cfg.video_k
     d1, d2 = k1 * bank_params(cfg.df_widths, 2), k2 * bank_params(cfg.dv_widths, 3)
     gv_fwd, _ = video_generator_torch(cfg, b2, train=False)
     gv_train_fwd, gv_bwd = video_generator_torch(cfg, b2, train=True)
     g_f_fwd, g_f_bwd = _split(frame_generator_torch(cfg, b1, train=True))
-    r_fwd, r_bwd = _split(frame_generator_frozen(cfg, b2 * FRAMES, backward=True))
+    r_fwd, r_bwd = _split(frame_generator_frozen(cfg, b2 * FRAMES, backward=True, precision=precision))
     return [
         Step(f"phase 1 D step (K={k1}, B={b1})",
-             frame_generator_torch(cfg, b1, train=False) + bank_ops("D_F", cfg, 1, b1, True)
+             frame_generator_torch(cfg, b1, train=False) + bank_ops("D_F", cfg, 1, b1, True, precision)
              + optimizer_ops("D_F bank", d1, fused=True)),
         Step(f"phase 1 G step (K={k1}, B={b1})",
-             g_f_fwd + bank_ops("D_F", cfg, 1, b1, False) + g_f_bwd[::-1]
+             g_f_fwd + bank_ops("D_F", cfg, 1, b1, False, precision) + g_f_bwd[::-1]
              + optimizer_ops("G_F", frame_generator_params(cfg), fused=False)),
         Step(f"phase 2 D step (K={k2}, B={b2})",
-             gv_fwd + frame_generator_frozen(cfg, b2 * FRAMES, backward=False) + bank_ops("D_V", cfg, 2, b2, True)
+             gv_fwd + frame_generator_frozen(cfg, b2 * FRAMES, backward=False, precision=precision)
+             + bank_ops("D_V", cfg, 2, b2, True, precision)
              + optimizer_ops("D_V bank", d2, fused=True)),
         Step(f"phase 2 G step (K={k2}, B={b2})",
-             gv_train_fwd + r_fwd + bank_ops("D_V", cfg, 2, b2, False) + r_bwd
+             gv_train_fwd + r_fwd + bank_ops("D_V", cfg, 2, b2, False, precision) + r_bwd
              + gv_bwd + optimizer_ops("G_V", video_generator_params(cfg), fused=False)),
     ]
 

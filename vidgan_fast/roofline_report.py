@@ -51,7 +51,8 @@ def op_table(step, devices, precision: str) -> list[str]:
 
 def notes(devices, precision: str) -> list[str]:
     lines = ["- Projections from a static model, not measurements: vendor peak rates (dense), compulsory DRAM "
-             "bytes (each operand read once, each result written once, fp32), FLOPs the chosen GPU tiles execute "
+             "bytes (each operand read once, each result written once; fp32, or bf16 where the banks and the frozen G_F "
+             "store it under bf16), FLOPs the chosen GPU tiles execute "
              "(tile padding, masked taps). A real step is slower: launch gaps, L2 misses, imperfect overlap.",
              "- floor = max(compute, memory) over the whole step (perfect overlap); op-serial = sum over ops of "
              "max(op FLOPs / rate, op bytes / bandwidth) (kernels one after another). Both are lower bounds.",
@@ -61,6 +62,10 @@ def notes(devices, precision: str) -> list[str]:
              f"- optimizer: the banks' fused RMSprop, {FUSED_RMSPROP_PASSES} parameter-sized passes; the generators' "
              f"foreach RMSprop, {RMSPROP_PASSES}. A D step runs each bank once over the real and generated batch.",
              "- devices (TFLOP/s fp32 / tf32 / bf16, GB/s):"]
+    if precision == "bf16":
+        lines.insert(-1, "- bf16 storage: the banks' and the frozen G_F's activations, input gradients and weight reads "
+                         "count 2 bytes; the banks' fp32 master weights are copied to bf16 once per forward (read 4 B "
+                         "+ write 2 B per weight: the 'bf16 weight copies' ops), their gradients and optimizer stay fp32.")
     for d in devices:
         lines.append(f"  - {d.name}: {d.fp32:g} / {d.tf32:g} / {d.bf16:g}, {d.bandwidth:g}. {d.source}")
     return lines
@@ -86,7 +91,7 @@ def main(argv=None, prog: str = "vidgan bench --static") -> int:
     devices = list(DEVICES.values()) if "all" in keys else [DEVICES[k] for k in dict.fromkeys(keys)]
     cfg = preset(a.preset)
     precision = a.precision or cfg.precision
-    steps = step_models(cfg)
+    steps = step_models(cfg, precision)
     print(f"Roofline projection (static, no GPU): preset {a.preset}, precision {precision}, "
           f"{datetime.date.today().isoformat()}\n")
     print("\n".join(step_table(steps, devices, precision)) + "\n")

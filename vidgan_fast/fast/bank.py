@@ -12,6 +12,14 @@ models.project_frames / project_videos). Checkpoints hold the reference layout: 
 reference_optimizer_state, the same two methods as models.DiscriminatorList.
 
 impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py.
+precision='bf16' also stores in bf16 what passes between the layers: each conv layer's output (the next layer's
+input and the LeakyReLU mask, saved for backward) and each input gradient after the first layer's; the logits and
+the projection (1 channel) stay fp32. The nn.Parameters stay fp32 master weights (the optimizer updates them, the
+checkpoints hold them, their gradients are fp32); each forward casts each weight once to a bf16 copy that the
+forward and the dgrad read. The cast reads 4 B and writes 2 B per parameter per forward; the forward and the dgrad
+then read 2 B instead of 4 B each. So the weights alone cost more under bf16 (a forward + backward moves 6 + 2 + 2 =
+10 B per parameter instead of 4 + 4 = 8 B, a forward without backward 8 B instead of 4 B); what bf16 saves is the
+activations' bytes, halved on every write and read between layers (vidgan_fast/roofline.py counts both).
 impl='ref': the same mathematics in plain PyTorch with grouped convolutions (input [B, K*Cin, ...], groups=K),
 runs everywhere. impl='auto': as vidgan_fast.fast.backend.resolve_impl says, per call.
 """
@@ -32,27 +40,34 @@ LAYERS = tuple(models.FRAME_GEOMETRY)   # conv1..conv3 are followed by LeakyReLU
 
 
 class BatchedConv(torch.autograd.Function):
-    """y[k] = act(conv(x[k], w[k]) + b[k]) for all k in one launch; x [K, B, Cin, ...], y [K, B, Cout, ...]."""
+    """y[k] = act(conv(x[k], w[k]) + b[k]) for all k in one launch; x [K, B, Cin, ...], y [K, B, Cout, ...].
+
+    Storage: y is written in out_dtype; the kernels read the weight as weight_dtype (a copy cast here, once per
+    forward, and saved for the dgrad when that is not the parameter's own dtype); the input gradient has x's dtype
+    (what autograd would cast it to anyway); the weight and bias gradients are float32, the master weights'.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, leaky, precision="fp32", tiles="auto"):
+    def forward(ctx, x, weight, bias, stride, padding, leaky, precision="fp32", tiles="auto",
+                out_dtype=torch.float32, weight_dtype=torch.float32):
         from vidgan_fast.kernels.batched_conv import conv_forward
-        y = conv_forward(x, weight, bias, stride, padding, leaky, precision, tiles)
-        ctx.save_for_backward(x, weight, y if leaky else None)   # LReLU'(pre) is read from the sign of y
-        ctx.conf = (stride, padding, precision, tiles)
+        weight_read = weight if weight.dtype == weight_dtype else weight.detach().to(weight_dtype)
+        y = conv_forward(x, weight_read, bias, stride, padding, leaky, precision, tiles, out_dtype)
+        ctx.save_for_backward(x, weight_read, y if leaky else None)   # LReLU'(pre) is read from the sign of y
+        ctx.conf = (stride, padding, precision, tiles, tuple(weight.shape))
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         from vidgan_fast.kernels.batched_conv import conv_input_grad, conv_weight_grad
-        x, weight, y = ctx.saved_tensors
-        stride, padding, precision, tiles = ctx.conf
+        x, weight_read, y = ctx.saved_tensors
+        stride, padding, precision, tiles, w_shape = ctx.conf
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = conv_input_grad(grad_y, weight, x.shape, stride, padding, y, precision, tiles)
+            grad_x = conv_input_grad(grad_y, weight_read, x.shape, stride, padding, y, precision, tiles, x.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_w, grad_b = conv_weight_grad(grad_y, x, weight.shape, stride, padding, y, precision, tiles)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+            grad_w, grad_b = conv_weight_grad(grad_y, x, w_shape, stride, padding, y, precision, tiles)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
 
 class DiscriminatorBank(nn.Module):
@@ -176,11 +191,19 @@ class DiscriminatorBank(nn.Module):
             return self._forward_grouped(x)
         h = self.project(x, filters=self.projections, impl="triton", precision=self.precision,
                          tiles=self.tiles)                                # [K, B, 1, ...]
+        stored = self.storage_dtype
         for name in LAYERS:
             w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
             stride, padding = self.geometry[name]
-            h = BatchedConv.apply(h, w, b, stride, padding, name != LAYERS[-1], self.precision, self.tiles)
+            last = name == LAYERS[-1]
+            h = BatchedConv.apply(h, w, b, stride, padding, not last, self.precision, self.tiles,
+                                  torch.float32 if last else stored, stored)
         return h.reshape(self.k, x.shape[0], -1).squeeze(2)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype of the activations passed between layers and of the weight copies the kernels read."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def _forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
         """The 'ref' path, kept in the grouped layout [B, K*C, ...] from the projection to the logits."""

@@ -10,7 +10,13 @@ PyTorch; impl='auto' picks as vidgan_fast.fast.backend.resolve_impl says (per ca
 
 ReLU masks for the backward come from the saved activations (h > 0): the forward writes them anyway as the
 next layer's input, so keeping them costs memory only (about 0.5 MB per frame at paper widths, 114 MB for 240
-frames) and no extra launches; recomputing would re-run the whole forward, which is most of the FLOPs.
+frames; half that in bf16) and no extra launches; recomputing would re-run the whole forward, which is most of
+the FLOPs.
+
+precision='bf16' also stores in bf16: the packed kernel weights (cast once, when packing: the module is frozen,
+so there is no per-step cast), the ReLU activations h0..h3 (written by the forward, saved for backward) and the
+input gradients passed between the backward's layers. The codes, the frames (tanh output), the code gradient and
+the biases stay fp32, and so do the state dict's folded weights (saved and loaded exactly as under fp32).
 """
 from __future__ import annotations
 
@@ -93,15 +99,26 @@ class FrozenFrameGenerator(nn.Module):
 
     @torch.no_grad()
     def _pack(self) -> None:
-        """Kernel layouts of the folded weights (non-persistent buffers, rebuilt after load_state_dict)."""
-        c0 = self.widths[0]
+        """Kernel layouts of the folded weights (non-persistent buffers, rebuilt after load_state_dict), in the
+        storage dtype (bf16 under precision 'bf16'); biases stay in the state dict's dtype."""
+        c0, stored = self.widths[0], self._packed_dtype()
         nhwc = torch.arange(4 * c0, device=self.fc_weight.device).view(c0, 4).t().reshape(-1)
-        self.register_buffer("fc_weight_nhwc", self.fc_weight[nhwc].contiguous(), persistent=False)
+        self.register_buffer("fc_weight_nhwc", self.fc_weight[nhwc].to(stored).contiguous(), persistent=False)
         self.register_buffer("fc_bias_nhwc", self.fc_bias[nhwc].contiguous(), persistent=False)
         for i, pad in enumerate(UP_PADDING, start=1):
             w = getattr(self, f"up{i}_weight")
-            self.register_buffer(f"up{i}_forward", K.pack_forward_weight(w, pad), persistent=False)
-            self.register_buffer(f"up{i}_backward", K.pack_backward_weight(w), persistent=False)
+            self.register_buffer(f"up{i}_forward", K.pack_forward_weight(w, pad).to(stored), persistent=False)
+            self.register_buffer(f"up{i}_backward", K.pack_backward_weight(w).to(stored), persistent=False)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype of the activations and input gradients the kernels pass between layers."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    def _packed_dtype(self) -> torch.dtype:
+        """bf16 packed weights under 'bf16' for an fp32 module; otherwise the state dict's own dtype (an fp64
+        module runs impl='ref' only, which reads the state dict's weights)."""
+        return self.storage_dtype if self.fc_weight.dtype == torch.float32 else self.fc_weight.dtype
 
     def extra_repr(self) -> str:
         return f"z_dim={self.z_dim}, widths={self.widths}, impl={self.impl!r}, precision={self.precision!r}"
@@ -131,7 +148,7 @@ class FrozenFrameGenerator(nn.Module):
     def forward_kernels(self, codes: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Triton forward without autograd: (NHWC ReLU activations h0..h3, tanh output [M, 30, 30])."""
         M, c0 = codes.shape[0], self.widths[0]
-        opts = dict(precision=self.precision, tiles=self.tiles)
+        opts = dict(precision=self.precision, tiles=self.tiles, out_dtype=self.storage_dtype)
         h = K.dense(codes.contiguous(), self.fc_weight_nhwc.t(), self.fc_bias_nhwc, relu=True, **opts)
         acts = [h.view(M, 2, 2, c0)]
         for i, pad in enumerate(UP_PADDING[:3], start=1):
@@ -143,14 +160,14 @@ class FrozenFrameGenerator(nn.Module):
     def backward_kernels(self, grad_frames: torch.Tensor, acts: list[torch.Tensor],
                          y: torch.Tensor) -> torch.Tensor:
         """Code gradient [M, z_dim] from the frames' gradient and the saved forward (no weight gradients)."""
-        M, opts = y.shape[0], dict(precision=self.precision, tiles=self.tiles)
+        M, opts = y.shape[0], dict(precision=self.precision, tiles=self.tiles, out_dtype=self.storage_dtype)
         g = grad_frames.reshape(M, *y.shape[1:], 1).contiguous()                 # NHWC with C = 1
         g = K.conv_transpose_input_grad(g, self.up4_backward, UP_PADDING[3], relu_input=acts[3],
                                         tanh_out=y.view(g.shape), **opts)
         for i in (3, 2, 1):
             g = K.conv_transpose_input_grad(g, getattr(self, f"up{i}_backward"), UP_PADDING[i - 1],
                                             relu_input=acts[i - 1], **opts)
-        return K.dense(g.view(M, -1), self.fc_weight_nhwc, **opts)
+        return K.dense(g.view(M, -1), self.fc_weight_nhwc, **{**opts, "out_dtype": torch.float32})
 
 
 def _repack(module: FrozenFrameGenerator, incompatible_keys) -> None:
