@@ -148,6 +148,8 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     command=command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), complete=False)
         cases = _cases(size, dev, what, compile_enabled, fast_tf32)
+        floors = step_floors(size, meta["name"], "tf32" if fast_tf32 else "fp32")
+        meta["roofline_device"] = next(iter(floors.values()))["device"] if floors else None
         _save(out_json, meta, rows)
         if on_start:
             on_start(meta, len(cases))
@@ -155,6 +157,7 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
             if on_case:
                 on_case(i, len(cases), case["name"] if isinstance(case, dict) else case.name)
             rows.append(case if isinstance(case, dict) else measure_case(case, dev, warmup, repeats, rates, fast_tf32))
+            attach_floor(rows[-1], floors)
             _save(out_json, meta, rows)
             if progress:
                 progress(format_row(rows[-1]))
@@ -164,6 +167,27 @@ def run_report(size: str = "auto", device: str = "auto", out_json: str | Path | 
         torch.set_num_threads(saved_threads)
         restore_tf32(saved_tf32)
     return rows
+
+
+def step_floors(size: str, device_name: str, precision: str) -> dict[str, dict]:
+    """The roofline floor (vidgan_fast/roofline.py) of each training step of preset `size` on the device named
+    `device_name`, keyed 'phase1 D' ... 'phase2 G'; {} when the device is not in the roofline's table (CPUs)."""
+    from vidgan_fast.config import preset
+    from vidgan_fast.roofline import floor, step_models
+    from vidgan_fast.roofline_devices import device_for_name
+    device = device_for_name(device_name)
+    if device is None:
+        return {}
+    keys = ("phase1 D", "phase1 G", "phase2 D", "phase2 G")          # step_models' order
+    return {k: floor(s, device, precision) for k, s in zip(keys, step_models(preset(size), precision))}
+
+
+def attach_floor(row: dict, floors: dict[str, dict]) -> None:
+    """Put the step's projected floor (seconds) and the fast column's time over it into the row."""
+    f = floors.get(row["name"].split(" step")[0]) if row.get("kind") == "step" else None
+    fast = row.get("columns", {}).get("fast", {}).get("median_s")
+    row["floor_s"] = f["floor_s"] if f else None
+    row["fast_over_floor"] = fast / f["floor_s"] if f and fast else None
 
 
 def _save(out_json, meta: dict, rows: list[dict]) -> None:
@@ -194,7 +218,8 @@ def _cases(size, dev, what, compile_enabled, fast_tf32) -> list:
 # ------------------------------------------------------------------------------------ the table
 
 HEADER = ("op / step", "GFLOP", "ref ms", "compile ms", "vmap ms", "fast ms", "fast vs ref", "fast vs compile",
-          "fast vs vmap", "TFLOP/s", "% fp32 MM", "% tf32 MM", "peak alloc MiB", "peak reserved MiB")
+          "fast vs vmap", "TFLOP/s", "% fp32 MM", "% tf32 MM", "floor ms", "fast / floor", "peak alloc MiB",
+          "peak reserved MiB")
 
 
 def _ms(cell: dict) -> str:
@@ -219,6 +244,7 @@ def format_row(row: dict) -> list[str]:
     return [row["name"], f"{row['flops'] / 1e9:.3g}", *(_ms(cols.get(c, {})) for c in COLUMNS),
             _x(row.get("speedup_vs_reference")), _x(row.get("speedup_vs_compile")), _x(row.get("speedup_vs_vmap")),
             "-" if tflops is None else f"{tflops:.3g}{rate_note}", _pct(frac.get("fp32")), _pct(frac.get("tf32")),
+            "-" if row.get("floor_s") is None else f"{row['floor_s'] * 1e3:.3f}", _x(row.get("fast_over_floor")),
             _mib(row.get("peak_bytes")), _mib(row.get("peak_reserved_bytes"))]
 
 
@@ -267,6 +293,10 @@ def format_notes(rows: list[dict]) -> list[str]:
         if labels else []
     head.append("- fast vs ref / compile / vmap: time ratio (>1 = fast is faster); TFLOP/s and % of the measured "
                 "matmul rate are of the fast column (or of the column named in brackets)")
+    head.append("- floor ms: the step's roofline floor projected for this GPU by `vidgan bench --static` "
+                "(max(executed FLOPs / peak matrix rate, bytes / peak DRAM bandwidth) at the run's precision; "
+                "vidgan_fast/roofline.py); fast / floor: the fast column's time over it (target <= 2x); - where "
+                "the GPU is not in the roofline's device table, and on CPU")
     head.append("- peak alloc MiB: torch.cuda.max_memory_allocated (live tensors) of that column; peak reserved "
                 "MiB: torch.cuda.max_memory_reserved (what the caching allocator holds from the device, CUDA-graph "
                 "private pools included: a captured step's footprint shows here, not in alloc); both reset before "

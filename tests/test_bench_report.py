@@ -139,3 +139,22 @@ def test_peak_memory_is_reset_before_each_column_is_built(monkeypatch):
     row = measure_case(case, CPU, warmup=0, repeats=1, rates={"fp32": 1e9, "tf32": None}, tf32=True)
     assert order == ["reset", "reference", "reset", "fast"]
     assert row["columns"]["vmap"] == {} and row["columns"]["fast"]["peak_reserved_bytes"] is None
+
+
+def test_step_rows_carry_the_roofline_floor_of_the_named_gpu():
+    from vidgan_fast.benchmarks.report import attach_floor, format_row, step_floors
+    from vidgan_fast.config import preset
+    from vidgan_fast.roofline import floor, step_models
+    from vidgan_fast.roofline_devices import DEVICES
+    assert step_floors("paper", "CPU: x86_64, 2 cores", "tf32") == {}
+    floors = step_floors("paper", "NVIDIA H100 80GB HBM3", "tf32")
+    expected = floor(step_models(preset("paper"), "tf32")[2], DEVICES["h100"], "tf32")["floor_s"]
+    row = {"name": "phase2 D step (K=16, B=8)", "kind": "step", "flops": 1e9,
+           "columns": {"fast": {"median_s": 3 * expected}}}
+    attach_floor(row, floors)
+    assert row["floor_s"] == expected and abs(row["fast_over_floor"] - 3.0) < 1e-12
+    cells = format_row(row)
+    assert f"{expected * 1e3:.3f}" in cells and "3.00x" in cells
+    op = {"name": "D_F bank forward", "kind": "op", "flops": 1e9, "columns": {"fast": {"median_s": 1.0}}}
+    attach_floor(op, floors)
+    assert op["floor_s"] is None and op["fast_over_floor"] is None

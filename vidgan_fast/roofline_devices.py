@@ -23,6 +23,8 @@ class Device:
 DEVICES = {d.key: d for d in (
     Device("h100", "H100 SXM5 80GB", 66.9, 494.7, 989.4, 3350,
            "NVIDIA H100 datasheet: FP32 67, TF32 989* / BF16 1,979* TFLOPS (*sparsity), HBM3 3.35 TB/s"),
+    Device("h200", "H200 SXM 141GB", 66.9, 494.7, 989.4, 4800,
+           "NVIDIA H200 datasheet: FP32 67, TF32 989* / BF16 1,979* TFLOPS (*sparsity), HBM3e 4.8 TB/s"),
     Device("a100", "A100 SXM4 80GB", 19.5, 156.0, 312.0, 2039,
            "NVIDIA A100 datasheet: FP32 19.5, TF32 156 (312*), BF16 312 (624*) TFLOPS, HBM2e 2,039 GB/s"),
     Device("rtx4090", "RTX 4090", 82.6, 82.6, 165.2, 1008,
@@ -34,3 +36,13 @@ DEVICES = {d.key: d for d in (
            "(tf32/bf16 = fp32 rate). The fast path falls back to PyTorch below sm_70 (fast/backend.py): "
            "this is the floor of the same work, not of a run the Triton path can make"),
 )}
+
+
+# Substrings of torch.cuda.get_device_name() -> device key, most specific first.
+_NAME_MATCHES = (("H200", "h200"), ("H100", "h100"), ("A100", "a100"), ("4090", "rtx4090"), ("3090", "rtx3090"),
+                 ("1080 Ti", "gtx1080ti"))
+
+
+def device_for_name(name: str) -> Device | None:
+    """The roofline device of a GPU named `name` (as torch.cuda.get_device_name says), None when not in the table."""
+    return next((DEVICES[key] for pattern, key in _NAME_MATCHES if pattern.lower() in name.lower()), None)
