@@ -6,8 +6,10 @@ odd K, B and Cin, rows of x long enough to span several 512-element blocks with 
 tiles), a kernel that covers its input exactly (padding 0: dw written by the kernel alone), and a strided one
 that leaves input elements without a tap. Bounds: vidgan_fast.tolerance's fp32 bound for the length of each sum
 (forward: the row, R = Cin x input positions; wgrad: the batch; dgrad: one product).
-What it catches (each tried by breaking kernels/logit.py on purpose, 2026-12-03): see the module's report in
-the commit message / issue 16: the forward without its bias, the last partial block's column mask dropped.
+What it catches (each tried by breaking kernels/logit.py on purpose, 2026-12-03; each made the first GPU-tile case
+fail): the forward without its bias (y off by 0.75), the x load without its column mask (the last partial block
+reads the next row: NaN), the wgrad's batch mask widened by one row (db off by 0.55), the tap offset without its
+padding along W (y off by 1.1).
 """
 import math
 
