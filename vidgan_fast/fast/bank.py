@@ -11,7 +11,8 @@ The layer geometry and the projections are the reference models' (models.FRAME_G
 models.project_frames / project_videos). Checkpoints hold the reference layout: reference_state_dict and
 reference_optimizer_state, the same two methods as models.DiscriminatorList.
 
-impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py.
+impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py
+(which runs the logit layer conv4 through kernels/logit.py's batched GEMVs).
 impl='ref': the same mathematics in plain PyTorch with grouped convolutions (input [B, K*Cin, ...], groups=K),
 runs everywhere. impl='auto': as vidgan_fast.fast.backend.resolve_impl says, per call.
 """
