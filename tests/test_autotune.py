@@ -120,7 +120,7 @@ def test_a_failing_candidate_is_not_chosen(tmp_path):
 def test_every_conv_candidate_matches_fp64(name, candidate):
     """Widths 80 -> 130 at 8x8 -> 4x4 (stride 2): 2-3 channel tiles of 64 each way, several row and reduction
     tiles; the candidate forced for its kernel only, at the GPU tiles under the interpreter."""
-    from test_bank import LAYER_CASES, test_batched_conv_layer_matches_fp64   # noqa: F401 - helpers
+    from test_bank import test_batched_conv_layer_matches_fp64
     assert CANDIDATES[name][0] == GPU_TILES[name]
     with forcing(name, candidate):
         multi_tile = ((1, 2, 80, 8, 8), (130, (4, 4)), (2, 2), (1, 1))

@@ -14,8 +14,8 @@ launches (kernels/aot.py binds them with Triton's own binder); nothing is comput
 The gate (tests/test_compile_gate.py) fails on any compile error for TARGETS, and on any register spill at the
 paper configuration in the default precision (TF32) on SPILL_TARGETS. The other candidate tiles that
 kernels/autotune.py may pick on a GPU (CANDIDATES of kernels/batched_conv.py and kernels/logit.py) are compiled
-there too, at paper/tf32 on SPILL_TARGETS only (capture_candidates: rows labelled "paper/tf32 candidate"). sm_61 (the paper's GTX 1080 Ti) is
-compiled and reported, not gated: Triton does not support GPUs older than Volta, and `--fast` there trains on
+there too, at paper/tf32 on SPILL_TARGETS only (capture_candidates: rows labelled "paper/tf32 candidate").
+sm_61 (the paper's GTX 1080 Ti) is compiled and reported, not gated: Triton does not support GPUs older than Volta, and `--fast` there trains on
 the reference path with one warning.
 Needs compiled-mode kernels: run in a process without TRITON_INTERPRET (the test starts one).
 """
