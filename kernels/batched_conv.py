@@ -13,6 +13,8 @@ Layouts (contiguous): x [K, B, Cin, D, H, W], w [K, Cout, Cin, kd, kh, kw], b [K
 
 precision: "fp32" (exact products), "tf32" or "bf16" (tensor cores, fp32 accumulation): kernels/common.py.
 tiles: "auto" (GPU tiles when compiled, larger ones under the interpreter) or "gpu" / "interpreter".
+A logit layer (Cout = 1, one output position: conv4 of both discriminators) is routed to kernels/logit.py's batched
+GEMVs; every other layer's tile is picked per layer by kernels/autotune.py from CANDIDATES (fixed off a GPU).
 These are launch wrappers only: no autograd (see vidgan_fast.fast.bank).
 """
 from __future__ import annotations
@@ -249,8 +251,8 @@ def _geometry(x_shape, w_shape, stride, padding):
 # GPU tiles: (BLOCK_M, BLOCK_N, BLOCK_R, warps) per kernel. 64x64 output tiles with 32-deep reduction steps; the
 # backward kernels gather with 3-D index arithmetic on [BLOCK_M, BLOCK_R] tiles, which at 4 warps spilled registers
 # on sm_80/sm_90 (the compile gate measured 32-72 bytes; vidgan kernels shows it), so they run 8 warps: half the
-# accumulator and index registers per thread. A dimension of 1 (the logit layer's one output channel, the one
-# projected input channel) takes a block of 16, tl.dot's minimum; every other dimension the full tile (common.tile).
+# accumulator and index registers per thread. A dimension of 1 (the one projected input channel; the logit layer's
+# output channel before kernels/logit.py) takes a block of 16, tl.dot's minimum; any other the full tile (common.tile).
 # The dgrad's tap box (runtime loop bounds and tap decoding) costs registers: 120-215 at paper/tf32 (sm_80/90, no
 # spills; was 76-196), 1 CTA of 8 warps per SM on the heavy layers. A tap-outer loop with Cout inner spilled.
 GPU_TILES = {"forward": (64, 64, 32, 4), "dgrad": (64, 64, 32, 8), "wgrad": (64, 64, 32, 8)}
