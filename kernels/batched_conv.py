@@ -16,6 +16,8 @@ Storage: x, w, dy and y may each be float32 or bfloat16 (read, then computed in 
 written in `out_dtype` (float32 or bfloat16); b, dw and db are always float32 (the master weights and their
 optimizer read them).
 tiles: "auto" (GPU tiles when compiled, larger ones under the interpreter) or "gpu" / "interpreter".
+A logit layer (Cout = 1, one output position: conv4 of both discriminators) is routed to kernels/logit.py's batched
+GEMVs; every other layer's tile is picked per layer by kernels/autotune.py from CANDIDATES (fixed off a GPU).
 These are launch wrappers only: no autograd (see vidgan_fast.fast.bank).
 """
 from __future__ import annotations
@@ -24,7 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
+from vidgan_fast.kernels.autotune import choose
 from vidgan_fast.kernels.common import cast_for_store, dot_precision, gpu_tiles, mma, tile
+from vidgan_fast.kernels.logit import is_logit_layer, logit_forward, logit_input_grad, logit_weight_grad
 
 NEGATIVE_SLOPE = tl.constexpr(0.2)     # a plain Python global would be rejected by the compiler (not the interpreter)
 
@@ -250,18 +254,24 @@ def _geometry(x_shape, w_shape, stride, padding):
 # GPU tiles: (BLOCK_M, BLOCK_N, BLOCK_R, warps) per kernel. 64x64 output tiles with 32-deep reduction steps; the
 # backward kernels gather with 3-D index arithmetic on [BLOCK_M, BLOCK_R] tiles, which at 4 warps spilled registers
 # on sm_80/sm_90 (the compile gate measured 32-72 bytes; vidgan kernels shows it), so they run 8 warps: half the
-# accumulator and index registers per thread. A dimension of 1 (the logit layer's one output channel, the one
-# projected input channel) takes a block of 16, tl.dot's minimum; every other dimension the full tile (common.tile).
+# accumulator and index registers per thread. A dimension of 1 (the one projected input channel; the logit layer's
+# output channel before kernels/logit.py) takes a block of 16, tl.dot's minimum; any other the full tile (common.tile).
 # The dgrad's tap box (runtime loop bounds and tap decoding) costs registers: 120-215 at paper/tf32 (sm_80/90, no
 # spills; was 76-196), 1 CTA of 8 warps per SM on the heavy layers. A tap-outer loop with Cout inner spilled.
 GPU_TILES = {"forward": (64, 64, 32, 4), "dgrad": (64, 64, 32, 8), "wgrad": (64, 64, 32, 8)}
 INTERPRETER_TILE_CAPS = (256, 64, 128)    # the interpreter: same code, fewer and larger numpy steps
+# Candidates kernels/autotune.py times on a GPU, per layer; the first is GPU_TILES (what runs untuned). Each
+# compiles without spills on sm_80/sm_90 at the paper shapes in tf32 (the compile gate checks; 2026-12-04: forward
+# 150-250 registers, dgrad 128-186, wgrad 70-228). Rejected for spills there: dgrad (32, 64, 32, 4), (64, 32, 32, 4),
+# (128, 64, 32, 8); forward and wgrad (32, 64, 64, 4). (64, 128, 32, 8) dgrad/wgrad sit at the 255-register cap.
+CANDIDATES = {"forward": (GPU_TILES["forward"], (128, 64, 32, 8), (32, 64, 32, 4)),
+              "dgrad": (GPU_TILES["dgrad"], (32, 64, 32, 8), (64, 64, 16, 8)),
+              "wgrad": (GPU_TILES["wgrad"], (128, 64, 32, 8), (32, 64, 32, 8))}
 
 
-def _blocks(kernel: str, m: int, n: int, r: int, tiles: str) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_R, num_warps) of `kernel` for an M x N output with an R-long reduction."""
-    gpu = gpu_tiles(tiles)
-    *caps, warps = GPU_TILES[kernel] if gpu else (*INTERPRETER_TILE_CAPS, 4)
+def _blocks(candidate, m: int, n: int, r: int, gpu: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_R, num_warps) of a candidate tile for an M x N output with an R-long reduction."""
+    *caps, warps = candidate if gpu else (*INTERPRETER_TILE_CAPS, 4)
     return (*(tile(v, cap, gpu) for v, cap in zip((m, n, r), caps)), warps)
 
 
@@ -290,6 +300,24 @@ def _out_dtype(dtype):
     return dtype
 
 
+def _launch(name: str, kernel, grid_of, args, dims, consts, leaky, precision, tiles, mnr):
+    """Launch `kernel` at the tile autotune.choose picks for this layer (fixed, forced or timed on a GPU)."""
+    gpu = gpu_tiles(tiles)
+
+    def launch(candidate):
+        BM, BN, BR, warps = _blocks(candidate, *mnr, gpu)
+        kernel[grid_of(BM, BN)](*args, *dims, **consts, LEAKY=leaky, PRECISION=dot_precision(precision),
+                                BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR, num_warps=warps)
+
+    problem = (dims, tuple(consts.values()), leaky, tuple(str(a.dtype) for a in args))
+    launch(choose(name, problem, precision, CANDIDATES[name], launch, args[0].device, gpu))
+
+
+def _logit_args(dims, consts):
+    """(x spatial, kernel, padding) of a logit layer, for kernels/logit.py."""
+    return dims[2:5], (consts["KD"], consts["KH"], consts["KW"]), (consts["PD"], consts["PH"], consts["PW"])
+
+
 def conv_forward(x, w, bias, stride, padding, leaky: bool, precision: str = "fp32",
                  tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
     """y[k] = conv(x[k], w[k]) + bias[k], then LeakyReLU(0.2) if `leaky`. 2D or 3D; returns y [K, B, Cout, ...]
@@ -298,13 +326,15 @@ def conv_forward(x, w, bias, stride, padding, leaky: bool, precision: str = "fp3
     if tuple(bias.shape) != (K, COUT):
         raise ValueError(f"batched conv: bias {tuple(bias.shape)} should be [K={K}, Cout={COUT}]")
     (x, w), (bias,) = _stored(x=x, w=w), _fp32(bias=bias)
+    dims = (B, CIN, D, H, W, COUT, OD, OH, OW)
+    if is_logit_layer(COUT, (OD, OH, OW)):
+        y = logit_forward(x, w, bias, *_logit_args(dims, consts), leaky, precision, tiles,
+                          out_dtype=_out_dtype(out_dtype)).view(K, B, 1, 1, 1, 1)
+        return y.view(K, B, 1, 1, 1) if x.dim() == 5 else y
     y = torch.empty((K, B, COUT, OD, OH, OW), device=x.device, dtype=_out_dtype(out_dtype))
     M, R = B * OD * OH * OW, CIN * consts["KD"] * consts["KH"] * consts["KW"]
-    BM, BN, BR, warps = _blocks("forward", M, COUT, R, tiles)
-    grid = (triton.cdiv(M, BM), triton.cdiv(COUT, BN), K)
-    _conv_fwd_kernel[grid](x, w, bias, y, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
-                           LEAKY=leaky, PRECISION=dot_precision(precision), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR,
-                           num_warps=warps)
+    _launch("forward", _conv_fwd_kernel, lambda BM, BN: (triton.cdiv(M, BM), triton.cdiv(COUT, BN), K),
+            (x, w, bias, y), dims, consts, leaky, precision, tiles, (M, COUT, R))
     return y.view(K, B, COUT, OH, OW) if x.dim() == 5 else y
 
 
@@ -318,16 +348,18 @@ def conv_input_grad(dy, w, x_shape, stride, padding, y=None, precision: str = "f
         raise ValueError(f"batched conv dgrad: dy {tuple(dy.shape)} does not match the output of x {tuple(x_shape)}")
     leaky = y is not None
     dy, w, y = _stored(dy=dy, w=w, y=y if leaky else dy)      # y is not read when not leaky
+    dims = (B, CIN, D, H, W, COUT, OD, OH, OW)
+    if is_logit_layer(COUT, (OD, OH, OW)):
+        return logit_input_grad(dy, w, y if leaky else None, x_shape, *_logit_args(dims, consts), precision, tiles,
+                                out_dtype=_out_dtype(out_dtype))
     dx = torch.empty(x_shape, device=dy.device, dtype=_out_dtype(out_dtype))
     classes = consts["SD"] * consts["SH"] * consts["SW"]
     per_class = B * triton.cdiv(D, consts["SD"]) * triton.cdiv(H, consts["SH"]) * triton.cdiv(W, consts["SW"])
     taps = triton.cdiv(consts["KD"], consts["SD"]) * triton.cdiv(consts["KH"], consts["SH"]) * \
         triton.cdiv(consts["KW"], consts["SW"])
-    BM, BN, BR, warps = _blocks("dgrad", per_class, CIN, COUT * taps, tiles)
-    grid = (classes * triton.cdiv(per_class, BM), triton.cdiv(CIN, BN), K)
-    _conv_dgrad_kernel[grid](dy, y, w, dx, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
-                             LEAKY=leaky, PRECISION=dot_precision(precision), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR,
-                             num_warps=warps)
+    _launch("dgrad", _conv_dgrad_kernel,
+            lambda BM, BN: (classes * triton.cdiv(per_class, BM), triton.cdiv(CIN, BN), K),
+            (dy, y, w, dx), dims, consts, leaky, precision, tiles, (per_class, CIN, COUT * taps))
     return dx
 
 
@@ -339,12 +371,12 @@ def conv_weight_grad(dy, x, w_shape, stride, padding, y=None, precision: str = "
         raise ValueError(f"batched conv wgrad: dy {tuple(dy.shape)} does not match the output of x {tuple(x.shape)}")
     leaky = y is not None
     dy, x, y = _stored(dy=dy, x=x, y=y if leaky else dy)      # y is not read when not leaky
+    dims = (B, CIN, D, H, W, COUT, OD, OH, OW)
+    if is_logit_layer(COUT, (OD, OH, OW)):
+        return logit_weight_grad(dy, x, y if leaky else None, w_shape, *_logit_args(dims, consts), precision, tiles)
     N = CIN * consts["KD"] * consts["KH"] * consts["KW"]
     dw = torch.empty(w_shape, device=x.device, dtype=torch.float32)
     db = torch.empty((K, COUT), device=x.device, dtype=torch.float32)
-    BM, BN, BR, warps = _blocks("wgrad", COUT, N, B * OD * OH * OW, tiles)
-    grid = (triton.cdiv(COUT, BM), triton.cdiv(N, BN), K)
-    _conv_wgrad_kernel[grid](dy, y, x, dw, db, B, CIN, D, H, W, COUT, OD, OH, OW, **consts,
-                             LEAKY=leaky, PRECISION=dot_precision(precision), BLOCK_M=BM, BLOCK_N=BN, BLOCK_R=BR,
-                             num_warps=warps)
+    _launch("wgrad", _conv_wgrad_kernel, lambda BM, BN: (triton.cdiv(COUT, BM), triton.cdiv(N, BN), K),
+            (dy, y, x, dw, db), dims, consts, leaky, precision, tiles, (COUT, N, B * OD * OH * OW))
     return dw, db

@@ -54,10 +54,10 @@ def test_no_register_spills_at_paper_size_in_the_default_precision(gate):
 
 
 def test_capture_covers_every_kernel_forward_and_backward(gate):
-    """Every @triton.jit kernel of kernels/ is launched by some step (fwd, dgrad, wgrad, projection both ways,
-    frozen G_F forward and input gradient, the banks' fused RMSprop), at both configurations."""
-    from vidgan_fast.kernels import batched_conv, frame_generator, projection, rmsprop
-    names = {name for module in (batched_conv, frame_generator, projection, rmsprop)
+    """Every @triton.jit kernel of kernels/ is launched by some step (fwd, dgrad, wgrad, the logit layer's three,
+    projection both ways, frozen G_F forward and input gradient, the banks' fused RMSprop), at both configurations."""
+    from vidgan_fast.kernels import batched_conv, frame_generator, logit, projection, rmsprop
+    names = {name for module in (batched_conv, frame_generator, logit, projection, rmsprop)
              for name in vars(module) if name.startswith("_") and name.endswith("_kernel")}
     for config in ("tiny", "paper"):
         seen = {r["kernel"] for r in gate["rows"] if any(u.startswith(config + "/") for u in r["used_by"].split())}
@@ -130,3 +130,20 @@ def test_gate_sees_register_spills(tmp_path):
     reports spills (about 7 KB on sm_80) and the gate reads them."""
     spilled = _compile_source(tmp_path, PROBE.format(slope="tl.constexpr(0.2)", n=64, warps=1))
     assert spilled["error"] is None and spilled["spill"] > 0
+
+
+def test_every_autotune_candidate_is_compiled_without_spills(gate):
+    """Each candidate tile kernels/autotune.py may pick on a GPU (CANDIDATES of batched_conv.py and logit.py) is
+    compiled at paper/tf32 for sm_80 and sm_90; the gate's spill rule covers those rows too."""
+    from vidgan_fast.kernels import batched_conv, logit
+    kernels = {"forward": "_conv_fwd_kernel", "dgrad": "_conv_dgrad_kernel", "wgrad": "_conv_wgrad_kernel",
+               "logit_forward": "_logit_fwd_kernel", "logit_dgrad": "_logit_dgrad_kernel",
+               "logit_wgrad": "_logit_wgrad_kernel"}
+    for name, candidates in {**batched_conv.CANDIDATES, **logit.CANDIDATES}.items():
+        for *blocks, warps in candidates:
+            labels = ("BLOCK_M", "BLOCK_N", "BLOCK_R") if len(blocks) == 3 else ("BLOCK_M", "BLOCK_R")
+            want = [f"{label}={v}" for label, v in zip(labels, blocks)] + [f"num_warps={warps}"]
+            rows = [r for r in gate["rows"] if r["kernel"] == kernels[name] and "paper/tf32" in r["used_by"].split()
+                    and all(w in r["spec"].split() for w in want)]
+            assert {r["arch"] for r in rows} >= {80, 90}, (name, blocks, warps)
+            assert all(r["spill_bytes"] == 0 for r in rows if r["arch"] in (80, 90)), (name, blocks, warps)

@@ -13,13 +13,11 @@ What an Op counts (per launch; `calls` launches of it per step):
   say, so executed = 2 * (programs * BLOCK_M * BLOCK_N) * (reduction steps * BLOCK_R): M, N and the reduction are
   padded to tile multiples (a dimension of 1 takes a 16-block, any other the full GPU tile: kernels/common.tile);
   the sub-pixel dgrad pads each residue class to ceil(size / stride) positions, and each row tile reduces over
-  its tap box only (dgrad_tap_boxes) times Cout, padded to BLOCK_R. The box leaves out the taps that a forward
-  spends on padding, so a dgrad can execute fewer FLOPs than the nominal count (which includes them).
-  Tiles are read from the kernels' GPU_TILES (parsed from the source files, so no Triton import is needed).
-  Ops run by PyTorch (the trained G_F of phase 1, G_V) are counted executed = nominal: cuDNN/cuBLAS tiling is not
-  modelled (an under-estimate of their executed FLOPs).
+  its tap box only (dgrad_tap_boxes) times Cout, padded to BLOCK_R: it (and conv4, logit_ops) can execute fewer
+  FLOPs than the nominal count, which includes the padding taps. Tiles: the kernels' GPU_TILES (read_constant).
+  PyTorch ops (phase 1's trained G_F, G_V): executed = nominal, cuDNN/cuBLAS tiling not modelled (an under-estimate).
 - unit: "mma" ops run at the run's matrix precision (fp32 = exact fp32 FMA, tf32, bf16); "fp32" ops use CUDA
-  cores whatever the precision (the projection backward and G_F's last layer are tl.sum reductions, not tl.dot).
+  cores whatever the precision (FMA reductions, not tl.dot: projection backward, G_F's last layer, logit_ops).
 - bytes: compulsory DRAM traffic: each operand read once, each result written once (tile re-reads assumed to hit
   L2; a floor, not a prediction), 4 bytes per element, except under precision "bf16", where the banks and the
   frozen G_F store in bf16 (fast/bank.py, fast/frozen_generator.py): 2 bytes per element of the activations
@@ -63,15 +61,10 @@ GF_PADDING = (1, 1, 1, 2)     # up1..up3, out (fast/frozen_generator.UP_PADDING)
 
 # ----------------------------------------------------------------------------------------------- tiles
 
-def _kernel_source(name: str) -> Path:
-    """The source file of vidgan_fast.kernels.<name> (installed, or kernels/ of a source tree), not imported:
-    the static model runs where Triton is not installed."""
-    return Path(importlib.util.find_spec(f"vidgan_fast.kernels.{name}").origin)
-
-
 def read_constant(module: str, name: str):
-    """The literal value of `name = ...` at the top level of a kernel module, without importing it."""
-    tree = ast.parse(_kernel_source(module).read_text())
+    """The literal value of `name = ...` at the top level of a kernel module, read from its source file (installed,
+    or kernels/ of a source tree) without importing it: the static model runs where Triton is not installed."""
+    tree = ast.parse(Path(importlib.util.find_spec(f"vidgan_fast.kernels.{module}").origin).read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "dict":
@@ -136,6 +129,8 @@ def conv_ops(tag: str, k: int, b: int, cin: int, cout: int, in_size, stride, pad
     out = tuple((i + 2 * p - kk) // s + 1 for i, kk, s, p in zip(in_size, kern, stride, padding))
     kvol, in_vol, out_vol = math.prod(kern), math.prod(in_size), math.prod(out)
     nominal = conv_flops(k * b, cin, cout, kern, out)
+    if cout == 1 and out_vol == 1:                  # the logit layer: kernels/logit.py
+        return logit_ops(tag, k, b, cin, in_size, kern, nominal, leaky, passes, calls, x_bytes, y_bytes, w_bytes)
     x, w, bias, y = b * cin * in_vol, cout * cin * kvol, cout, b * cout * out_vol
     dy_reads = y * (2 if leaky else 1)              # dy, and y for LeakyReLU' (read from the sign of y)
     x, w_read, w_grad, y, bias, dy_reads = (x * x_bytes, w * w_bytes, w * F32, y * y_bytes, bias * F32,
@@ -167,6 +162,19 @@ def conv_ops(tag: str, k: int, b: int, cin: int, cout: int, in_size, stride, pad
                       note=f"M {m}->{padded(m, bm)}{f' x{groups} classes' if groups > 1 else ''}, "
                            f"N {n}->{padded(n, bn)}, R {r}->{padded(r, br)}"))
     return ops
+
+
+def logit_ops(tag: str, k: int, b: int, cin: int, in_size, kern, nominal: int, leaky: bool, passes, calls,
+              x_bytes: int = F32, y_bytes: int = F32, w_bytes: int = F32):
+    """kernels/logit.py (conv4: Cout 1, one output position): GEMVs, fp32 FMA on CUDA cores, no tile padding; an
+    input element meets one tap: executed = 2 K B Cin x input positions (< nominal, which counts padding taps).
+    Bytes per element as in conv_ops (x and dx x_bytes, y and dy y_bytes, weight reads w_bytes; dw, db fp32)."""
+    row, dy = cin * math.prod(in_size), b * (2 if leaky else 1)    # R: a sample's input row = weight taps read
+    x, w = b * row * x_bytes, cin * math.prod(kern)
+    dy, y = dy * y_bytes, b * y_bytes
+    io = {"forward": x + row * w_bytes + F32 + y, "dgrad": dy + row * w_bytes + x, "wgrad": dy + x + (w + 1) * F32}
+    return [Op(f"{tag} {p}", nominal, 2 * k * b * row, k * io[p], unit="fp32", calls=calls,
+               note=f"logit GEMV: {b} rows x R {row}, fp32 FMA, no padding") for p in passes]
 
 
 def dgrad_tap_boxes(b: int, size, kern, stride, pad, out, bm: int) -> list[int]:

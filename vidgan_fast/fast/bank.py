@@ -11,7 +11,8 @@ The layer geometry and the projections are the reference models' (models.FRAME_G
 models.project_frames / project_videos). Checkpoints hold the reference layout: reference_state_dict and
 reference_optimizer_state, the same two methods as models.DiscriminatorList.
 
-impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py.
+impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py
+(which runs the logit layer conv4 through kernels/logit.py's batched GEMVs).
 precision='bf16' also stores in bf16 what passes between the layers: each conv layer's output (the next layer's
 input and the LeakyReLU mask, saved for backward) and each input gradient after the first layer's; the logits and
 the projection (1 channel) stay fp32. The nn.Parameters stay fp32 master weights (the optimizer updates them, the

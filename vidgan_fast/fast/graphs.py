@@ -10,7 +10,8 @@ capture and stay the same tensor afterwards:
 - Optimizer state is allocated before warm-up (init_optimizer_state: zero, as RMSprop's lazy init would make
   it). Left to the lazy init, it would be allocated inside the capture, and every replay would re-run the
   recorded zero-fill of `square_avg` and `step`: each step RMSprop's first step.
-- Warm-up (Triton compiles, cuBLAS/cuDNN pick algorithms) changes weights, batch-norm buffers and optimizer
+- Warm-up (Triton compiles, cuBLAS/cuDNN pick algorithms, kernels/autotune.py times its candidate tiles per layer:
+  never inside capture, where it only reads its cache) changes weights, batch-norm buffers and optimizer
   state; afterwards their saved values are copied back INTO THE SAME TENSORS (restore), never through
   load_state_dict, which swaps in new ones, and the RNG is rewound: the run continues exactly where it was.
   The saved values are host copies (state just initialised to zero is zeroed again instead of saved), so the

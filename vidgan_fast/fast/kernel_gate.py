@@ -12,13 +12,16 @@ registers, spills and whether a product runs on tensor cores. The capture runs t
 launches (kernels/aot.py binds them with Triton's own binder); nothing is computed, so paper sizes cost nothing.
 
 The gate (tests/test_compile_gate.py) fails on any compile error for TARGETS, and on any register spill at the
-paper configuration in the default precision (TF32) on SPILL_TARGETS. sm_61 (the paper's GTX 1080 Ti) is
-compiled and reported, not gated: Triton does not support GPUs older than Volta, and `--fast` there trains on
+paper configuration in the default precision (TF32) on SPILL_TARGETS. The other candidate tiles that
+kernels/autotune.py may pick on a GPU (CANDIDATES of kernels/batched_conv.py and kernels/logit.py) are compiled
+there too, at paper/tf32 on SPILL_TARGETS only (capture_candidates: rows labelled "paper/tf32 candidate").
+sm_61 (the paper's GTX 1080 Ti) is compiled and reported, not gated: Triton does not support GPUs older than Volta, and `--fast` there trains on
 the reference path with one warning.
 Needs compiled-mode kernels: run in a process without TRITON_INTERPRET (the test starts one).
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import warnings
@@ -102,6 +105,23 @@ def compile_all(used: dict, targets=TARGETS + REPORTED_TARGETS, jobs: int | None
     return rows
 
 
+def capture_candidates(base: dict, config: str = "paper", precision: str = DEFAULT_PRECISION) -> dict:
+    """{Launch: [label]} of the launches that the other autotune candidates make at `config` / `precision` and
+    `base` does not hold: capture i forces every tunable kernel to its i-th candidate (or its last)."""
+    from vidgan_fast.kernels import batched_conv, logit
+    from vidgan_fast.kernels.autotune import forcing
+    tunable = {**batched_conv.CANDIDATES, **logit.CANDIDATES}
+    used: dict = {}
+    for i in range(1, max(len(c) for c in tunable.values())):
+        with contextlib.ExitStack() as stack:
+            for name, candidates in tunable.items():
+                stack.enter_context(forcing(name, candidates[min(i, len(candidates) - 1)]))
+            for launch in capture(config, precision):
+                if launch not in base:
+                    used.setdefault(launch, [f"{config}/{precision}", "candidate"])
+    return used
+
+
 def capture_all(configs=CONFIGS, precisions=PRECISIONS) -> dict:
     """{Launch: ["config/precision", ...]} over every config and precision, deduplicated."""
     used: dict = {}
@@ -154,8 +174,14 @@ def rows_to_json(rows: list[Row]) -> list[dict]:
 
 
 def run(configs=CONFIGS, precisions=PRECISIONS, targets=TARGETS + REPORTED_TARGETS, jobs=None) -> list[Row]:
-    """Capture and compile: the rows of the static table."""
-    return compile_all(capture_all(configs, precisions), targets, jobs)
+    """Capture and compile: the rows of the static table (with the autotune candidates where the gate checks
+    spills: paper in the default precision, SPILL_TARGETS)."""
+    used = capture_all(configs, precisions)
+    rows = compile_all(used, targets, jobs)
+    spill_targets = tuple(t for t in targets if t in SPILL_TARGETS)
+    if "paper" in configs and DEFAULT_PRECISION in precisions and spill_targets:
+        rows += compile_all(capture_candidates(used), spill_targets, jobs)
+    return rows
 
 
 def main(argv=None) -> int:
