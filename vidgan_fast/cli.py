@@ -60,7 +60,7 @@ def _click_type(f: dataclasses.Field):
 # Options that only one command uses (every other TrainConfig field is used by all three train commands).
 FRAMES_ONLY = {"frames_k", "frames_batch", "frames_lr", "frames_epochs", "df_widths"}
 VIDEO_ONLY = {"video_k", "video_batch", "video_lr", "video_epochs", "gv_hidden", "gv_lstm", "dv_widths",
-              "finetune_frames", "finetune_lr"}
+              "finetune_frames", "finetune_lr", "video_codes", "gv_forget_bias", "gv_smoothing", "calibrate_codes"}
 ALL_ONLY = {"sample_n"}
 NOT_IN = {"frames": VIDEO_ONLY | ALL_ONLY, "video": FRAMES_ONLY | ALL_ONLY, "all": set()}
 HELP_IN = {("video", "gf_widths"): "G_F channel widths: read from the --frames checkpoint (if given, they must "

@@ -166,7 +166,8 @@ PRESETS: dict[str, TrainConfig] = {
     #   3-blob frames at lr 2e-4 and 5e-5, with the discriminators near chance, d loss 1.1-1.4): RMSprop's
     #   normalised steps random-walk G_V when the gradients are mostly noise. Hence a short phase 2: one epoch
     #   of batch 32 (32 steps, less gradient noise per step), lr 5e-5, video_k = 4.
-    # - calibrate_codes: G_V's codes start centred with unit-scale spread across z (before the sphere), and its
+    # - calibrate_codes: G_V's codes start centred with std 2.5 per code dimension across z and time (before
+    #   the time filter and the sphere), and its
     #   batch norms start with the statistics of a real batch: after a 32-step phase 2 the running variances
     #   otherwise still hold ~4% of their initial 1 against true variances ~1e-4, and the eval-mode G_V drew
     #   nearly the same video for every z (seed 0: diversity 0.18 without, 0.41 with).
@@ -176,10 +177,10 @@ PRESETS: dict[str, TrainConfig] = {
     #   with coherence 0.90-0.97 (seeds 0-2), so the codes need smooth paths, not a better G_F. Phase 2 with the
     #   low-pass, 1,000 videos, seeds 0/1/2: sigma 3: speed 0.69/0.73/0.60, coherence 0.920/0.896/0.940;
     #   sigma 4: speed 0.63/0.69/0.59, coherence 0.934/0.916/0.942, diversity 0.76, 3-blob frames 0.75/0.82/0.72.
-    # Measured on 3 seeds (benchmarks/RESULTS.md, "Quality"). Phase 1 (CLI, G_F alone, 2,000 frames): 3-blob frames
-    # 0.75 / 0.78 / 0.85 on seeds 0 / 1 / 2 (target 0.70; at lr 2e-3: 0.67 / 0.77 / 0.64), radius 3.24-3.43 px
-    # (data 3.53), diversity 0.76-0.79 (data 0.80), 390-396 s CPU each. Phase 2 on those G_F (vidgan eval, 1,000
-    # videos): every issue-17 target on all 3 seeds (the sigma 4 figures above).
+    # Measured on 3 seeds, the whole `train all` run (benchmarks/RESULTS.md, "Quality (issue 17), 2026-12-04"):
+    # G_F alone 3-blob frames 0.77 / 0.83 / 0.79 (target 0.70), radius 3.29-3.52 px, diversity 0.78-0.81; G_V
+    # speed 0.60 / 0.63 / 0.57 px/frame, coherence 0.946 / 0.937 / 0.943, diversity 0.77 / 0.77 / 0.81, 3-blob
+    # frames 3 / 10 / 13 points under G_F's; 496-552 s CPU per run.
     "small": TrainConfig(
         frames_k=16, frames_batch=32, frames_epochs=50, frames_lr=4e-3,   # 32 steps per epoch, 1600 steps
         video_k=4, video_batch=32, video_epochs=1, video_lr=5e-5,
