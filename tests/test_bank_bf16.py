@@ -138,7 +138,7 @@ def fp64_with_slopes(bank, x, slopes):
 BANK_CASES = [   # kind, k, b, widths, tiles
     ("frame", 1, 1, WIDTHS, "auto"),
     ("frame", 3, 2, (5, 7, 3), "auto"),             # odd widths
-    ("frame", 2, 2, (80, 130, 72), "gpu"),          # several GPU tiles per layer
+    ("frame", 1, 1, (80, 130, 72), "gpu"),          # several GPU tiles per layer
     ("video", 2, 1, WIDTHS, "auto"),
 ]
 

@@ -64,7 +64,21 @@ def step_tolerance(state):
     return 2 * graph_check.step_tolerance(state, tf32=False)
 
 
-def assert_states_close(a, b):
+def discriminator_gradients(state) -> dict:
+    """The reference state's discriminator gradients (checkpoint keys), to tell signal from rounding noise."""
+    return {f"{i}.{name}": p.grad.detach().clone() for i, d in enumerate(state.discriminators)
+            for name, p in d.named_parameters() if p.grad is not None}
+
+
+NOISE_FRACTION = 0.05
+
+
+def assert_states_close(a, b, gradients=None):
+    """a and b within twice the policy bound. With `gradients` (the RMS over a's D steps of each discriminator
+    gradient), weight elements whose gradient was under NOISE_FRACTION of their tensor's largest are left out: RMSprop
+    divides each element's gradient by its own RMS, so rounding that the policy bounds relative to the largest
+    gradient becomes, for an element 1/f smaller, an error 1/f larger in its update (measured: the logit weight
+    whose gradient was 1.5% of the largest moved 1.0x the bound apart)."""
     pa, pb, tol = train.checkpoint_payload(a, False), train.checkpoint_payload(b, False), step_tolerance(b)
     for part in ("generator", "discriminators"):
         assert pa[part].keys() == pb[part].keys()
@@ -73,7 +87,13 @@ def assert_states_close(a, b):
                 continue
             if part == "discriminators" and key.endswith("conv4.bias"):
                 continue        # the logit's bias: d/db = mean(sigmoid(real) - 1) + mean(sigmoid(fake)) ~ 0 at init
-            err = relative_error(pb[part][key].float(), pa[part][key].float())
+            x, y = pb[part][key].float(), pa[part][key].float()
+            if gradients is not None and part == "discriminators" and key in gradients:
+                g = gradients[key].abs()
+                noise = (g > 0) & (g < NOISE_FRACTION * g.max())
+                assert noise.sum() < 0.5 * (g > 0).sum(), f"{key}: most live elements are noise-dominated"
+                x = torch.where(noise, y, x)      # the same scale (max |y| over the whole tensor), noise left out
+            err = relative_error(x, y)
             assert err <= tol, f"{part}.{key}: relative error {err:.3g} > {tol:.3g}"
 
 
@@ -148,13 +168,17 @@ def test_fast_then_reference_continues_the_same_run():
     straight = fresh(cfg, "frames")
     fast = to_fast(fresh(cfg, "frames"))
     real, z_d, z_g = real_and_noise(cfg, "frames", 0)
-    d_step(straight, real, z_d), g_step(straight, z_g)
+    d_step(straight, real, z_d)
+    gradients = discriminator_gradients(straight)
+    g_step(straight, z_g)
     d_step(fast, real, z_d), g_step(fast, z_g)
     resumed = train.state_from_checkpoint(copy.deepcopy(train.checkpoint_payload(fast, False)), "fast.ckpt")
     real, z_d, z_g = real_and_noise(cfg, "frames", 1)
-    d_step(straight, real, z_d), g_step(straight, z_g)
+    d_step(straight, real, z_d)
+    gradients = {k: g.hypot(g2) for (k, g), g2 in zip(gradients.items(), discriminator_gradients(straight).values())}
+    g_step(straight, z_g)
     d_step(resumed, real, z_d), g_step(resumed, z_g)
-    assert_states_close(straight, resumed)
+    assert_states_close(straight, resumed, gradients)
 
 
 def test_cli_fast_phase1_under_the_interpreter(tmp_path):
