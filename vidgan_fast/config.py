@@ -216,6 +216,11 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Return cfg if every value is possible, else raise ConfigError naming the option and value."""
     for name in ("frames_k", "frames_batch", "frames_epochs", "video_k", "video_batch", "video_epochs",
@@ -223,15 +228,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not _is_int(v) or v <= 0:
             raise _bad(name, v, "must be a positive integer")
-    if isinstance(cfg.gv_forget_bias, bool) or not isinstance(cfg.gv_forget_bias, (int, float)) \
-            or not math.isfinite(cfg.gv_forget_bias):
+    if not _is_number(cfg.gv_forget_bias):
         raise _bad("gv_forget_bias", cfg.gv_forget_bias, "must be a finite number")
-    if isinstance(cfg.gv_smoothing, bool) or not isinstance(cfg.gv_smoothing, (int, float)) \
-            or not math.isfinite(cfg.gv_smoothing) or not 0 <= cfg.gv_smoothing <= 10:
+    if not _is_number(cfg.gv_smoothing) or not 0 <= cfg.gv_smoothing <= 10:
         raise _bad("gv_smoothing", cfg.gv_smoothing, "must be a number from 0 to 10 (frames)")
     for name in ("frames_lr", "video_lr", "finetune_lr"):
         v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+        if not _is_number(v) or v <= 0:
             raise _bad(name, v, "must be a positive number")
     for name, length in WIDTH_FIELDS.items():
         v = getattr(cfg, name)
