@@ -9,6 +9,10 @@ Per element, exactly torch.optim.RMSprop without momentum, centering, weight dec
 is rounded once on the host from the Python float, as torch does. Each of w, g and v is read once and w, v written
 once: 20 bytes per fp32 parameter (torch's foreach RMSprop makes about 13 weight-sized passes).
 
+copies (optional, one per tensor): a low-precision copy of each updated w (bf16 storage, fast/weight_copy.py) written
+in the same pass, w_new rounded to the copy's dtype (round to nearest even, as torch's .to()): 2 more bytes per
+parameter, where a separate cast before the next forward would read 4 B and write 2 B.
+
 The launch takes the tensors as Triton tuples (one specialization per tensor count), so every address is a plain
 kernel argument: nothing to build on the device, so the launch can be captured in a CUDA graph as is (the
 addresses and sizes are baked into the graph, as for any kernel), and it runs under TRITON_INTERPRET=1 on CPU
@@ -28,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vidgan_fast.kernels.common import gpu_tiles
+from vidgan_fast.kernels.common import cast_for_store, gpu_tiles
 
 
 @triton.jit
@@ -39,8 +43,8 @@ def _rmsprop_math(w, g, v, lr, alpha, one_minus_alpha, eps):
 
 
 @triton.jit
-def _rmsprop_block(w_ptr, g_ptr, v_ptr, step_ptr, n, local, lr, alpha, one_minus_alpha, eps,
-                   STEP: tl.constexpr, BLOCK: tl.constexpr):
+def _rmsprop_block(w_ptr, g_ptr, v_ptr, c_ptr, step_ptr, n, local, lr, alpha, one_minus_alpha, eps,
+                   COPY: tl.constexpr, STEP: tl.constexpr, BLOCK: tl.constexpr):
     """Block `local` of one tensor of n elements."""
     start = local.to(tl.int64) * BLOCK
     offs = start + tl.arange(0, BLOCK)
@@ -49,21 +53,26 @@ def _rmsprop_block(w_ptr, g_ptr, v_ptr, step_ptr, n, local, lr, alpha, one_minus
                              lr, alpha, one_minus_alpha, eps)
         tl.store(v_ptr + offs, v)
         tl.store(w_ptr + offs, w)
+        if COPY:
+            tl.store(c_ptr + offs, cast_for_store(w, c_ptr.dtype.element_ty))
     else:                                      # the tensor's last block (or the one empty block of an empty tensor)
         mask = offs < n
         w, v = _rmsprop_math(tl.load(w_ptr + offs, mask=mask, other=0.0), tl.load(g_ptr + offs, mask=mask, other=0.0),
                              tl.load(v_ptr + offs, mask=mask, other=0.0), lr, alpha, one_minus_alpha, eps)
         tl.store(v_ptr + offs, v, mask=mask)
         tl.store(w_ptr + offs, w, mask=mask)
+        if COPY:
+            tl.store(c_ptr + offs, cast_for_store(w, c_ptr.dtype.element_ty), mask=mask)
     if STEP:
         if local == 0:
             tl.store(step_ptr, tl.load(step_ptr) + 1)
 
 
 @triton.jit
-def _rmsprop_kernel(ws, gs, vs, steps, numels, starts, lr, lr_ptr, alpha, one_minus_alpha, eps,
-                    LR_FROM_PTR: tl.constexpr, STEP: tl.constexpr, BLOCK: tl.constexpr):
-    # ws, gs, vs, steps: tuples of pointers (one per tensor); numels: their sizes; starts: cumulative block starts
+def _rmsprop_kernel(ws, gs, vs, cs, steps, numels, starts, lr, lr_ptr, alpha, one_minus_alpha, eps,
+                    LR_FROM_PTR: tl.constexpr, COPY: tl.constexpr, STEP: tl.constexpr, BLOCK: tl.constexpr):
+    # ws, gs, vs, cs, steps: tuples of pointers (one per tensor; cs the copies when COPY, else unused); numels: their
+    # sizes; starts: cumulative block starts
     # (len(ws) + 1 entries). Program p updates block p - starts[k] of the tensor k with starts[k] <= p < starts[k+1].
     pid = tl.program_id(0)
     if LR_FROM_PTR:
@@ -72,8 +81,8 @@ def _rmsprop_kernel(ws, gs, vs, steps, numels, starts, lr, lr_ptr, alpha, one_mi
         rate = lr
     for k in tl.static_range(len(ws)):
         if (pid >= starts[k]) & (pid < starts[k + 1]):
-            _rmsprop_block(ws[k], gs[k], vs[k], steps[k], numels[k], pid - starts[k], rate, alpha, one_minus_alpha,
-                           eps, STEP=STEP, BLOCK=BLOCK)
+            _rmsprop_block(ws[k], gs[k], vs[k], cs[k], steps[k], numels[k], pid - starts[k], rate, alpha,
+                           one_minus_alpha, eps, COPY=COPY, STEP=STEP, BLOCK=BLOCK)
 
 
 # (elements per program, warps). On a GPU 1,024 fp32 per program = 8 per thread at 4 warps: two 16-byte accesses
@@ -107,15 +116,25 @@ def compatible(param: torch.Tensor, grad: torch.Tensor, square_avg: torch.Tensor
             and param.stride() == grad.stride() == square_avg.stride())
 
 
+def copy_compatible(param: torch.Tensor, copy: torch.Tensor) -> bool:
+    """Whether the kernel can write `copy` (a bf16 or fp16 copy of param) in the update: same shape, layout and
+    device."""
+    return (copy.dtype in (torch.bfloat16, torch.float16) and copy.shape == param.shape
+            and copy.stride() == param.stride() and copy.device == param.device)
+
+
 def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: float, tiles: str = "auto",
-                   max_tensors: int = MAX_TENSORS, tile: tuple[int, int] | None = None) -> int:
+                   max_tensors: int = MAX_TENSORS, tile: tuple[int, int] | None = None, copies=None) -> int:
     """In place, for every i: square_avgs[i] and params[i] take one RMSprop step with grads[i]; steps[i] += 1
-    unless steps is None (the caller then increments them). lr: a float or a 1-element tensor on the params'
-    device. One launch per `max_tensors` tensors; returns the number of launches. `tile` (elements per program,
-    warps) overrides the tile policy `tiles` (benchmarks sweep it)."""
+    unless steps is None (the caller then increments them); copies[i] (if copies is given) = params[i] rounded to
+    copies[i]'s dtype. lr: a float or a 1-element tensor on the params' device. One launch per `max_tensors`
+    tensors; returns the number of launches. `tile` (elements per program, warps) overrides the tile policy
+    `tiles` (benchmarks sweep it)."""
     params, grads, square_avgs = list(params), list(grads), list(square_avgs)
-    if not (len(params) == len(grads) == len(square_avgs)) or (steps is not None and len(steps) != len(params)):
-        raise ValueError("rmsprop_update: params, grads, square_avgs (and steps) must have the same length")
+    copies = None if copies is None else list(copies)
+    if not (len(params) == len(grads) == len(square_avgs)) or any(
+            x is not None and len(x) != len(params) for x in (steps, copies)):
+        raise ValueError("rmsprop_update: params, grads, square_avgs (and steps, copies) must have the same length")
     if not params:
         return 0
     device = params[0].device
@@ -124,6 +143,9 @@ def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: flo
             raise ValueError(f"rmsprop_update: fp32 tensors of one device and one dense layout only; got "
                              f"{p.dtype}/{g.dtype}/{v.dtype} {tuple(p.shape)} strides {p.stride()}/{g.stride()}/"
                              f"{v.stride()} on {p.device}/{g.device}/{v.device}")
+    if copies is not None and not all(copy_compatible(p, c) for p, c in zip(params, copies)):
+        raise ValueError("rmsprop_update: each copy must be bf16 or fp16 with its parameter's shape, strides and "
+                         "device")
     if steps is not None and any(s.device != device or s.numel() != 1 for s in steps):
         raise ValueError("rmsprop_update: steps must be 1-element tensors on the params' device (or None)")
     lr_from_ptr = isinstance(lr, torch.Tensor)
@@ -139,9 +161,10 @@ def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: flo
             starts.append(starts[-1] + max(1, triton.cdiv(n, block)))
         ws = tuple(params[chunk])
         _rmsprop_kernel[(starts[-1],)](
-            ws, tuple(grads[chunk]), tuple(square_avgs[chunk]), ws if steps is None else tuple(steps[chunk]),
+            ws, tuple(grads[chunk]), tuple(square_avgs[chunk]), ws if copies is None else tuple(copies[chunk]),
+            ws if steps is None else tuple(steps[chunk]),
             numels, tuple(starts), 0.0 if lr_from_ptr else float(lr), lr if lr_from_ptr else ws[0],
             float(alpha), float(1 - alpha), float(eps),
-            LR_FROM_PTR=lr_from_ptr, STEP=steps is not None, BLOCK=block, num_warps=warps)
+            LR_FROM_PTR=lr_from_ptr, COPY=copies is not None, STEP=steps is not None, BLOCK=block, num_warps=warps)
         launches += 1
     return launches

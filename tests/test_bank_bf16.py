@@ -67,7 +67,7 @@ def test_bf16_storage_layer_matches_fp64_of_its_operands(x_shape, conv, stride, 
     w = torch.randn((K, cout, cin, *kernel), generator=gen) / (cin * math.prod(kernel)) ** 0.5
     b = torch.randn((K, cout), generator=gen) * 0.1
     xr, wr, br = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
-    y = BatchedConv.apply(xr, wr, br, stride, padding, leaky, "bf16", tiles, BF16, BF16)
+    y = BatchedConv.apply(xr, wr, br, stride, padding, leaky, "bf16", tiles, BF16, w.to(BF16))
     dy = torch.randn(y.shape, generator=gen).to(BF16)             # as the layer above stored its input gradient
     y.backward(dy)
     assert (y.dtype, xr.grad.dtype, wr.grad.dtype, br.grad.dtype) == (BF16, BF16, torch.float32, torch.float32)

@@ -227,6 +227,7 @@ from triton.backends.compiler import GPUTarget
 from vidgan_fast.kernels.aot import compile_launch
 from vidgan_fast.fast.backend import recording_launches
 from vidgan_fast.fast.rmsprop import FusedRMSprop
+from vidgan_fast.fast.weight_copy import stored_copy
 meta = torch.device("meta")
 # the shapes of a phase-1 bank (K=48, widths 256/512/1024): 8 tensors, one launch
 shapes = [(48, 256, 1, 4, 4), (48, 256), (48, 512, 256, 4, 4), (48, 512), (48, 1024, 512, 4, 4), (48, 1024),
@@ -237,30 +238,42 @@ for p in params:
 opt = FusedRMSprop(params, lr=2e-4, capturable=True, impl="triton")
 with recording_launches() as launches:
     opt.step()
+for p in params[::2]:                 # the weights' bf16 copies (bf16 storage): one more launch, which writes them
+    stored_copy(p, torch.bfloat16)
+with recording_launches() as launches_bf16:
+    opt.step()
 out = []
-for arch in (80, 90):
-    r = compile_launch(launches[0], GPUTarget("cuda", arch, 32))
-    out.append(dict(arch=arch, launches=len(launches), error=r.error, registers=r.registers, spill=r.spill_bytes,
-                    v4_load="ld.global.v4" in r.ptx, v4_store="st.global.v4" in r.ptx,
-                    sqrt_rn="sqrt.rn.f32" in r.ptx, div_rn="div.rn.f32" in r.ptx,
-                    approx="sqrt.approx" in r.ptx or "div.approx" in r.ptx or "div.full" in r.ptx))
+for name, launch in (("fp32", launches[0]), ("biases", launches_bf16[0]), ("weights+copies", launches_bf16[1])):
+    for arch in (80, 90):
+        r = compile_launch(launch, GPUTarget("cuda", arch, 32))
+        out.append(dict(name=name, arch=arch, launches=(len(launches), len(launches_bf16)), error=r.error,
+                        registers=r.registers, spill=r.spill_bytes,
+                        v4_load="ld.global.v4" in r.ptx, v4_store="st.global.v4" in r.ptx,
+                        sqrt_rn="sqrt.rn.f32" in r.ptx, div_rn="div.rn.f32" in r.ptx,
+                        bf16_rn="cvt.rn.bf16x2.f32" in r.ptx,
+                        approx="sqrt.approx" in r.ptx or "div.approx" in r.ptx or "div.full" in r.ptx))
 print(json.dumps(out))
 """
 
 
 def test_kernel_compiles_for_sm80_and_sm90_without_spills_with_vector_loads():
-    """The interpreter accepts code the compiler rejects: compile the launch a phase-1 bank makes (recorded on
-    meta tensors, compiled-mode process) for sm_80 and sm_90. No spills; the full blocks use 16-byte loads and
-    stores; sqrt and division are the IEEE-rounded ones (as PyTorch's CUDA kernels), not the approximations."""
+    """The interpreter accepts code the compiler rejects: compile the launches a phase-1 bank makes (recorded on
+    meta tensors, compiled-mode process) for sm_80 and sm_90, in fp32 (one launch) and with bf16 weight copies (two:
+    the biases, then the weights writing their copies). No spills; the full blocks use 16-byte loads and stores;
+    sqrt and division are the IEEE-rounded ones (as PyTorch's CUDA kernels), not the approximations; the copies
+    are rounded to nearest even in pairs (cvt.rn.bf16x2.f32, then 16-byte stores of 8 bf16)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TRITON_DEFAULT_FP_FUSION="1")
     proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
-        assert r["launches"] == 1 and r["error"] is None, r
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(rows) == 6
+    for r in rows:
+        assert r["launches"] == [1, 2] and r["error"] is None, r
         assert r["spill"] == 0 and r["registers"] is not None, r
         assert r["v4_load"] and r["v4_store"] and r["sqrt_rn"] and r["div_rn"] and not r["approx"], r
+        assert r["bf16_rn"] == (r["name"] == "weights+copies"), r
 
 
 # ---- on a CUDA GPU: graph capture, no host synchronisation ----

@@ -249,25 +249,27 @@ def test_one_conv_layer_bf16_bytes_by_hand():
 
 
 def test_bf16_storage_bytes_of_the_paper_steps():
-    """bf16 halves the banks' and the frozen G_F's activation and weight-read bytes, adds the banks' per-forward
-    weight copy (read 4 B, write 2 B per weight) and leaves the PyTorch modules and the fp32 optimizers alone."""
+    """bf16 halves the banks' and the frozen G_F's activation and weight-read bytes, adds to the D step's fused
+    RMSprop the bf16 weight copies it writes (2 B per weight; no step casts a weight) and leaves the PyTorch
+    modules and the generators' fp32 optimizers alone."""
     cfg = preset("paper")
     for fp32_step, bf16_step in zip(R.step_models(cfg, "tf32"), R.step_models(cfg, "bf16")):
         before, after = {op.name: op for op in fp32_step.ops}, {op.name: op for op in bf16_step.ops}
-        copies = [name for name in after if name not in before]
-        assert len(copies) == 1 and copies[0].endswith("bf16 weight copies"), copies
+        assert list(before) == list(after)
         phase, tag = (1, "D_F") if "phase 1" in fp32_step.name else (2, "D_V")
         k, widths = (cfg.frames_k, cfg.df_widths) if phase == 1 else (cfg.video_k, cfg.dv_widths)
         channels = (1, *widths, 1)
         weights = k * sum(ci * co * 4 ** (phase + 1) for ci, co in zip(channels[:-1], channels[1:]))
-        assert after[copies[0]].bytes == 6 * weights
         for name, op in before.items():
-            if name.startswith("G_V") or "RMSprop" in name or (phase == 1 and name.startswith("G_F")):
+            if name == f"{tag} bank RMSprop (fused)":
+                assert after[name].bytes == op.bytes + 2 * weights, name     # writes the copies
+            elif name.startswith("G_V") or "RMSprop" in name or (phase == 1 and name.startswith("G_F")):
                 assert after[name].bytes == op.bytes, name            # PyTorch modules, fp32 optimizer passes
             elif "projection" in name:
                 assert after[name].bytes == op.bytes, name            # fp32 frames / videos and projections
             else:
                 assert op.bytes / 2 <= after[name].bytes < op.bytes, name   # bank convs, frozen G_F
+        assert (f"{tag} bank RMSprop (fused)" in before) == ("D step" in fp32_step.name)
         conv3 = after[f"{tag} conv3 forward"]
         assert conv3.bytes * 2 == before[f"{tag} conv3 forward"].bytes + 4 * k * channels[3]   # bias read stays fp32
     assert "bf16 does not change bytes" not in R.__doc__ and "2 bytes per element" in R.__doc__

@@ -23,9 +23,9 @@ What an Op counts (per launch; `calls` launches of it per step):
   frozen G_F store in bf16 (fast/bank.py, fast/frozen_generator.py): 2 bytes per element of the activations
   between their layers, of the input gradients between their layers and of every weight read; still 4 bytes: the
   bank's projection output and logits (and their gradients), the codes, frames and code gradient of the frozen G_F,
-  biases, weight gradients and the optimizer's passes (fp32 master weights). The banks also copy their fp32
-  weights to bf16 once per forward (read 4 B, write 2 B per weight: the "bf16 weight copies" op); the frozen G_F
-  packs its bf16 weights once, outside the steps. The PyTorch modules (phase 1's G_F, G_V) are counted at 4 bytes
+  biases, weight gradients and the optimizer's passes (fp32 master weights). The banks' bf16 weight copies are
+  written by the D step's fused RMSprop as it updates the weights (2 B more per weight, fast/weight_copy.py), so no
+  step casts a weight; the frozen G_F packs its bf16 weights once, outside the steps. The PyTorch modules (phase 1's G_F, G_V) are counted at 4 bytes
   whatever the precision (autocast's own copies are not modelled). Not counted: batch norm / ReLU / tanh passes of
   the PyTorch modules, the LSTM's gate buffers, loss tensors, .contiguous() copies (all activation-sized and small
   next to the bank weights at the paper preset; an under-estimate).
@@ -302,9 +302,9 @@ def video_generator_torch(cfg, b: int, train: bool) -> list[Op]:
     return fwd + [ops[0]], ops[1:] + bwd
 
 
-def bank_params(widths, dims: int) -> int:
+def bank_params(widths, dims: int, biases: bool = True) -> int:
     channels = (1, *widths, 1)
-    return sum(co * ci * 4 ** dims + co for ci, co in zip(channels[:-1], channels[1:]))
+    return sum(co * ci * 4 ** dims + co * biases for ci, co in zip(channels[:-1], channels[1:]))
 
 
 def frame_generator_params(cfg) -> int:
@@ -320,16 +320,17 @@ def video_generator_params(cfg) -> int:
     return sum(a * c + 2 * c for a, c in zip(dims[:-1], dims[1:])) + lstm + 2 * h * Z_DIM + Z_DIM
 
 
-def optimizer_ops(tag: str, params: int, fused: bool) -> list[Op]:
-    """RMSprop over `params` parameters: the fused kernel (the banks) or torch's foreach ops (the generators)."""
+def optimizer_ops(tag: str, params: int, fused: bool, copies: int = 0) -> list[Op]:
+    """RMSprop over `params` parameters: the fused kernel (the banks; it also writes `copies` bf16 weight copies)
+    or torch's foreach ops (the generators)."""
     passes, kind = (FUSED_RMSPROP_PASSES, "fused") if fused else (RMSPROP_PASSES, "foreach")
-    return [Op(f"{tag} RMSprop ({kind})", 0, 0, F32 * passes * params, impl="memory",
-               note=f"{params / 1e6:.1f}M params x {passes} passes")]
+    note = f"{params / 1e6:.1f}M params x {passes} passes" + (f", {copies / 1e6:.1f}M bf16 copies" if copies else "")
+    return [Op(f"{tag} RMSprop ({kind})", 0, 0, F32 * passes * params + BF16 * copies, impl="memory", note=note)]
 
 
 def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool, precision: str = "fp32") -> list[Op]:
     """The K discriminators: projection, conv1..conv4 forward and backward (a D step: one pass over the 2b
-    real and generated samples). Under bf16: the weight copies, then bf16 between the layers (storage_bytes)."""
+    real and generated samples). Under bf16: weights read as bf16, bf16 between the layers (storage_bytes)."""
     k = cfg.frames_k if phase == 1 else cfg.video_k
     widths, geo = (cfg.df_widths, DF_GEOMETRY) if phase == 1 else (cfg.dv_widths, DV_GEOMETRY)
     calls = 1
@@ -338,11 +339,7 @@ def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool, precision: str = "
     ops = projection_ops(f"{tag} projection", k, images, video=phase == 2, backward=not d_step, calls=calls)
     size = (15, 15) if phase == 1 else (FRAMES, 9, 9)
     channels = (1, *widths, 1)
-    a, kvol, copies = storage_bytes(precision), 4 ** len(size), []
-    if a != F32:
-        weights = k * sum(ci * co * kvol for ci, co in zip(channels[:-1], channels[1:]))
-        copies = [Op(f"{tag} bf16 weight copies", 0, 0, (F32 + BF16) * weights, impl="memory",
-                     note=f"{weights / 1e6:.1f}M weights: read fp32, write bf16, once per forward")]
+    a = storage_bytes(precision)
     fwd, back = [], []
     for i, name in enumerate(geo):
         stride, pad = geo[name]
@@ -356,7 +353,7 @@ def bank_ops(tag: str, cfg, phase: int, b: int, d_step: bool, precision: str = "
         back = layer[1:] + back
         kern = (4,) * len(size)
         size = tuple((s + 2 * p - kk) // st + 1 for s, kk, st, p in zip(size, kern, stride, pad))
-    return [*ops[:1], *copies, *fwd, *back, *ops[1:]]
+    return [*ops[:1], *fwd, *back, *ops[1:]]
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -367,6 +364,8 @@ def step_models(cfg, precision: str | None = None) -> list[Step]:
     precision = precision or cfg.precision
     b1, b2, k1, k2 = cfg.frames_batch, cfg.video_batch, cfg.frames_k, cfg.video_k
     d1, d2 = k1 * bank_params(cfg.df_widths, 2), k2 * bank_params(cfg.dv_widths, 3)
+    c1, c2 = (k1 * bank_params(cfg.df_widths, 2, False), k2 * bank_params(cfg.dv_widths, 3, False)) \
+        if storage_bytes(precision) != F32 else (0, 0)          # the bf16 weight copies the fused RMSprop writes
     gv_fwd, _ = video_generator_torch(cfg, b2, train=False)
     gv_train_fwd, gv_bwd = video_generator_torch(cfg, b2, train=True)
     g_f_fwd, g_f_bwd = _split(frame_generator_torch(cfg, b1, train=True))
@@ -374,14 +373,14 @@ def step_models(cfg, precision: str | None = None) -> list[Step]:
     return [
         Step(f"phase 1 D step (K={k1}, B={b1})",
              frame_generator_torch(cfg, b1, train=False) + bank_ops("D_F", cfg, 1, b1, True, precision)
-             + optimizer_ops("D_F bank", d1, fused=True)),
+             + optimizer_ops("D_F bank", d1, fused=True, copies=c1)),
         Step(f"phase 1 G step (K={k1}, B={b1})",
              g_f_fwd + bank_ops("D_F", cfg, 1, b1, False, precision) + g_f_bwd[::-1]
              + optimizer_ops("G_F", frame_generator_params(cfg), fused=False)),
         Step(f"phase 2 D step (K={k2}, B={b2})",
              gv_fwd + frame_generator_frozen(cfg, b2 * FRAMES, backward=False, precision=precision)
              + bank_ops("D_V", cfg, 2, b2, True, precision)
-             + optimizer_ops("D_V bank", d2, fused=True)),
+             + optimizer_ops("D_V bank", d2, fused=True, copies=c2)),
         Step(f"phase 2 G step (K={k2}, B={b2})",
              gv_train_fwd + r_fwd + bank_ops("D_V", cfg, 2, b2, False, precision) + r_bwd
              + gv_bwd + optimizer_ops("G_V", video_generator_params(cfg), fused=False)),

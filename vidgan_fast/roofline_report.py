@@ -64,8 +64,8 @@ def notes(devices, precision: str) -> list[str]:
              "- devices (TFLOP/s fp32 / tf32 / bf16, GB/s):"]
     if precision == "bf16":
         lines.insert(-1, "- bf16 storage: the banks' and the frozen G_F's activations, input gradients and weight reads "
-                         "count 2 bytes; the banks' fp32 master weights are copied to bf16 once per forward (read 4 B "
-                         "+ write 2 B per weight: the 'bf16 weight copies' ops), their gradients and optimizer stay fp32.")
+                         "count 2 bytes; the banks' fp32 master weights, their gradients and optimizer stay fp32, and "
+                         "the D step's fused RMSprop writes their bf16 copies as it updates them (2 B per weight).")
     for d in devices:
         lines.append(f"  - {d.name}: {d.fp32:g} / {d.tf32:g} / {d.bf16:g}, {d.bandwidth:g}. {d.source}")
     return lines

@@ -16,11 +16,11 @@ impl='triton': the projection kernel, then per layer the batched implicit-GEMM k
 precision='bf16' also stores in bf16 what passes between the layers: each conv layer's output (the next layer's
 input and the LeakyReLU mask, saved for backward) and each input gradient after the first layer's; the logits and
 the projection (1 channel) stay fp32. The nn.Parameters stay fp32 master weights (the optimizer updates them, the
-checkpoints hold them, their gradients are fp32); each forward casts each weight once to a bf16 copy that the
-forward and the dgrad read. The cast reads 4 B and writes 2 B per parameter per forward; the forward and the dgrad
-then read 2 B instead of 4 B each. So the weights alone cost more under bf16 (a forward + backward moves 6 + 2 + 2 =
-10 B per parameter instead of 4 + 4 = 8 B, a forward without backward 8 B instead of 4 B); what bf16 saves is the
-activations' bytes, halved on every write and read between layers (vidgan_fast/roofline.py counts both).
+checkpoints hold them, their gradients are fp32); the forward and the dgrad read each weight's bf16 copy
+(fast/weight_copy.py), which the fused RMSprop writes in the same pass as the update (2 B per weight) and which is
+recast only when the weight changed otherwise (a load, a reference optimizer step): so a training step reads 2 B
+per weight in the forward and 2 B in the dgrad, instead of 4 + 4 B, and bf16 also halves the activations' bytes
+between layers (vidgan_fast/roofline.py counts both).
 impl='ref': the same mathematics in plain PyTorch with grouped convolutions (input [B, K*Cin, ...], groups=K),
 runs everywhere. impl='auto': as vidgan_fast.fast.backend.resolve_impl says, per call.
 """
@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vidgan_fast import models
+from vidgan_fast.fast import weight_copy
 from vidgan_fast.fast.backend import check_precision, resolve_impl
 from vidgan_fast.fast.interchange import optimizer_state_to_reference
 from vidgan_fast.fast.projection import project_frames, project_videos
@@ -43,16 +44,16 @@ LAYERS = tuple(models.FRAME_GEOMETRY)   # conv1..conv3 are followed by LeakyReLU
 class BatchedConv(torch.autograd.Function):
     """y[k] = act(conv(x[k], w[k]) + b[k]) for all k in one launch; x [K, B, Cin, ...], y [K, B, Cout, ...].
 
-    Storage: y is written in out_dtype; the kernels read the weight as weight_dtype (a copy cast here, once per
-    forward, and saved for the dgrad when that is not the parameter's own dtype); the input gradient has x's dtype
-    (what autograd would cast it to anyway); the weight and bias gradients are float32, the master weights'.
+    Storage: y is written in out_dtype; the kernels read `weight_read`, the weight as stored (None: the parameter
+    itself; or its bf16 copy, fast/weight_copy.py), saved for the dgrad; the input gradient has x's dtype (what
+    autograd would cast it to anyway); the weight and bias gradients are float32, the master weights'.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, leaky, precision="fp32", tiles="auto",
-                out_dtype=torch.float32, weight_dtype=torch.float32):
+                out_dtype=torch.float32, weight_read=None):
         from vidgan_fast.kernels.batched_conv import conv_forward
-        weight_read = weight if weight.dtype == weight_dtype else weight.detach().to(weight_dtype)
+        weight_read = weight if weight_read is None else weight_read
         y = conv_forward(x, weight_read, bias, stride, padding, leaky, precision, tiles, out_dtype)
         ctx.save_for_backward(x, weight_read, y if leaky else None)   # LReLU'(pre) is read from the sign of y
         ctx.conf = (stride, padding, precision, tiles, tuple(weight.shape))
@@ -197,13 +198,14 @@ class DiscriminatorBank(nn.Module):
             w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
             stride, padding = self.geometry[name]
             last = name == LAYERS[-1]
+            w_read = w if stored == w.dtype else weight_copy.stored_copy(w, stored)
             h = BatchedConv.apply(h, w, b, stride, padding, not last, self.precision, self.tiles,
-                                  torch.float32 if last else stored, stored)
+                                  torch.float32 if last else stored, w_read)
         return h.reshape(self.k, x.shape[0], -1).squeeze(2)
 
     @property
     def storage_dtype(self) -> torch.dtype:
-        """The dtype of the activations passed between layers and of the weight copies the kernels read."""
+        """The dtype of the activations passed between layers and of the weights as the kernels read them."""
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def _forward_grouped(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,9 @@ capture and stay the same tensor afterwards:
   The saved values are host copies (state just initialised to zero is zeroed again instead of saved), so the
   snapshot costs no GPU memory.
 - _same_state checks both rules after warm-up and after capture: a tensor made or replaced there is an error.
+- The restore moves the weights' version counters, so it leaves the banks' bf16 weight copies (weight_copy.py)
+  stale: they are recast right after it, eagerly, so that the captured steps read them (the captured optimizer
+  keeps them current) instead of recording a cast into every replay.
 
 `runtime` is what executes warm-up and capture: CudaRuntime here; the tests pass a CPU stand-in whose replay
 re-runs the step on the tensors the capture saw (tests/test_graphs.py). graph_check.py compares replays with
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from vidgan_fast.fast import weight_copy
 from vidgan_fast.fast.rmsprop import FusedRMSprop
 from vidgan_fast.profiling import nvtx_range
 from vidgan_fast.step import d_step, g_step
@@ -169,6 +173,7 @@ class GraphedSteps:
             with nvtx_range("graph warm-up"):
                 rt.warm_up(lambda: (d_body(), g_body()), warmup)
             rewind()
+            weight_copy.refresh(t for _, m in modules for t in m.parameters())
             _same_state(held, optimizers, "warm-up")
             with nvtx_range("graph capture"):
                 self.d_graph, self.d_loss = rt.capture(d_body)

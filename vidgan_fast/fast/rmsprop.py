@@ -16,6 +16,9 @@ mathematics as plain in-place torch ops, per tensor; 'auto' takes 'triton' where
 cannot take (not fp32, or the parameter, gradient and square_avg in different layouts) take the 'ref' mathematics
 with one warning.
 
+Parameters with a low-precision copy (fast/weight_copy.py: the banks' bf16 storage) get the copy written in the
+same pass ('triton' only; after the 'ref' update the copy is stale and the bank recasts it before its next read).
+
 step() never synchronises with the host: with capturable=True the step counters live on the device and the kernel
 increments them, so step() can be captured in a CUDA graph (allocate the state first, e.g. with init_state(), as
 graphs.init_optimizer_state does for RMSprop; a float lr is baked into the graph at capture, a tensor lr on the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from vidgan_fast.fast import weight_copy
 from vidgan_fast.fast.backend import resolve_impl, warn_once
 
 # torch.optim.RMSprop's defaults (and so the keys of its param_groups), in its order.
@@ -120,7 +124,7 @@ class FusedRMSprop(torch.optim.Optimizer):
         return loss
 
     def _update(self, params, grads, avgs, steps, group) -> None:
-        from vidgan_fast.kernels.rmsprop import compatible, rmsprop_update
+        from vidgan_fast.kernels.rmsprop import compatible
         lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
         if isinstance(lr, torch.Tensor) and lr.device != params[0].device:
             lr = lr.item()                        # a CPU tensor lr for CUDA params: as torch's _to_scalar (no sync)
@@ -131,16 +135,33 @@ class FusedRMSprop(torch.optim.Optimizer):
             warn_once("FusedRMSprop: parameters that are not fp32 or whose gradient or state has another layout "
                       "take the PyTorch reference update")
         if fused:
-            on_device = all(steps[i].device == params[i].device for i in fused)
-            rmsprop_update([params[i] for i in fused], [grads[i] for i in fused], [avgs[i] for i in fused],
-                           [steps[i] for i in fused] if on_device else None, lr, alpha, eps,
-                           tiles=self.tiles, tile=self.tile)
-            if not on_device:
-                torch._foreach_add_([steps[i] for i in fused], 1.0)
+            self._fused_update([params[i] for i in fused], [grads[i] for i in fused], [avgs[i] for i in fused],
+                               [steps[i] for i in fused], lr, alpha, eps)
         rest = sorted(set(range(len(params))) - set(fused))
         if rest:
             reference_update([params[i] for i in rest], [grads[i] for i in rest], [avgs[i] for i in rest],
                              [steps[i] for i in rest], lr, alpha, eps)
+
+    def _fused_update(self, params, grads, avgs, steps, lr, alpha, eps) -> None:
+        """One launch for the parameters without a low-precision copy and one for those with one
+        (fast/weight_copy.py: the kernel writes the copy too); then their version counters move, as in-place ops
+        would move them, and the copies are marked current."""
+        from vidgan_fast.kernels.rmsprop import copy_compatible, rmsprop_update
+        on_device = all(s.device == p.device for s, p in zip(steps, params))
+        copies = [weight_copy.copy_of(p) for p in params]
+        with_copy = [i for i, c in enumerate(copies) if c is not None and copy_compatible(params[i], c)]
+        for part, part_copies in (([i for i in range(len(params)) if i not in with_copy], None),
+                                  (with_copy, [copies[i] for i in with_copy])):
+            if part:
+                rmsprop_update([params[i] for i in part], [grads[i] for i in part], [avgs[i] for i in part],
+                               [steps[i] for i in part] if on_device else None, lr, alpha, eps,
+                               tiles=self.tiles, tile=self.tile, copies=part_copies)
+        if not on_device:
+            torch._foreach_add_(steps, 1.0)
+        for p in params:
+            torch.autograd.graph.increment_version(p)
+        for i in with_copy:
+            weight_copy.mark_current(params[i])
 
 
 def reference_update(params, grads, square_avgs, steps, lr, alpha: float, eps: float) -> None:
