@@ -222,6 +222,8 @@ def test_bench_static_prints_the_tables(tmp_path):
     assert "| D_F conv4 forward | 1 |" in text and "| h100 ms | gtx1080ti ms |" in text
     saved = json.loads(out.read_text())
     assert len(saved["steps"]) == 8 and saved["precision"] == "tf32"
+    assert "Projected GPU memory of --fast training (tiny, tf32)" in text and "| frames |" in text
+    assert [r["phase"] for r in saved["memory"]] == ["frames", "video"]
 
 
 def test_bench_static_help_does_not_import_torch():

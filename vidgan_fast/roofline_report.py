@@ -49,6 +49,25 @@ def op_table(step, devices, precision: str) -> list[str]:
     return lines + [""]
 
 
+def memory_table(rows, budget_gib: float = 11.0) -> list[str]:
+    """vidgan_fast/memory_model.py's projection: GiB per phase, and the projected reserved total against the
+    budget (the paper's 11 GiB GTX 1080 Ti)."""
+    gib = 2.0 ** 30
+    lines = ["| phase | persistent GiB | D step peak GiB | G step peak GiB | data on GPU GiB | projected total GiB | "
+             f"under {budget_gib:g} GiB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        total = max(r["d_peak"], r["g_peak"]) + r["data"]
+        lines.append(f"| {r['phase']} | {r['persistent'] / gib:.2f} | {r['d_peak'] / gib:.2f} | "
+                     f"{r['g_peak'] / gib:.2f} | {r['data'] / gib:.2f} | **{total / gib:.2f}** | "
+                     f"{'yes' if total < budget_gib * gib else 'NO'} |")
+    return lines + ["", "- Memory: the real `--fast` steps run on meta tensors (kernel launches recorded, not run); "
+                    "every storage PyTorch allocates is counted while it lives (vidgan_fast/memory_model.py). "
+                    "Peak = most bytes live at once in the steady-state step (max_memory_allocated's measure); total "
+                    "= the larger step peak + the data set held on the GPU (fast/device_data.py, when it fits): with "
+                    "CUDA graphs the two steps share one pool holding the larger step's transients. Not counted: "
+                    "the CUDA context, cuBLAS/cuDNN workspaces, the caching allocator's rounding and fragmentation."]
+
+
 def notes(devices, precision: str) -> list[str]:
     lines = ["- Projections from a static model, not measurements: vendor peak rates (dense), compulsory DRAM "
              "bytes (each operand read once, each result written once; fp32, or bf16 where the banks and the frozen G_F "
@@ -95,6 +114,10 @@ def main(argv=None, prog: str = "vidgan bench --static") -> int:
     print(f"Roofline projection (static, no GPU): preset {a.preset}, precision {precision}, "
           f"{datetime.date.today().isoformat()}\n")
     print("\n".join(step_table(steps, devices, precision)) + "\n")
+    from vidgan_fast.memory_model import project as project_memory     # imports torch: not for --help
+    memory = project_memory(cfg, precision)
+    print(f"Projected GPU memory of --fast training ({a.preset}, {precision}):\n")
+    print("\n".join(memory_table(memory)) + "\n")
     if not a.steps_only:
         print("Per op (all calls of the step; floor ms per device):\n")
         for step in steps:
@@ -102,7 +125,7 @@ def main(argv=None, prog: str = "vidgan bench --static") -> int:
     print("\n".join(notes(devices, precision)))
     if a.json:
         data = {"preset": a.preset, "precision": precision, "command": " ".join([prog, *(argv or [])]),
-                "steps": [floor(s, d, precision) for s in steps for d in devices],
+                "steps": [floor(s, d, precision) for s in steps for d in devices], "memory": memory,
                 "ops": {s.name: [vars(op) for op in s.ops] for s in steps}}
         with open(a.json, "w") as f:
             json.dump(data, f, indent=1)

@@ -49,6 +49,27 @@ def recording_launches():
             _recording = False
 
 
+@contextlib.contextmanager
+def launching_nothing():
+    """Shape only, compiled or interpreted Triton: the fast ops take their Triton path on `meta` tensors, whose
+    outputs their wrappers allocate as on a GPU, and no kernel runs (vidgan_fast/memory_model.py counts those
+    allocations)."""
+    global _recording
+    if not interpreting():
+        with recording_launches():
+            yield
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+    run = InterpretedFunction.run
+    InterpretedFunction.run = lambda self, *args, grid, warmup, **kwargs: None
+    _recording = True
+    try:
+        yield
+    finally:
+        _recording = False
+        InterpretedFunction.run = run
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None

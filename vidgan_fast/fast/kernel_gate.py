@@ -43,19 +43,28 @@ def capture(config: str, precision: str) -> list:
     from vidgan_fast import step
     from vidgan_fast.config import preset
     from vidgan_fast.fast.backend import recording_launches
-    from vidgan_fast.fast.engine import to_fast
     cfg = preset(config, tf32=precision == "tf32", bf16=precision == "bf16", fast=True)
-    meta = torch.device("meta")
     with recording_launches() as launches:
         for phase in step.PHASE_NAMES:
-            with torch.device(meta), warnings.catch_warnings():   # construction only (the steps run faster
-                warnings.simplefilter("ignore")                   # outside the device mode); no autocast on meta
-                g_f = step.build_frame_generator(cfg).state_dict() if phase == "video" else None
-                state = to_fast(step.build_state(cfg, phase, g_f, device=meta))
-            z = torch.empty(state.phase.batch, step.Z_DIM, device=meta)
-            step.d_step(state, torch.empty(state.phase.sample_shape, device=meta), z)
+            state = meta_fast_state(cfg, phase)
+            z = torch.empty(state.phase.batch, step.Z_DIM, device="meta")
+            step.d_step(state, torch.empty(state.phase.sample_shape, device="meta"), z)
             step.g_step(state, z)
     return launches
+
+
+def meta_fast_state(cfg, phase: str):
+    """The `--fast` TrainState of `phase` on the meta device (shapes only); call inside
+    fast.backend.recording_launches() or launching_nothing(), where the fast ops accept meta tensors."""
+    import torch
+
+    from vidgan_fast import step
+    from vidgan_fast.fast.engine import to_fast
+    meta = torch.device("meta")
+    with torch.device(meta), warnings.catch_warnings():   # construction only (the steps run faster outside the
+        warnings.simplefilter("ignore")                   # device mode); no autocast on meta
+        g_f = step.build_frame_generator(cfg).state_dict() if phase == "video" else None
+        return to_fast(step.build_state(cfg, phase, g_f, device=meta))
 
 
 @dataclass
