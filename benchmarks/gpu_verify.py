@@ -104,6 +104,9 @@ def train_child(memory_json: str, args: list[str]) -> None:
     sys.exit(code)
 
 
+TRAIN_VIDEOS = {False: 4096, True: 16}        # --n-videos of the training stages (paper, --dry-run)
+
+
 def plan(a, out: Path, work: Path) -> list[Stage]:
     dev, preset = ("cpu", "tiny") if a.dry_run else ("cuda", "paper")
     steps = str(a.steps)
@@ -113,7 +116,7 @@ def plan(a, out: Path, work: Path) -> list[Stage]:
     train = [PY, "-c", TRAIN_CODE]
     common = ["--preset", preset, "--device", dev, "--fast", "--steps", steps, "--out", str(run),
               "--log-every", "1" if a.dry_run else "20", "--checkpoint-every", "1000000"]
-    common += ["--n-videos", "16"] if a.dry_run else ["--n-videos", "4096"]   # on-the-fly data: 100k take minutes
+    common += ["--n-videos", str(TRAIN_VIDEOS[a.dry_run])]      # on-the-fly data: 100k take minutes
     train_env = {"TRITON_INTERPRET": "0"} if a.dry_run else {}
     report = [PY, "-m", "vidgan_fast.benchmarks.report", "--size", preset, "--device", dev, "--repeats", str(a.repeats),
               "--json", str(out / "bench.json")]
@@ -220,6 +223,13 @@ def read_train(stage: str, log_path: Path, memory_path: Path, run: Path, dry_run
     out["projected_full_phase_h"] = full / out["it_s"] / 3600 if out["it_s"] else None
     if memory_path.exists():
         out.update(json.loads(memory_path.read_text()))
+    try:                                     # the projection beside the measurement (vidgan_fast/memory_model.py)
+        from dataclasses import replace
+
+        from vidgan_fast.memory_model import project_phase
+        out["projected_bytes"] = project_phase(replace(cfg, fast=True), phase, TRAIN_VIDEOS[dry_run])["total"]
+    except Exception as e:                   # noqa: BLE001 - a report line, never the end of the run
+        out["projected_error"] = f"{type(e).__name__}: {e}"
     return out
 
 
@@ -308,13 +318,15 @@ def markdown(meta: dict, records: list[dict], out: Path) -> str:
     if trained:
         lines += ["", f"Training (`--fast`, {'tiny' if meta['dry_run'] else 'paper'} preset; ms/step = median after "
                       "the first two log flushes; peak = torch.cuda.max_memory_* of the training process, graph pools "
-                      "and the on-GPU data set included):", "",
-                  "| phase | steps | ms/step | it/s | peak allocated MiB | peak reserved MiB | fast path | CUDA graphs "
-                  "| full phase: steps, projected h |", "|---|---|---|---|---|---|---|---|---|"]
+                      "and the on-GPU data set included; projected = vidgan_fast/memory_model.py's peak + data, "
+                      "no CUDA context):", "",
+                  "| phase | steps | ms/step | it/s | peak allocated MiB | peak reserved MiB | projected MiB | fast path "
+                  "| CUDA graphs | full phase: steps, projected h |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in trained:
             t = r["result"]
             lines.append(f"| {r['name'][6:]} | {t['steps']} | {_num(t['step_ms'], '.1f')} | {_num(t['it_s'], '.2f')} | "
                          f"{_mib(t.get('max_memory_allocated'))} | {_mib(t.get('max_memory_reserved'))} | "
+                         f"{_mib(t.get('projected_bytes'))} | "
                          f"{'yes' if t['fast'] else 'NO (fallback)'} | {'-' if t['graphs'] is None else 'yes' if t['graphs'] else 'NO'} | "
                          f"{t['full_phase_steps']}, {_num(t['projected_full_phase_h'], '.2f')} |")
     for r in records:

@@ -38,11 +38,13 @@ def test_dry_run_writes_one_markdown_and_one_json_with_every_stage(tmp_path):
     for name in ("train_frames", "train_video"):
         result = next(s for s in data["stages"] if s["name"] == name)["result"]
         assert result["steps"] == 3 and result["step_ms"] > 0 and result["fast"] is False
+        assert result["projected_bytes"] > 0 and "projected_error" not in result     # memory_model beside it
     md = (tmp_path / "gpu_verify.md").read_text()
     assert md.startswith("### ") and "DRY RUN" in md
     for name in STAGES:
         assert f"| {name}: " in md, name
     assert "2 pass, 2 skipped (not checked), 0 failed" in md and "| frames | 3 |" in md and "| video | 3 |" in md
+    assert "| projected MiB |" in md
     assert "not selected (--stages)" in md and data["check"]["summary"]["exit_status"] == 3
 
 

@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-VIDEOS, FRAMES, SIZE = 100_000, 30, 30        # the data set of the paper preset (data.py), uint8 on the device
+FRAMES, SIZE = 30, 30                         # a video of the data set (data.py), uint8 on the device
 
 
 class LiveBytes(TorchDispatchMode):
@@ -74,8 +74,9 @@ def _state_tensors(state) -> list:
     return tensors
 
 
-def project_phase(cfg, phase: str) -> dict:
-    """{phase, persistent, d_peak, g_peak, data} in bytes for one phase of `cfg` (a TrainConfig with fast=True)."""
+def project_phase(cfg, phase: str, n_videos: int | None = None) -> dict:
+    """{phase, persistent, d_peak, g_peak, data, total} in bytes for one phase of `cfg` (a TrainConfig with
+    fast=True); data: n_videos (default cfg.n_videos) videos on the GPU; total: the larger step peak + data."""
     from vidgan_fast import step
     from vidgan_fast.fast.backend import launching_nothing
     from vidgan_fast.fast.kernel_gate import meta_fast_state
@@ -94,8 +95,9 @@ def project_phase(cfg, phase: str) -> dict:
                 step.g_step(state, z)
                 peaks["g"] = live.peak
         persistent = live.now
-    data = VIDEOS * FRAMES * SIZE * SIZE
-    return {"phase": phase, "persistent": persistent, "d_peak": peaks["d"], "g_peak": peaks["g"], "data": data}
+    data = (cfg.n_videos if n_videos is None else n_videos) * FRAMES * SIZE * SIZE
+    return {"phase": phase, "persistent": persistent, "d_peak": peaks["d"], "g_peak": peaks["g"], "data": data,
+            "total": max(peaks.values()) + data}
 
 
 def project(cfg, precision: str | None = None) -> list[dict]:

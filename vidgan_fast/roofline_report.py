@@ -56,7 +56,7 @@ def memory_table(rows, budget_gib: float = 11.0) -> list[str]:
     lines = ["| phase | persistent GiB | D step peak GiB | G step peak GiB | data on GPU GiB | projected total GiB | "
              f"under {budget_gib:g} GiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        total = max(r["d_peak"], r["g_peak"]) + r["data"]
+        total = r["total"]
         lines.append(f"| {r['phase']} | {r['persistent'] / gib:.2f} | {r['d_peak'] / gib:.2f} | "
                      f"{r['g_peak'] / gib:.2f} | {r['data'] / gib:.2f} | **{total / gib:.2f}** | "
                      f"{'yes' if total < budget_gib * gib else 'NO'} |")
