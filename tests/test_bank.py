@@ -87,7 +87,7 @@ def test_frame_bank_matches_references(k, b, impl):
 
 
 @pytest.mark.parametrize("impl", ["triton", "ref"])
-@pytest.mark.parametrize("k,b", [(1, 1), (3, 1), (5, 3)])
+@pytest.mark.parametrize("k,b", [(1, 1), (3, 1), (4, 2)])
 def test_video_bank_matches_references(k, b, impl):
     check_bank("video", k, b, impl, seed=10 * k + b)
 
@@ -127,7 +127,7 @@ def bf16(t):
 
 
 @pytest.mark.parametrize("x_shape,conv,stride,padding", [
-    ((2, 2, 80, 8, 8), (130, (4, 4)), (2, 2), (1, 1)),            # conv2-like, 2-3 channel tiles each way
+    ((2, 1, 80, 8, 8), (130, (4, 4)), (2, 2), (1, 1)),            # conv2-like, 2-3 channel tiles each way
     ((1, 1, 66, 4, 5, 5), (80, (4, 4, 4)), (1, 1, 1), (0, 1, 1)),   # 3D, conv3-like
 ])
 def test_bf16_layer_is_bf16_operands_with_fp32_accumulation(x_shape, conv, stride, padding):

@@ -10,16 +10,21 @@ registers and spills from ptxas -v and the tensor-core instructions from the PTX
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GATE_TIMEOUT_S = 1500
+_RUN: dict = {}                 # the gate's subprocess: proc, folder, start
 
 
 def compiled_env() -> dict:
@@ -27,15 +32,42 @@ def compiled_env() -> dict:
     return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory):
+def start_gate() -> None:
+    """Start the gate's subprocess, once. tests/conftest.py calls this as soon as collection shows that a test
+    needs the gate, and moves those tests to the end: the gate (about 10 minutes of compiling on its own worker
+    processes) then runs beside the rest of the suite, which is mostly single-threaded, instead of before it."""
+    if _RUN:
+        return
     from vidgan_fast.fast.kernel_gate import TARGETS
-    out = tmp_path_factory.mktemp("gate") / "gate.json"
+    folder = Path(tempfile.mkdtemp(prefix="vidgan-gate-"))
     targets = [arg for arch in TARGETS for arg in ("--sm", str(arch))]     # sm_61 is reported by `vidgan kernels`
-    proc = subprocess.run([sys.executable, "-m", "vidgan_fast.fast.kernel_gate", "--json", str(out), *targets],
-                          cwd=REPO, env=compiled_env(), capture_output=True, text=True, timeout=GATE_TIMEOUT_S)
+    with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "vidgan_fast.fast.kernel_gate", "--json",
+                                 str(folder / "gate.json"), *targets], cwd=REPO, env=compiled_env(), stdout=out,
+                                stderr=err)
+    _RUN.update(proc=proc, folder=folder, start=time.monotonic())
+
+    def stop():                  # an interrupted session leaves no compiler running, and no folder
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+    atexit.register(stop)
+
+
+@pytest.fixture(scope="module")
+def gate():
+    start_gate()                 # when this module runs alone
+    proc, folder = _RUN["proc"], _RUN["folder"]
+    try:
+        proc.wait(timeout=max(1.0, GATE_TIMEOUT_S - (time.monotonic() - _RUN["start"])))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the gate ran past {GATE_TIMEOUT_S} s")
+    out = folder / "gate.json"
     if not out.exists():
-        pytest.fail(f"the gate did not run (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        stderr = (folder / "stderr.txt").read_text(errors="replace")
+        pytest.fail(f"the gate did not run (exit {proc.returncode}):\n{stderr[-3000:]}")
     return json.loads(out.read_text())
 
 

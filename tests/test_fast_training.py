@@ -99,12 +99,14 @@ def assert_states_close(a, b, gradients=None):
 
 @pytest.mark.parametrize("phase", ["frames", "video"])
 def test_fast_steps_equal_reference_steps(phase):
+    """STEPS steps of phase 1 (the second one on the optimizer state of the first), one of phase 2 (its 3-D banks
+    and frozen G_F under the interpreter take 30 s a step; the optimizers are the same code in both phases)."""
     cfg = small_cfg()
     ref, fast = fresh(cfg, phase), to_fast(fresh(cfg, phase))
     assert is_fast(fast) and isinstance(fast.discriminators, (FrameDiscriminatorBank, VideoDiscriminatorBank))
     if phase == "video":
         assert isinstance(fast.renderer, FrozenFrameGenerator)
-    for step in range(STEPS):
+    for step in range(STEPS if phase == "frames" else 1):
         real, z_d, z_g = real_and_noise(cfg, phase, step)
         d_ref, d_fast = d_step(ref, real, z_d), d_step(fast, real, z_d)
         g_ref, g_fast = g_step(ref, z_g), g_step(fast, z_g)
@@ -140,11 +142,18 @@ def test_fallback_warns_once_and_runs_the_reference_path(monkeypatch):
 
 @pytest.mark.parametrize("phase", ["frames", "video"])
 def test_checkpoints_interchange_between_paths(phase):
-    """A fast checkpoint loads on the reference path and back, weights and optimizer states unchanged."""
+    """A fast checkpoint loads on the reference path and back, weights and optimizer states unchanged. The
+    optimizer state comes from a fast step in phase 1 and, in phase 2, from a reference step before to_fast (a
+    fast phase-2 step under the interpreter takes 30 s; what is checked here is the layout conversion)."""
     cfg = small_cfg()
-    fast = to_fast(fresh(cfg, phase))
     real, z_d, z_g = real_and_noise(cfg, phase, 0)
-    d_step(fast, real, z_d), g_step(fast, z_g)
+    if phase == "frames":
+        fast = to_fast(fresh(cfg, phase))
+        d_step(fast, real, z_d), g_step(fast, z_g)
+    else:
+        ref = fresh(cfg, phase)
+        d_step(ref, real, z_d), g_step(ref, z_g)
+        fast = to_fast(ref)
     saved = copy.deepcopy(train.checkpoint_payload(fast, False))
     as_ref = train.state_from_checkpoint(saved, "fast.ckpt")
     assert isinstance(as_ref.discriminators, DiscriminatorList)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -81,6 +82,7 @@ class Row:
     mma: str
     ctas_per_sm: int | None
     precision: str             # the kernel's PRECISION constexpr ("ieee", "tf32", "bf16"), or "-" without dots
+    compile_s: float = 0.0     # wall seconds of the compile (PTX, cubin and ptxas -v), one worker
 
 
 _PENDING: list = []             # (launch, arch) jobs, read by forked workers
@@ -91,9 +93,10 @@ def _compile_job(index: int) -> dict:
 
     from vidgan_fast.kernels.aot import compile_launch
     launch, arch = _PENDING[index]
+    start = time.perf_counter()
     r = compile_launch(launch, GPUTarget("cuda", arch, 32))
     return dict(error=r.error, registers=r.registers, spill_bytes=r.spill_bytes, shared_bytes=r.shared_bytes,
-                mma=r.mma, ctas_per_sm=r.ctas_per_sm)
+                mma=r.mma, ctas_per_sm=r.ctas_per_sm, compile_s=round(time.perf_counter() - start, 2))
 
 
 def compile_all(used: dict, targets=TARGETS + REPORTED_TARGETS, jobs: int | None = None) -> list[Row]:
