@@ -179,3 +179,16 @@ def test_every_autotune_candidate_is_compiled_without_spills(gate):
                     and all(w in r["spec"].split() for w in want)]
             assert {r["arch"] for r in rows} >= {80, 90}, (name, blocks, warps)
             assert all(r["spill_bytes"] == 0 for r in rows if r["arch"] in (80, 90)), (name, blocks, warps)
+
+
+def test_gate_rejects_what_compiles_but_cannot_launch():
+    """A tile whose shared memory fits sm_80 (164 KB per SM) but not sm_86 (100 KB) compiles for both; on an
+    RTX 3090 its launch would fail. The gate reads CTAs per SM from ptxas' registers and the shared memory."""
+    from vidgan_fast.fast.kernel_gate import Row, gate_failures
+    from vidgan_fast.kernels.aot import ctas_per_sm
+    smem = 120 * 1024
+    rows = [Row("_k", "BLOCK=256", "paper/tf32", arch, None, 64, 0, smem, "mma.tf32", ctas_per_sm(arch, 64, smem, 4),
+                "tf32") for arch in (80, 86)]
+    assert [r.ctas_per_sm for r in rows] == [1, 0]
+    failures = gate_failures(rows)
+    assert len(failures) == 1 and "sm_86: cannot launch" in failures[0], failures

@@ -11,8 +11,9 @@ registers, spills and whether a product runs on tensor cores. The capture runs t
 `g_step` of a `--fast` state built on the meta device, so the specializations are exactly those a GPU run
 launches (kernels/aot.py binds them with Triton's own binder); nothing is computed, so paper sizes cost nothing.
 
-The gate (tests/test_compile_gate.py) fails on any compile error for TARGETS, and on any register spill at the
-paper configuration in the default precision (TF32) on SPILL_TARGETS. The other candidate tiles that
+The gate (tests/test_compile_gate.py) fails on any compile error for TARGETS, on any specialization that could not
+launch there (no CTA fits an SM: shared memory or registers, e.g. a tile whose shared memory fits sm_80's 164 KB
+but not sm_86/89's 100 KB), and on any register spill at the paper configuration in the default precision (TF32) on SPILL_TARGETS. The other candidate tiles that
 kernels/autotune.py may pick on a GPU (CANDIDATES of kernels/batched_conv.py and kernels/logit.py) are compiled
 there too, at paper/tf32 on SPILL_TARGETS only (capture_candidates: rows labelled "paper/tf32 candidate").
 sm_61 (the paper's GTX 1080 Ti) is compiled and reported, not gated: Triton does not support GPUs older than Volta, and `--fast` there trains on
@@ -153,6 +154,9 @@ def gate_failures(rows: list[Row]) -> list[str]:
             failures.append(f"{where}: {r.error}")
         elif r.arch in TARGETS and (r.registers is None or r.spill_bytes is None):
             failures.append(f"{where}: no ptxas -v report (registers and spills unknown)")
+        elif r.arch in TARGETS and r.ctas_per_sm == 0:       # compiles, but the launch would fail on that GPU
+            failures.append(f"{where}: cannot launch: {r.shared_bytes} B of shared memory or {r.registers} "
+                            f"registers per thread exceed the SM's")
         elif (r.arch in SPILL_TARGETS and f"paper/{DEFAULT_PRECISION}" in r.used_by.split()
               and (r.spill_bytes or 0) > 0):
             failures.append(f"{where}: {r.spill_bytes} bytes of register spills")
