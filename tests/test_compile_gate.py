@@ -94,6 +94,11 @@ def test_capture_covers_every_kernel_forward_and_backward(gate):
     for config in ("tiny", "paper"):
         seen = {r["kernel"] for r in gate["rows"] if any(u.startswith(config + "/") for u in r["used_by"].split())}
         assert seen == names, f"{config}: not launched: {sorted(names - seen)}"
+    # as on a GPU (capturable optimizers): the fused RMSprop counts steps on the device; under bf16 it also writes
+    # the weights' bf16 copies
+    rmsprop = [r["spec"].split() for r in gate["rows"] if r["kernel"] == "_rmsprop_kernel"]
+    assert rmsprop and all("STEP=True" in spec for spec in rmsprop)
+    assert any("COPY=True" in spec for spec in rmsprop) and any("COPY=False" in spec for spec in rmsprop)
 
 
 def test_precision_is_real_in_the_ptx(gate):

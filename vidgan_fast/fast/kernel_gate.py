@@ -66,7 +66,10 @@ def meta_fast_state(cfg, phase: str):
     with torch.device(meta), warnings.catch_warnings():   # construction only (the steps run faster outside the
         warnings.simplefilter("ignore")                   # device mode); no autocast on meta
         g_f = step.build_frame_generator(cfg).state_dict() if phase == "video" else None
-        return to_fast(step.build_state(cfg, phase, g_f, device=meta))
+        state = to_fast(step.build_state(cfg, phase, g_f, device=meta))
+    for group in state.d_opt.param_groups:   # as engine.to_fast makes it on a GPU: the fused RMSprop's step
+        group["capturable"] = True           # counters on the device, so its kernel counts them (STEP=True)
+    return state
 
 
 @dataclass
