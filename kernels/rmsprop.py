@@ -1,4 +1,5 @@
-"""Fused RMSprop: one launch updates every tensor of a parameter group (a bank's weights and biases).
+"""Fused RMSprop: one launch updates every tensor of a parameter group (a bank's weights and biases; under bf16
+storage two: the biases, then the weights with their bf16 copies, COPY=True).
 
 Per element, exactly torch.optim.RMSprop without momentum, centering, weight decay or maximize
 (torch's _single_tensor_rmsprop / _multi_tensor_rmsprop, in the same order of operations):

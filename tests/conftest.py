@@ -18,12 +18,14 @@ def device():
     return DEVICE
 
 
-@pytest.hookimpl(trylast=True)             # after -k / -m deselection: `items` is what will run
+def _needs_gate(item) -> bool:
+    return "gate" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    gated = [item for item in items if "gate" in getattr(item, "fixturenames", ())]
-    if gated:                              # the compile gate starts now, beside the suite; its tests run last
-        gated[0].module.start_gate()
-        items[:] = [item for item in items if item not in gated] + gated
+    gated = [item for item in items if _needs_gate(item)]      # the compile gate's tests run last
+    items[:] = [item for item in items if not _needs_gate(item)] + gated
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none")
@@ -40,3 +42,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_finish(session):
+    """The items are final here (after -k, -m, --lf, --ff): if one of them needs the compile gate, its subprocess
+    starts now and compiles beside the rest of the suite (tests/test_compile_gate.py)."""
+    gated = [item for item in session.items if _needs_gate(item)]
+    if gated and not session.config.option.collectonly:
+        gated[0].module.start_gate()

@@ -242,8 +242,12 @@ for p in params[::2]:                 # the weights' bf16 copies (bf16 storage):
     stored_copy(p, torch.bfloat16)
 with recording_launches() as launches_bf16:
     opt.step()
+plain = FusedRMSprop(params, lr=2e-4, impl="triton")      # not capturable: step counters on the host
+with recording_launches() as launches_plain:
+    plain.step()
 out = []
-for name, launch in (("fp32", launches[0]), ("biases", launches_bf16[0]), ("weights+copies", launches_bf16[1])):
+for name, launch in (("fp32", launches[0]), ("biases", launches_bf16[0]), ("weights+copies", launches_bf16[1]),
+                     ("fp32 host steps", launches_plain[0])):
     for arch in (80, 90):
         r = compile_launch(launch, GPUTarget("cuda", arch, 32))
         out.append(dict(name=name, arch=arch, launches=(len(launches), len(launches_bf16)), error=r.error,
@@ -258,8 +262,8 @@ print(json.dumps(out))
 
 def test_kernel_compiles_for_sm80_and_sm90_without_spills_with_vector_loads():
     """The interpreter accepts code the compiler rejects: compile the launches a phase-1 bank makes (recorded on
-    meta tensors, compiled-mode process) for sm_80 and sm_90, in fp32 (one launch) and with bf16 weight copies (two:
-    the biases, then the weights writing their copies). No spills; the full blocks use 16-byte loads and stores;
+    meta tensors, compiled-mode process) for sm_80 and sm_90, in fp32 (one launch), with bf16 weight copies (two:
+    the biases, then the weights writing their copies), and not capturable (step counters on the host). No spills; the full blocks use 16-byte loads and stores;
     sqrt and division are the IEEE-rounded ones (as PyTorch's CUDA kernels), not the approximations; the copies
     are rounded to nearest even in pairs (cvt.rn.bf16x2.f32, then 16-byte stores of 8 bf16)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -268,7 +272,7 @@ def test_kernel_compiles_for_sm80_and_sm90_without_spills_with_vector_loads():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(rows) == 6
+    assert len(rows) == 8
     for r in rows:
         assert r["launches"] == [1, 2] and r["error"] is None, r
         assert r["spill"] == 0 and r["registers"] is not None, r

@@ -275,3 +275,19 @@ def test_bf16_storage_bytes_of_the_paper_steps():
         conv3 = after[f"{tag} conv3 forward"]
         assert conv3.bytes * 2 == before[f"{tag} conv3 forward"].bytes + 4 * k * channels[3]   # bias read stays fp32
     assert "bf16 does not change bytes" not in R.__doc__ and "2 bytes per element" in R.__doc__
+
+
+def test_bench_static_without_triton_prints_the_roofline_and_says_why_no_memory(tmp_path, monkeypatch, capsys):
+    """Where Triton cannot be imported the fast state cannot be built, even on meta tensors: the memory table is
+    replaced by one line and left out of the JSON, the rest as usual."""
+    from vidgan_fast import memory_model, roofline_report
+    from vidgan_fast.fast.engine import FastPathUnavailable
+
+    def no_triton(*args, **kwargs):
+        raise FastPathUnavailable("Triton is not installed")
+    monkeypatch.setattr(memory_model, "project", no_triton)
+    out = tmp_path / "r.json"
+    assert roofline_report.main(["--preset", "tiny", "--device-model", "h100", "--steps-only", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Projected GPU memory: not available on this machine (Triton is not installed)" in text
+    assert "| phase 1 D step (K=" in text and "memory" not in json.loads(out.read_text())

@@ -77,7 +77,7 @@ def test_the_fused_step_writes_the_copies_and_keeps_them_current():
     params, with_copy, versions = step_with_copies("triton")
     assert all(p._version > v for p, v in zip(params, versions))          # as an in-place update moves them
     for p in with_copy:
-        assert weight_copy.is_current(p)
+        assert weight_copy.is_current(p) and weight_copy.copy_of(p)._version > 0     # the copy's too
         assert torch.equal(weight_copy.copy_of(p), p.detach().to(BF16))
     assert all(weight_copy.copy_of(p) is None for p in params[1::2])
 
@@ -104,6 +104,15 @@ def test_any_in_place_change_makes_the_copy_stale():
         assert not weight_copy.is_current(w)
         assert torch.equal(weight_copy.stored_copy(w, BF16), w.detach().to(BF16))
     assert weight_copy.stored_copy(w, torch.float16).dtype == torch.float16     # another dtype: a new copy
+
+
+def test_a_copy_made_in_inference_mode_serves_training_afterwards():
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    with torch.inference_mode():
+        weight_copy.stored_copy(w, BF16)
+    copy = weight_copy.stored_copy(w, BF16)
+    assert not copy.is_inference() and torch.equal(copy, w.detach().to(BF16))
+    copy.add_(0)                                        # writable outside inference mode
 
 
 def test_a_bf16_bank_trains_on_the_copies_the_optimizer_wrote():
@@ -148,3 +157,21 @@ def test_graph_capture_starts_from_current_copies():
 
     graphs.GraphedSteps(state, real.shape, real.shape[0], warmup=1, runtime=Recording)
     assert len(seen) == 2 and all(all(s) for s in seen[:1]), seen
+
+
+def test_a_replay_after_an_eager_weight_write_reads_a_recast_copy():
+    """Between replays no Python checks the copies; GraphedSteps.d() recasts those an eager write (a load, a hand
+    edit) left stale, before it replays."""
+    cfg = small_cfg()
+    state = fresh(cfg, "frames")
+    real = real_and_noise(cfg, "frames", 0)[0]
+    w = next(p for p in state.discriminators.parameters() if p.dim() > 1)
+    weight_copy.stored_copy(w, BF16)
+    graphed = graphs.GraphedSteps(state, real.shape, real.shape[0], warmup=1, runtime=FakeRuntime)
+    with torch.no_grad():
+        w.add_(1.0)
+    seen, replay = [], graphed.d_graph.replay
+    graphed.d_graph.replay = lambda: (seen.append(weight_copy.is_current(w) and torch.equal(
+        weight_copy.copy_of(w), w.detach().to(BF16))), replay())
+    graphed.d(real)
+    assert seen == [True]

@@ -68,9 +68,10 @@ def _state_tensors(state) -> list:
     modules, optimizers = trained_parts(state)
     tensors = [t for _, m in modules for t in (*m.parameters(), *m.buffers())]
     tensors += [t for _, opt in optimizers for s in opt.state.values() for t in s.values()]
-    if state.renderer is not None:
-        tensors += [t for t in vars(state.renderer).values() if isinstance(t, torch.Tensor)]
-        tensors += [*state.renderer.parameters(), *state.renderer.buffers()]
+    for module in (state.renderer, state.frame_generator):     # phase 2: the frozen renderer, and the reference
+        if module is not None:                                 # G_F that to_fast keeps beside it (checkpoints)
+            tensors += [t for t in vars(module).values() if isinstance(t, torch.Tensor)]
+            tensors += [*module.parameters(), *module.buffers()]
     return tensors
 
 

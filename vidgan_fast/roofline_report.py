@@ -114,10 +114,15 @@ def main(argv=None, prog: str = "vidgan bench --static") -> int:
     print(f"Roofline projection (static, no GPU): preset {a.preset}, precision {precision}, "
           f"{datetime.date.today().isoformat()}\n")
     print("\n".join(step_table(steps, devices, precision)) + "\n")
+    from vidgan_fast.fast.engine import FastPathUnavailable
     from vidgan_fast.memory_model import project as project_memory     # imports torch: not for --help
-    memory = project_memory(cfg, precision)
-    print(f"Projected GPU memory of --fast training ({a.preset}, {precision}):\n")
-    print("\n".join(memory_table(memory)) + "\n")
+    try:
+        memory = project_memory(cfg, precision)
+        print(f"Projected GPU memory of --fast training ({a.preset}, {precision}):\n")
+        print("\n".join(memory_table(memory)) + "\n")
+    except FastPathUnavailable as e:            # no Triton here: the fast state cannot be built, even on meta
+        memory = None
+        print(f"Projected GPU memory: not available on this machine ({e})\n")
     if not a.steps_only:
         print("Per op (all calls of the step; floor ms per device):\n")
         for step in steps:
@@ -125,7 +130,8 @@ def main(argv=None, prog: str = "vidgan bench --static") -> int:
     print("\n".join(notes(devices, precision)))
     if a.json:
         data = {"preset": a.preset, "precision": precision, "command": " ".join([prog, *(argv or [])]),
-                "steps": [floor(s, d, precision) for s in steps for d in devices], "memory": memory,
+                "steps": [floor(s, d, precision) for s in steps for d in devices],
+                **({"memory": memory} if memory else {}),
                 "ops": {s.name: [vars(op) for op in s.ops] for s in steps}}
         with open(a.json, "w") as f:
             json.dump(data, f, indent=1)

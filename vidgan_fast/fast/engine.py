@@ -3,11 +3,11 @@
     state = to_fast(build_state(cfg, phase, ...))   # banks for the K discriminators, frozen Triton G_F
 
 Only the execution changes: the discriminators become one bank (stacked weights, one launch per layer for
-all K) trained by the fused RMSprop (fast/rmsprop.py: one launch updates the whole bank), phase 2's frozen G_F
-becomes the folded Triton generator, and optimizers become capturable on CUDA, so that the loop may replay the
-steps as CUDA graphs (graphs.GraphedSteps). Checkpoints stay in the reference
-layout (the banks' reference_state_dict / reference_optimizer_state), so a fast run resumes on the reference
-path and back. Whether a run takes this path at all is decided in one place: vidgan_fast/execution.py.
+all K) trained by the fused RMSprop (fast/rmsprop.py: one launch updates the whole bank; two under bf16, which
+also writes the weights' bf16 copies), phase 2's frozen G_F becomes the folded Triton generator, and optimizers
+become capturable on CUDA, so that the loop may replay the steps as CUDA graphs (graphs.GraphedSteps). Checkpoints
+stay in the reference layout (the banks' reference_state_dict / reference_optimizer_state), so a fast run resumes
+on the reference path and back. Whether a run takes this path at all is decided in one place: vidgan_fast/execution.py.
 """
 from __future__ import annotations
 

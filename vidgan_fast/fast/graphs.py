@@ -19,7 +19,8 @@ capture and stay the same tensor afterwards:
 - _same_state checks both rules after warm-up and after capture: a tensor made or replaced there is an error.
 - The restore moves the weights' version counters, so it leaves the banks' bf16 weight copies (weight_copy.py)
   stale: they are recast right after it, eagerly, so that the captured steps read them (the captured optimizer
-  keeps them current) instead of recording a cast into every replay.
+  keeps them current) instead of recording a cast into every replay. Before each D replay, copies left stale by
+  eager writes between replays (a checkpoint load, a hand edit) are recast the same way (a few Python checks).
 
 `runtime` is what executes warm-up and capture: CudaRuntime here; the tests pass a CPU stand-in whose replay
 re-runs the step on the tensors the capture saw (tests/test_graphs.py). graph_check.py compares replays with
@@ -179,6 +180,7 @@ class GraphedSteps:
                 self.d_graph, self.d_loss = rt.capture(d_body)
                 self.g_graph, self.g_loss = rt.capture(g_body, share_pool_with=self.d_graph)
             _same_state(held, optimizers, "capture")
+            self._params = [t for _, m in modules for t in m.parameters()]
         except Exception:
             rewind()             # a failed warm-up or capture leaves the run exactly where it was
             raise
@@ -187,6 +189,7 @@ class GraphedSteps:
         """Replay the discriminator step on `real`; returns its loss (a copy, valid after later replays)."""
         with nvtx_range("data", "data"):
             self.real.copy_(real, non_blocking=True)
+        weight_copy.refresh(self._params)          # weights written between replays: recast their bf16 copies
         with nvtx_range("discriminator step (graph)", "discriminator"):
             self.d_graph.replay()
         return self.d_loss.clone()

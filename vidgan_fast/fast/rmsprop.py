@@ -1,4 +1,5 @@
-"""FusedRMSprop: torch.optim.RMSprop (the configuration vidgan trains with) in one Triton launch per param group.
+"""FusedRMSprop: torch.optim.RMSprop (the configuration vidgan trains with) in one Triton launch per param group
+(two when some parameters have a bf16 copy to write: those, and the rest).
 
     opt = FusedRMSprop(bank.parameters(), lr=2e-4, capturable=True)        # impl='auto' | 'triton' | 'ref'
 
@@ -11,7 +12,8 @@ capturable=..., lr=..., alpha=..., eps=..., weight_decay=..., momentum=..., cent
 
 tiles ('auto' | 'gpu' | 'interpreter', kernels.common) or tile (elements per program, warps) choose the kernel's
 tile. impl (vidgan_fast.fast.backend.resolve_impl): 'triton' runs kernels.rmsprop.rmsprop_update (one launch updates
-every parameter of the group: a bank's 8 weight and bias tensors in one pass over w, g and v); 'ref' runs the same
+every parameter of the group: a bank's 8 weight and bias tensors in one pass over w, g and v; with bf16 copies, one
+launch for the biases and one for the weights); 'ref' runs the same
 mathematics as plain in-place torch ops, per tensor; 'auto' takes 'triton' where it can run. Tensors the kernel
 cannot take (not fp32, or the parameter, gradient and square_avg in different layouts) take the 'ref' mathematics
 with one warning.
@@ -43,7 +45,8 @@ def _scalar_dtype() -> torch.dtype:
 
 
 class FusedRMSprop(torch.optim.Optimizer):
-    """torch.optim.RMSprop without momentum, centering, weight decay or maximize, one Triton launch per group."""
+    """torch.optim.RMSprop without momentum, centering, weight decay or maximize, one Triton launch per group (two
+    with bf16 weight copies)."""
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
@@ -158,8 +161,8 @@ class FusedRMSprop(torch.optim.Optimizer):
                                tiles=self.tiles, tile=self.tile, copies=part_copies)
         if not on_device:
             torch._foreach_add_(steps, 1.0)
-        for p in params:
-            torch.autograd.graph.increment_version(p)
+        for t in [*params, *(copies[i] for i in with_copy)]:
+            torch.autograd.graph.increment_version(t)    # a backward that saved them before the step now raises
         for i in with_copy:
             weight_copy.mark_current(params[i])
 

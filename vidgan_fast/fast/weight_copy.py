@@ -16,8 +16,10 @@ in-place ops would) and marks the copy current: a training step reads the copy (
 
 Copies are found by parameter (a weak registry: a copy lives as long as its parameter), so the optimizer needs no
 reference to the module, and a rebuilt optimizer (engine.to_fast) finds them too. They are not buffers: checkpoints
-and state dicts never hold them. Under CUDA-graph replay no Python runs, but the replayed optimizer writes the
-copies the replayed forward reads, and the version counters, unchanged by replays, still match afterwards.
+and state dicts never hold them. Under CUDA-graph replay no Python runs and nothing is checked: the replayed
+optimizer writes the copies the replayed forward reads, and the version counters, unchanged by replays, still
+match afterwards; a weight written eagerly between replays (a load, a hand edit) moves its counter, and
+GraphedSteps.d() recasts such stale copies (refresh) before it replays.
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ def _entry(param: torch.Tensor, dtype: torch.dtype) -> _Copy:
     entry = _COPIES.get(param)
     t = None if entry is None else entry.tensor
     if t is None or t.dtype != dtype or t.shape != param.shape or t.stride() != param.stride() \
-            or t.device != param.device:
-        entry = _COPIES[param] = _Copy(torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format))
+            or t.device != param.device or (t.is_inference() and not torch.is_inference_mode_enabled()):
+        with torch.inference_mode(False):       # a copy made in inference mode could not be written or saved
+            entry = _COPIES[param] = _Copy(torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format))
     return entry
 
 
