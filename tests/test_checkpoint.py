@@ -16,7 +16,6 @@ from vidgan_fast.checkpoint import load_checkpoint, save_checkpoint
 from vidgan_fast.config import preset
 from vidgan_fast.errors import CheckpointError
 from vidgan_fast.train import open_phase, train_phase
-from vidgan_fast.step import build_state
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(n_videos=8, frames_batch=4, video_batch=2, frames_epochs=3, video_epochs=2, log_every=1,
