@@ -25,10 +25,11 @@ What an Op counts (per launch; `calls` launches of it per step):
   bank's projection output and logits (and their gradients), the codes, frames and code gradient of the frozen G_F,
   biases, weight gradients and the optimizer's passes (fp32 master weights). The banks' bf16 weight copies are
   written by the D step's fused RMSprop as it updates the weights (2 B more per weight, fast/weight_copy.py), so no
-  step casts a weight; the frozen G_F packs its bf16 weights once, outside the steps. The PyTorch modules (phase 1's G_F, G_V) are counted at 4 bytes
-  whatever the precision (autocast's own copies are not modelled). Not counted: batch norm / ReLU / tanh passes of
-  the PyTorch modules, the LSTM's gate buffers, loss tensors, .contiguous() copies (all activation-sized and small
-  next to the bank weights at the paper preset; an under-estimate).
+  step casts a weight; the frozen G_F packs its bf16 weights once, outside the steps. The PyTorch modules (phase
+  1's G_F, G_V) are counted at 4 bytes whatever the precision (autocast's own copies are not modelled). Not
+  counted: batch norm / ReLU / tanh passes of the PyTorch modules, the LSTM's gate buffers, loss tensors,
+  .contiguous() copies (all activation-sized and small next to the bank weights at the paper preset; an
+  under-estimate).
 - optimizer: torch.optim.RMSprop's foreach path (the default on CUDA; plain float lr, no momentum, not centered),
   read in torch/optim/rmsprop.py _multi_tensor_rmsprop: mul_(v) 2 passes, addcmul_(v, g, g) 3, sqrt(v) 2,
   add_(avg, eps) 2, addcdiv_(p, g, avg) 4 = 13 parameter-sized passes, for the generators. The banks (--fast) use

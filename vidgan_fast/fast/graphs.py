@@ -162,6 +162,7 @@ class GraphedSteps:
             return g_step(state, self.z_g)
 
         modules, optimizers = trained_parts(state)
+        self._params = [t for _, m in modules for t in m.parameters()]     # their bf16 copies: weight_copy
         made = [t for _, opt in optimizers for t in init_optimizer_state(opt)]
         saved, rng, held = snapshot(modules, optimizers, zero=made), rt.get_rng(), _held(optimizers)
 
@@ -174,13 +175,12 @@ class GraphedSteps:
             with nvtx_range("graph warm-up"):
                 rt.warm_up(lambda: (d_body(), g_body()), warmup)
             rewind()
-            weight_copy.refresh(t for _, m in modules for t in m.parameters())
+            weight_copy.refresh(self._params)
             _same_state(held, optimizers, "warm-up")
             with nvtx_range("graph capture"):
                 self.d_graph, self.d_loss = rt.capture(d_body)
                 self.g_graph, self.g_loss = rt.capture(g_body, share_pool_with=self.d_graph)
             _same_state(held, optimizers, "capture")
-            self._params = [t for _, m in modules for t in m.parameters()]
         except Exception:
             rewind()             # a failed warm-up or capture leaves the run exactly where it was
             raise

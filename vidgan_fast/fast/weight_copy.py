@@ -7,12 +7,12 @@
 A copy is current while its parameter's autograd version counter and storage are the ones recorded when the copy
 was last written. Every PyTorch in-place op on the parameter moves the version counter (load_state_dict, a
 checkpoint load, the CUDA-graph warm-up's restore, torch.optim, `with torch.no_grad(): w.add_(1)`), so the next
-stored_copy() recasts: a stale copy is never read. (Not seen: writes through `w.data` or a raw pointer, which
+stored_copy() recasts: an eager read never sees a stale copy. (Not seen: writes through `w.data` or a raw pointer, which
 bypass the counter; vidgan makes none, and code that does must call torch.autograd.graph.increment_version(w).)
-The fused RMSprop kernel writes the parameter through a raw
-pointer, so fast/rmsprop.py writes the copy in the same pass, then increments the version counter (as PyTorch's
-in-place ops would) and marks the copy current: a training step reads the copy (2 B per weight) instead of casting
-(read 4 B, write 2 B per weight) before each forward.
+The fused RMSprop kernel writes the parameter through a raw pointer, so fast/rmsprop.py writes the copy in the
+same pass, then increments the version counter (as PyTorch's in-place ops would) and marks the copy current: a
+training step reads the copy (2 B per weight) instead of casting (read 4 B, write 2 B per weight) before each
+forward.
 
 Copies are found by parameter (a weak registry: a copy lives as long as its parameter), so the optimizer needs no
 reference to the module, and a rebuilt optimizer (engine.to_fast) finds them too. They are not buffers: checkpoints
