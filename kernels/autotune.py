@@ -1,8 +1,8 @@
 """Per-layer tiles: each tunable kernel has a fixed list of candidate tiles; on a real GPU each candidate is timed
 once per problem (kernel, shapes, precision) and the fastest is cached, per device, in memory and in a JSON file.
 
-    tile = choose("forward", problem, "tf32", CANDIDATES["forward"], launch, x.device, gpu=True)
-    launch(tile)                       # launch(candidate) runs the kernel with that candidate's tiles
+    tile = choose("forward", problem, "tf32", candidates, launch, x.device)     # a kernels/tiles.Tile
+    launch(tile)                       # launch(candidate) runs the kernel with that candidate's tile
 
 The first candidate of every list is the launcher's fixed GPU tile: what runs where nothing is timed (under the
 interpreter, on the CPU or meta device, with VIDGAN_AUTOTUNE=0, inside CUDA-graph capture without a cached
@@ -15,11 +15,12 @@ winner) and what the roofline model and the compile gate's paper rows assume.
   is ignored (rewritten on the next winner).
 - Timing overwrites the launch's outputs with identical values (every candidate writes all of them), so a tuned
   launch leaves the same result as an untuned one, up to the summation order of the winning tile.
-No autograd and no model here: launch wrappers call choose() (kernels/batched_conv.py, kernels/logit.py).
+No autograd and no model here: launch wrappers call choose() (kernels/conv.py).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -93,14 +94,15 @@ class Tuner:
             warnings.warn(f"autotune: could not write the tile cache {self.path} ({e})", RuntimeWarning,
                           stacklevel=3)
 
-    def pick(self, kernel: str, problem, precision: str, candidates, launch, device=None) -> tuple:
+    def pick(self, kernel: str, problem, precision: str, candidates, launch, device=None):
         """The cached winner for (kernel, problem, precision) on this device, else the fastest candidate (each
         launched and timed once, outside capture), else candidates[0] while capturing."""
-        candidates = [tuple(c) for c in candidates]
+        candidates = list(candidates)
         device_key, key = self.device_key(device), f"{kernel} {precision} {problem}"
         cached = self._load().get(device_key, {}).get(key)
-        if cached is not None and tuple(cached) in candidates:
-            return tuple(cached)
+        match = [c for c in candidates if cached is not None and list(_fields(c)) == list(cached)]
+        if match:
+            return match[0]
         if self.capturing():
             return candidates[0]
         times = []
@@ -111,7 +113,7 @@ class Tuner:
                 warnings.warn(f"autotune: {kernel} candidate {c} failed ({type(e).__name__}: {e})", RuntimeWarning)
                 times.append(math.inf)
         best = candidates[min(range(len(candidates)), key=times.__getitem__)]
-        self.table.setdefault(device_key, {})[key] = list(best)
+        self.table.setdefault(device_key, {})[key] = list(_fields(best))
         self._save()
         return best
 
@@ -126,13 +128,18 @@ def default_tuner() -> Tuner:
     return _tuner
 
 
-def choose(kernel: str, problem, precision: str, candidates, launch, device, gpu: bool) -> tuple:
-    """The tile of one launch: a forced candidate (forcing()), the fixed tile (candidates[0]) unless `gpu` tiles
-    run on a CUDA device with autotuning on, else the tuner's choice."""
+def _fields(candidate) -> tuple:
+    """A candidate as plain values (a kernels/tiles.Tile's fields, or the candidate itself), for the JSON cache."""
+    return dataclasses.astuple(candidate) if dataclasses.is_dataclass(candidate) else tuple(candidate)
+
+
+def choose(kernel: str, problem, precision: str, candidates, launch, device):
+    """The tile of one launch: a forced candidate (forcing()), else the fixed tile (candidates[0]) unless the
+    launch runs on a CUDA device with autotuning on, else the tuner's choice."""
     if kernel in _forced:
         return _forced[kernel]
-    if not gpu or getattr(device, "type", None) != "cuda" or interpreting() or not enabled():
-        return tuple(candidates[0])
+    if getattr(device, "type", None) != "cuda" or interpreting() or not enabled() or len(candidates) == 1:
+        return candidates[0]
     return default_tuner().pick(kernel, problem, precision, candidates, launch, device)
 
 
@@ -140,7 +147,7 @@ def choose(kernel: str, problem, precision: str, candidates, launch, device, gpu
 def forcing(kernel: str, candidate):
     """Inside: every launch of `kernel` runs `candidate` (tests of each candidate; the compile gate)."""
     saved = _forced.get(kernel)
-    _forced[kernel] = tuple(candidate)
+    _forced[kernel] = candidate
     try:
         yield
     finally:

@@ -19,16 +19,64 @@ the interpreter.
 """
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import triton
 import triton.language as tl
 
 from vidgan_fast.kernels.mode import PRECISIONS, interpreting
+from vidgan_fast.kernels.tiles import family
 
 TILE_POLICIES = ("auto", "gpu", "interpreter")
 
 
 # Fixed at import, exactly like triton.jit's own choice between compiling and interpreting.
 INTERPRETED = tl.constexpr(interpreting())
+
+
+_FORCED: dict = {}          # forced_target()'s settings
+
+
+@contextlib.contextmanager
+def forced_target(arch: int | None = None, sms: int | None = None, tile_family: str | None = None):
+    """Inside: launches on any device pick their tiles for GPU `arch` (and size split reductions for `sms`
+    multiprocessors), or for the named tile family (kernels/tiles.py): the lab's shape-only runs on meta tensors
+    project a chosen GPU, and tests run the GPU tiles under the interpreter."""
+    saved = dict(_FORCED)
+    _FORCED.update({k: v for k, v in (("arch", arch), ("sms", sms), ("family", tile_family)) if v is not None})
+    try:
+        yield
+    finally:
+        _FORCED.clear()
+        _FORCED.update(saved)
+
+
+def target_family(device) -> str:
+    """The tile family (kernels/tiles.py) of launches on `device`: the forced one, else the interpreter's under
+    TRITON_INTERPRET, else the CUDA device's (a meta tensor, outside forced_target, projects an H100)."""
+    if "family" in _FORCED:
+        return _FORCED["family"]
+    if "arch" in _FORCED:
+        return family(_FORCED["arch"])
+    if interpreting():
+        return "interpreter"
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return family(10 * major + minor)
+    return family(90)
+
+
+def target_sms(device) -> int:
+    """Multiprocessors of the GPU the launch runs on (or is projected for: forced_target; 132, an H100's,
+    for meta and CPU tensors)."""
+    if "sms" in _FORCED:
+        return _FORCED["sms"]
+    device = torch.device(device)
+    if device.type == "cuda" and not interpreting():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
 
 
 def dot_precision(precision: str) -> str:
@@ -69,14 +117,19 @@ def round_to_bf16(x):
 
 @triton.jit
 def mma(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a @ b with fp32 accumulation at PRECISION ("ieee", "tf32" or "bf16")."""
+    """acc + a @ b with fp32 accumulation at PRECISION ("ieee", "tf32" or "bf16"); bf16 operands (bf16 storage)
+    go to the tensor cores as they were loaded."""
     if PRECISION == "bf16":
         if INTERPRETED:
-            return tl.dot(round_to_bf16(a), round_to_bf16(b), acc, input_precision="ieee")
+            return tl.dot(round_to_bf16(a.to(tl.float32)), round_to_bf16(b.to(tl.float32)), acc,
+                          input_precision="ieee")
         else:
             return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     else:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
+        if INTERPRETED:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+        else:
+            return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
 @triton.jit

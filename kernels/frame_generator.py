@@ -32,20 +32,20 @@ import torch
 import triton
 import triton.language as tl
 
-from vidgan_fast.kernels.common import cast_for_store, dot_precision, gpu_tiles, mma, tile
-
-# Tiles (BLOCK_M rows per program, N up to MAX_BLOCK_N, reduction steps of MAX_BLOCK_K, warps). On a GPU: 64-row
-# tiles, N up to 64, steps of 32 (fp32 operands, 4 warps). The interpreter pays per tile operation rather than
-# per element, so there bigger tiles (fewer programs and loop steps) run many times faster; the kernels and masks
-# are the same. Chosen per call from `tiles` (kernels/common.py). Channel counts are runtime arguments and the
-# GPU tiles do not shrink with them (common.tile), so every width launches the same specialization of a layer.
-GPU_TILES = dict(BLOCK_M=64, MAX_BLOCK_N=64, MAX_BLOCK_K=32, NUM_WARPS=4)
-INTERPRETER_TILES = dict(BLOCK_M=256, MAX_BLOCK_N=128, MAX_BLOCK_K=128, NUM_WARPS=4)
+from vidgan_fast.kernels.common import cast_for_store, dot_precision, mma, target_family, target_sms
+from vidgan_fast.kernels.tiles import generator_tile
 
 
-def _tiles(tiles: str) -> dict:
-    gpu = gpu_tiles(tiles)
-    return dict(GPU_TILES if gpu else INTERPRETER_TILES, gpu=gpu)
+def _tiles(device, precision: str = "fp32") -> dict:
+    """BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K, NUM_WARPS, NUM_STAGES of the launches on `device` (kernels/tiles.py)."""
+    t = generator_tile(target_family(device), precision)
+    return dict(BLOCK_M=t.block_m, MAX_BLOCK_N=t.block_n, MAX_BLOCK_K=t.block_k, NUM_WARPS=t.warps,
+                NUM_STAGES=t.stages)
+
+
+def tile(n: int, cap: int) -> int:
+    """A power-of-two block for a dimension of n: `cap`, or less for a small n (at least 16, tl.dot's minimum)."""
+    return max(16, min(cap, triton.next_power_of_2(n)))
 
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
@@ -72,48 +72,58 @@ def _check_dtypes(op: str, weight: torch.Tensor, bias: torch.Tensor | None, out_
 # ---------------------------------------------------------------------------------------------- dense
 
 @triton.jit
-def _dense_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
+def _dense_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, K_SPLIT,
                   stride_am, stride_ak, stride_bk, stride_bn,
                   HAS_BIAS: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # program axis 2: split s sums k in [s * K_SPLIT, (s + 1) * K_SPLIT) into its own slab c_ptr[s] (fp32
+    # partials, summed in a fixed order by the wrapper; no bias or ReLU then)
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
+    split = tl.program_id(2)
+    k_end = tl.minimum((split + 1) * K_SPLIT, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(split * K_SPLIT, k_end, BLOCK_K):
         k = k0 + rk
         a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
-                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0).to(tl.float32)
+                    mask=(rm[:, None] < M) & (k[None, :] < k_end), other=0.0)
         b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
-                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0).to(tl.float32)
+                    mask=(k[:, None] < k_end) & (rn[None, :] < N), other=0.0)
         acc = mma(a, b, acc, PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    tl.store(c_ptr + rm[:, None] * N + rn[None, :], cast_for_store(acc, c_ptr.dtype.element_ty),
-             mask=(rm[:, None] < M) & (rn[None, :] < N))
+    c = c_ptr + split.to(tl.int64) * M * N + rm[:, None] * N + rn[None, :]
+    tl.store(c, cast_for_store(acc, c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-          precision: str = "fp32", tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
-    """x [M, K] @ w [K, N] (+ bias [N]) (then ReLU) -> [M, N] in out_dtype. w may be a strided view (e.g. a
-    transpose)."""
-    _check(x, "dense input", 2)
+          precision: str = "fp32", out_dtype=torch.float32) -> torch.Tensor:
+    """x [M, K] @ w [K, N] (+ bias [N]) (then ReLU) -> [M, N] in out_dtype. x and w may be strided views (e.g. a
+    transpose). A long reduction over few output tiles (the code gradient: 240 x 100 from 4096) is split over
+    several programs (fp32 partials summed in a fixed order: deterministic) so that the GPU's SMs share it."""
+    if x.dim() != 2 or x.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dense input: expected a 2-D float32 or bfloat16 tensor, got {tuple(x.shape)} {x.dtype}")
     if w.dim() != 2 or w.shape[0] != x.shape[1]:
         raise ValueError(f"dense: weight {tuple(w.shape)} does not fit input {tuple(x.shape)}")
     _check_dtypes("dense", w, bias, out_dtype)
     M, K = x.shape
     N = w.shape[1]
-    out = torch.empty(M, N, device=x.device, dtype=out_dtype)
-    t = _tiles(tiles)
-    bn, bk = tile(N, t["MAX_BLOCK_N"], t["gpu"]), tile(K, t["MAX_BLOCK_K"], t["gpu"])
-    grid = (triton.cdiv(M, t["BLOCK_M"]), triton.cdiv(N, bn))
-    _dense_kernel[grid](x, w, bias if bias is not None else out, out, M, N, K,
-                        x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-                        HAS_BIAS=bias is not None, RELU=relu, PRECISION=dot_precision(precision),
-                        BLOCK_M=t["BLOCK_M"], BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"])
-    return out
+    t = _tiles(x.device, precision)
+    bn, bk = tile(N, t["MAX_BLOCK_N"]), tile(K, t["MAX_BLOCK_K"])
+    tiles = triton.cdiv(M, t["BLOCK_M"]) * triton.cdiv(N, bn)
+    splits = 1 if bias is not None or relu else max(1, min(target_sms(x.device) // tiles, K // (8 * bk)))
+    k_split = triton.cdiv(triton.cdiv(K, splits), bk) * bk
+    splits = triton.cdiv(K, k_split)
+    out = torch.empty(M, N, device=x.device, dtype=out_dtype) if splits == 1 else \
+        torch.empty(splits, M, N, device=x.device, dtype=torch.float32)
+    _dense_kernel[(triton.cdiv(M, t["BLOCK_M"]), triton.cdiv(N, bn), splits)](
+        x, w, bias if bias is not None else out, out, M, N, K, k_split, x.stride(0), x.stride(1), w.stride(0),
+        w.stride(1), HAS_BIAS=bias is not None, RELU=relu, PRECISION=dot_precision(precision), BLOCK_M=t["BLOCK_M"],
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"], num_stages=t["NUM_STAGES"])
+    return out if splits == 1 else out.sum(0).to(out_dtype)
 
 
 # ------------------------------------------------------------------------- transposed conv, forward
@@ -159,7 +169,7 @@ def _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M,
     ix = b[:, None] + dx - (tap % 2)[None, :]
     ok = ((rows[:, None] < M * HA * WA) & (k[None, :] < 4 * CIN)
           & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
-    return tl.load(x_ptr + ((m[:, None] * H + iy) * W + ix) * CIN + ci[None, :], mask=ok, other=0.0).to(tl.float32)
+    return tl.load(x_ptr + ((m[:, None] * H + iy) * W + ix) * CIN + ci[None, :], mask=ok, other=0.0)
 
 
 @triton.jit
@@ -178,7 +188,7 @@ def _conv_transpose_relu_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
         k = k0 + tl.arange(0, BLOCK_K)
         xa = _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M, H, W, CIN, OH // 2, OW // 2)
         wb = tl.load(w_phase + k[:, None] * COUT + co[None, :],
-                     mask=(k[:, None] < 4 * CIN) & (co[None, :] < COUT), other=0.0).to(tl.float32)
+                     mask=(k[:, None] < 4 * CIN) & (co[None, :] < COUT), other=0.0)
         acc = mma(xa, wb, acc, PRECISION)
     acc = tl.maximum(acc + tl.load(bias_ptr + co, mask=co < COUT, other=0.0)[None, :], 0.0)
     oy = 2 * a + py
@@ -193,7 +203,7 @@ def _out_size(h: int, pad: int) -> int:
 
 
 def conv_transpose_relu(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int,
-                        precision: str = "fp32", tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
+                        precision: str = "fp32", out_dtype=torch.float32) -> torch.Tensor:
     """relu(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4; NHWC x [M, H, W, Cin] -> NHWC out
     (out_dtype)."""
     _check(x, "conv_transpose input", 4)
@@ -206,64 +216,40 @@ def conv_transpose_relu(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Ten
     OH, OW = _out_size(H, pad), _out_size(W, pad)
     y = torch.empty(M, OH, OW, cout, device=x.device, dtype=out_dtype)
     _check(y, "conv_transpose output", 4)
-    t = _tiles(tiles)
-    bn, bk = tile(cout, t["MAX_BLOCK_N"], t["gpu"]), tile(4 * cin, t["MAX_BLOCK_K"], t["gpu"])
+    t = _tiles(x.device, precision)
+    bn, bk = tile(cout, t["MAX_BLOCK_N"]), tile(4 * cin, t["MAX_BLOCK_K"])
     grid = (triton.cdiv(M * (OH // 2) * (OW // 2), t["BLOCK_M"]), triton.cdiv(cout, bn), 4)
     _conv_transpose_relu_kernel[grid](x, w_packed, bias, y, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
                                       PRECISION=dot_precision(precision), BLOCK_M=t["BLOCK_M"], BLOCK_N=bn,
-                                      BLOCK_K=bk, num_warps=t["NUM_WARPS"])
+                                      BLOCK_K=bk, num_warps=t["NUM_WARPS"], num_stages=t["NUM_STAGES"])
     return y
 
 
-@triton.jit
-def _tanh(x):
-    """tanh to fp32 relative accuracy everywhere: (1 - e) / (1 + e), e = exp(-2|x|), loses relative precision
-    as |x| -> 0 (1 - e cancels), so small |x| takes the odd Taylor series (error below 1e-9 relative there)."""
-    ax = tl.abs(x)
-    t = tl.exp(-2.0 * ax)
-    large = (1.0 - t) / (1.0 + t)
-    x2 = ax * ax
-    small = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
-    return tl.where(x >= 0, 1.0, -1.0) * tl.where(ax < 0.125, small, large)
+def pack_tap_weight(w: torch.Tensor) -> torch.Tensor:
+    """ConvTranspose2d weight [Cin, 1, 4, 4] of the last layer -> [16 taps, Cin], tap = ky * 4 + kx."""
+    return w[:, 0].permute(1, 2, 0).reshape(16, w.shape[0]).contiguous()
 
 
-@triton.jit
-def _conv_transpose_tanh_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M,
-                                H: tl.constexpr, W: tl.constexpr, CIN, PAD: tl.constexpr,
-                                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    OH: tl.constexpr = 2 * H + 2 - 2 * PAD
-    OW: tl.constexpr = 2 * W + 2 - 2 * PAD
-    phase = tl.program_id(1)
-    rows, m, a, b, py, px, dy, dx = _phase_rows(tl.program_id(0), phase, PAD, OH, OW, BLOCK_M)
-    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k0 in range(0, 4 * CIN, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        xa = _gather_input(x_ptr, k, rows, m, a, b, dy, dx, M, H, W, CIN, OH // 2, OW // 2)
-        wv = tl.load(w_ptr + phase * 4 * CIN + k, mask=k < 4 * CIN, other=0.0).to(tl.float32)
-        acc += tl.sum(xa * wv[None, :], axis=1)
-    acc += tl.load(bias_ptr)
-    y = _tanh(acc)
-    oy = 2 * a + py
-    ox = 2 * b + px
-    tl.store(y_ptr + (m * OH + oy) * OW + ox, y, mask=rows < M * (OH // 2) * (OW // 2))
-
-
-def conv_transpose_tanh(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, pad: int,
-                        tiles: str = "auto") -> torch.Tensor:
-    """tanh(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4, Cout = 1; NHWC x -> float32 [M, OH, OW]."""
+def conv_transpose_tanh(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor, pad: int,
+                        precision: str = "fp32") -> torch.Tensor:
+    """tanh(conv_transpose2d(x, w, bias, stride=2, padding=pad)), k4, Cout = 1; NHWC x [M, H, W, Cin] -> float32
+    [M, OH, OW]. Two launches: e = x @ w_taps^T (every input position's 16 tap products, a GEMM on the tensor cores,
+    kernels/conv.py's forward as a 1x1 convolution) and the tap sums with bias and tanh (kernels/col2im.py): x is read
+    once, where a gather per output position would read each input position 16 / 4 times per phase."""
+    from vidgan_fast.kernels.col2im import col2im
+    from vidgan_fast.kernels.conv import conv_forward
     _check(x, "conv_transpose_tanh input", 4)
-    _check_dtypes("conv_transpose_tanh", w_packed, bias, torch.float32)
+    _check_dtypes("conv_transpose_tanh", w_taps, bias, torch.float32)
     M, H, W, cin = x.shape
-    if w_packed.shape != (4, 4 * cin, 1) or bias.shape != (1,):
-        raise ValueError(f"conv_transpose_tanh: packed weight {tuple(w_packed.shape)} / bias {tuple(bias.shape)} "
+    if w_taps.shape != (16, cin) or bias.shape != (1,):
+        raise ValueError(f"conv_transpose_tanh: tap weight {tuple(w_taps.shape)} / bias {tuple(bias.shape)} "
                          f"do not fit input with {cin} channels and 1 output channel")
     OH, OW = _out_size(H, pad), _out_size(W, pad)
+    e = conv_forward(x.view(1, M * H * W, 1, 1, 1, cin), w_taps.view(1, 16, 1, 1, 1, cin), None, (1, 1, 1),
+                     (1, 1, 1), (0, 0, 0), False, precision, torch.float32, transpose_out=True)   # e[tap, m, position]
     y = torch.empty(M, OH, OW, device=x.device, dtype=torch.float32)
-    t = _tiles(tiles)
-    grid = (triton.cdiv(M * (OH // 2) * (OW // 2), t["BLOCK_M"]), 4)
-    _conv_transpose_tanh_kernel[grid](x, w_packed, bias, y, M, H=H, W=W, CIN=cin, PAD=pad,
-                                      BLOCK_M=t["BLOCK_M"], BLOCK_K=tile(4 * cin, t["MAX_BLOCK_K"], t["gpu"]),
-                                      num_warps=t["NUM_WARPS"])
+    col2im(e, (0, 0, M * H * W, H * W, 1), y.view(1, M, 1, OH, OW), (1, OH, OW), (1, H, W), (1, 4, 4), (1, 2, 2),
+           (0, pad, pad), bias=bias, tanh_out=True, interpreted=target_family(x.device) == "interpreter")
     return y
 
 
@@ -305,7 +291,7 @@ def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
             yv = tl.load(y_ptr + off, mask=ok, other=0.0).to(tl.float32)
             ga = ga * (1.0 - yv * yv)
         wb = tl.load(w_ptr + k[:, None] * CIN + ci[None, :],
-                     mask=(k[:, None] < 16 * COUT) & (ci[None, :] < CIN), other=0.0).to(tl.float32)
+                     mask=(k[:, None] < 16 * COUT) & (ci[None, :] < CIN), other=0.0)
         acc = mma(ga, wb, acc, PRECISION)
     io = rows[:, None] * CIN + ci[None, :]
     io_ok = (rows[:, None] < M * H * W) & (ci[None, :] < CIN)
@@ -317,7 +303,7 @@ def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
 
 def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pad: int,
                               relu_input: torch.Tensor | None = None, tanh_out: torch.Tensor | None = None,
-                              precision: str = "fp32", tiles: str = "auto", out_dtype=torch.float32) -> torch.Tensor:
+                              precision: str = "fp32", out_dtype=torch.float32) -> torch.Tensor:
     """Gradient (in out_dtype) of a k4 s2 transposed convolution with respect to its NHWC input [M, H, W, Cin].
 
     grad_out: NHWC [M, OH, OW, Cout], the gradient of the layer's output (of tanh's output when tanh_out, the
@@ -340,12 +326,12 @@ def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pa
                              f"{want} float32 or bfloat16")
     dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=out_dtype)
     _check(dx, "conv_transpose_input_grad output", 4)
-    t = _tiles(tiles)
-    bn, bk = tile(cin, t["MAX_BLOCK_N"], t["gpu"]), tile(16 * cout, t["MAX_BLOCK_K"], t["gpu"])
+    t = _tiles(grad_out.device, precision)
+    bn, bk = tile(cin, t["MAX_BLOCK_N"]), tile(16 * cout, t["MAX_BLOCK_K"])
     grid = (triton.cdiv(M * H * W, t["BLOCK_M"]), triton.cdiv(cin, bn))
     _conv_transpose_input_grad_kernel[grid](
         grad_out, tanh_out if tanh_out is not None else grad_out, w_packed,
         relu_input if relu_input is not None else dx, dx, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
         TANH_GRAD=tanh_out is not None, RELU_MASK=relu_input is not None, PRECISION=dot_precision(precision),
-        BLOCK_M=t["BLOCK_M"], BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"])
+        BLOCK_M=t["BLOCK_M"], BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"], num_stages=t["NUM_STAGES"])
     return dx

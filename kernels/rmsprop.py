@@ -1,5 +1,5 @@
-"""Fused RMSprop: one launch updates every tensor of a parameter group (a bank's weights and biases; under bf16
-storage two: the biases, then the weights with their bf16 copies, COPY=True).
+"""Fused RMSprop: one launch per tensor reads w, g and v once and writes w and v once (and the tensor's bf16 copy,
+COPY=True, under bf16 storage).
 
 Per element, exactly torch.optim.RMSprop without momentum, centering, weight decay or maximize
 (torch's _single_tensor_rmsprop / _multi_tensor_rmsprop, in the same order of operations):
@@ -14,12 +14,10 @@ copies (optional, one per tensor): a low-precision copy of each updated w (bf16 
 in the same pass, w_new rounded to the copy's dtype (round to nearest even, as torch's .to()): 2 more bytes per
 parameter, where a separate cast before the next forward would read 4 B and write 2 B.
 
-The launch takes the tensors as Triton tuples (one specialization per tensor count), so every address is a plain
-kernel argument: nothing to build on the device, so the launch can be captured in a CUDA graph as is (the
-addresses and sizes are baked into the graph, as for any kernel), and it runs under TRITON_INTERPRET=1 on CPU
-tensors. Triton's specialization marks 16-byte-aligned pointers, so the unmasked full blocks compile to 16-byte
-vector loads and stores (ld.global.v4); only the last block of each tensor is masked. The grid is the sum of the
-tensors' block counts; program p finds its tensor by comparing p with the tuple of block starts.
+One launch per tensor, straight-line code: every address is a plain kernel argument (a CUDA graph captures the
+launch as is), and a tensor whose size is a multiple of the block (EVEN, every bank weight at the paper widths)
+runs without masks, so Triton's 16-byte alignment of the pointers gives 16-byte vector loads and stores
+(ld.global.v4). A bank's 8 tensors are 8 launches, about 2 us each in a CUDA graph beside milliseconds of traffic.
 
 lr is either a float (baked into a CUDA graph at capture) or a 1-element tensor on the parameters' device (read by
 the kernel: a captured graph follows later changes to it). The `step` counters are incremented by the kernel when
@@ -27,72 +25,44 @@ they live on the parameters' device (capturable optimizers, and CPU tensors unde
 (torch keeps them on the CPU for non-capturable optimizers) pass steps=None and increment them on the host.
 A launch wrapper only: no autograd, no modules (see vidgan_fast.fast.rmsprop for the optimizer).
 """
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from vidgan_fast.kernels.common import cast_for_store, gpu_tiles
+from vidgan_fast.kernels.common import cast_for_store, target_family
+from vidgan_fast.kernels.tiles import RMSPROP_TILES
 
 
 @triton.jit
-def _rmsprop_math(w, g, v, lr, alpha, one_minus_alpha, eps):
-    v = v * alpha + one_minus_alpha * g * g
-    w = w - lr * tl.div_rn(g, tl.sqrt_rn(v) + eps)
-    return w, v
-
-
-@triton.jit
-def _rmsprop_block(w_ptr, g_ptr, v_ptr, c_ptr, step_ptr, n, local, lr, alpha, one_minus_alpha, eps,
-                   COPY: tl.constexpr, STEP: tl.constexpr, BLOCK: tl.constexpr):
-    """Block `local` of one tensor of n elements."""
-    start = local.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    if start + BLOCK <= n:                     # a full block: no mask, so aligned pointers give 16-byte accesses
-        w, v = _rmsprop_math(tl.load(w_ptr + offs), tl.load(g_ptr + offs), tl.load(v_ptr + offs),
-                             lr, alpha, one_minus_alpha, eps)
-        tl.store(v_ptr + offs, v)
-        tl.store(w_ptr + offs, w)
-        if COPY:
-            tl.store(c_ptr + offs, cast_for_store(w, c_ptr.dtype.element_ty))
-    else:                                      # the tensor's last block (or the one empty block of an empty tensor)
-        mask = offs < n
-        w, v = _rmsprop_math(tl.load(w_ptr + offs, mask=mask, other=0.0), tl.load(g_ptr + offs, mask=mask, other=0.0),
-                             tl.load(v_ptr + offs, mask=mask, other=0.0), lr, alpha, one_minus_alpha, eps)
-        tl.store(v_ptr + offs, v, mask=mask)
-        tl.store(w_ptr + offs, w, mask=mask)
-        if COPY:
-            tl.store(c_ptr + offs, cast_for_store(w, c_ptr.dtype.element_ty), mask=mask)
-    if STEP:
-        if local == 0:
-            tl.store(step_ptr, tl.load(step_ptr) + 1)
-
-
-@triton.jit
-def _rmsprop_kernel(ws, gs, vs, cs, steps, numels, starts, lr, lr_ptr, alpha, one_minus_alpha, eps,
-                    LR_FROM_PTR: tl.constexpr, COPY: tl.constexpr, STEP: tl.constexpr, BLOCK: tl.constexpr):
-    # ws, gs, vs, cs, steps: tuples of pointers (one per tensor; cs the copies when COPY, else unused); numels: their
-    # sizes; starts: cumulative block starts
-    # (len(ws) + 1 entries). Program p updates block p - starts[k] of the tensor k with starts[k] <= p < starts[k+1].
+def _rmsprop_kernel(w_ptr, g_ptr, v_ptr, c_ptr, step_ptr, n, lr, lr_ptr, alpha, one_minus_alpha, eps,
+                    LR_FROM_PTR: tl.constexpr, COPY: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr,
+                    BLOCK: tl.constexpr):
     pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
     if LR_FROM_PTR:
         rate = tl.load(lr_ptr).to(tl.float32)
     else:
         rate = lr
-    for k in tl.static_range(len(ws)):
-        if (pid >= starts[k]) & (pid < starts[k + 1]):
-            _rmsprop_block(ws[k], gs[k], vs[k], cs[k], steps[k], numels[k], pid - starts[k], rate, alpha,
-                           one_minus_alpha, eps, COPY=COPY, STEP=STEP, BLOCK=BLOCK)
-
-
-# (elements per program, warps). On a GPU 1,024 fp32 per program = 8 per thread at 4 warps: two 16-byte accesses
-# per tensor per thread; ptxas: 54-56 registers, no spills, 9 CTAs (36 warps) per SM on sm_80/sm_90 for a phase-1
-# bank (2,048 per program takes 88-90 registers, 5 CTAs per SM). Not measured on a GPU yet: see
-# benchmarks/bench_rmsprop.py, which sweeps these. Under the interpreter, large blocks (fewer numpy steps).
-GPU_TILES = (1024, 4)
-INTERPRETER_TILES = (1 << 16, 1)
-MAX_TENSORS = 16       # tensors per launch: the kernel holds one unrolled copy of the update per tensor
+    if EVEN:                                   # no mask: aligned pointers give 16-byte vector accesses
+        mask = None
+        w, g, v = tl.load(w_ptr + offs), tl.load(g_ptr + offs), tl.load(v_ptr + offs)
+    else:
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0)
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    v = v * alpha + one_minus_alpha * g * g
+    w = w - rate * tl.div_rn(g, tl.sqrt_rn(v) + eps)
+    tl.store(v_ptr + offs, v, mask=mask)
+    tl.store(w_ptr + offs, w, mask=mask)
+    if COPY:
+        tl.store(c_ptr + offs, cast_for_store(w, c_ptr.dtype.element_ty), mask=mask)
+    if STEP:
+        if pid == 0:
+            tl.store(step_ptr, tl.load(step_ptr) + 1)
 
 
 def dense(t: torch.Tensor) -> bool:
@@ -107,65 +77,60 @@ def dense(t: torch.Tensor) -> bool:
     return True
 
 
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape and the same strides along every dimension longer than 1 (a size-1 dimension's stride is
+    arbitrary: it never moves)."""
+    return a.shape == b.shape and all(sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()) if n != 1)
+
+
 def compatible(param: torch.Tensor, grad: torch.Tensor, square_avg: torch.Tensor) -> bool:
     """Whether the kernel can update this (param, grad, square_avg): fp32, one device, and one dense layout
     (the update is elementwise, so any dense layout works when the three share it: contiguous, channels-last...)."""
     return (param.dtype == grad.dtype == square_avg.dtype == torch.float32
             and param.device == grad.device == square_avg.device
-            and param.shape == grad.shape == square_avg.shape
-            and dense(param)
-            and param.stride() == grad.stride() == square_avg.stride())
+            and dense(param) and same_layout(param, grad) and same_layout(param, square_avg))
 
 
 def copy_compatible(param: torch.Tensor, copy: torch.Tensor) -> bool:
     """Whether the kernel can write `copy` (a bf16 or fp16 copy of param) in the update: same shape, layout and
     device."""
-    return (copy.dtype in (torch.bfloat16, torch.float16) and copy.shape == param.shape
-            and copy.stride() == param.stride() and copy.device == param.device)
+    return copy.dtype in (torch.bfloat16, torch.float16) and same_layout(param, copy) and copy.device == param.device
 
 
-def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: float, tiles: str = "auto",
-                   max_tensors: int = MAX_TENSORS, tile: tuple[int, int] | None = None, copies=None) -> int:
+def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: float, copies=None,
+                   block: int | None = None) -> int:
     """In place, for every i: square_avgs[i] and params[i] take one RMSprop step with grads[i]; steps[i] += 1
-    unless steps is None (the caller then increments them); copies[i] (if copies is given) = params[i] rounded to
-    copies[i]'s dtype. lr: a float or a 1-element tensor on the params' device. One launch per `max_tensors`
-    tensors; returns the number of launches. `tile` (elements per program, warps) overrides the tile policy
-    `tiles` (benchmarks sweep it)."""
+    unless steps is None (the caller then increments them); copies[i] (if copies is given and copies[i] is not
+    None) = params[i] rounded to copies[i]'s dtype. lr: a float or a 1-element tensor on the params' device. One
+    launch per tensor; returns the number of launches. `block` (elements per program) overrides the tile."""
     params, grads, square_avgs = list(params), list(grads), list(square_avgs)
-    copies = None if copies is None else list(copies)
-    if not (len(params) == len(grads) == len(square_avgs)) or any(
-            x is not None and len(x) != len(params) for x in (steps, copies)):
+    copies = [None] * len(params) if copies is None else list(copies)
+    if not (len(params) == len(grads) == len(square_avgs) == len(copies)) or (
+            steps is not None and len(steps) != len(params)):
         raise ValueError("rmsprop_update: params, grads, square_avgs (and steps, copies) must have the same length")
     if not params:
         return 0
     device = params[0].device
-    for p, g, v in zip(params, grads, square_avgs):
+    for p, g, v, c in zip(params, grads, square_avgs, copies):
         if p.device != device or not compatible(p, g, v):
             raise ValueError(f"rmsprop_update: fp32 tensors of one device and one dense layout only; got "
                              f"{p.dtype}/{g.dtype}/{v.dtype} {tuple(p.shape)} strides {p.stride()}/{g.stride()}/"
                              f"{v.stride()} on {p.device}/{g.device}/{v.device}")
-    if copies is not None and not all(copy_compatible(p, c) for p, c in zip(params, copies)):
-        raise ValueError("rmsprop_update: each copy must be bf16 or fp16 with its parameter's shape, strides and "
-                         "device")
+        if c is not None and not copy_compatible(p, c):
+            raise ValueError("rmsprop_update: each copy must be bf16 or fp16 with its parameter's shape, strides "
+                             "and device")
     if steps is not None and any(s.device != device or s.numel() != 1 for s in steps):
         raise ValueError("rmsprop_update: steps must be 1-element tensors on the params' device (or None)")
     lr_from_ptr = isinstance(lr, torch.Tensor)
     if lr_from_ptr and (lr.numel() != 1 or lr.device != device):
         raise ValueError("rmsprop_update: a tensor lr must have 1 element and live on the params' device")
-    block, warps = tile or (GPU_TILES if gpu_tiles(tiles) else INTERPRETER_TILES)
-    launches = 0
-    for first in range(0, len(params), max_tensors):
-        chunk = slice(first, first + max_tensors)
-        numels = tuple(p.numel() for p in params[chunk])
-        starts = [0]
-        for n in numels:                              # an empty tensor gets one (masked) block: its step counts
-            starts.append(starts[-1] + max(1, triton.cdiv(n, block)))
-        ws = tuple(params[chunk])
-        _rmsprop_kernel[(starts[-1],)](
-            ws, tuple(grads[chunk]), tuple(square_avgs[chunk]), ws if copies is None else tuple(copies[chunk]),
-            ws if steps is None else tuple(steps[chunk]),
-            numels, tuple(starts), 0.0 if lr_from_ptr else float(lr), lr if lr_from_ptr else ws[0],
-            float(alpha), float(1 - alpha), float(eps),
-            LR_FROM_PTR=lr_from_ptr, COPY=copies is not None, STEP=steps is not None, BLOCK=block, num_warps=warps)
-        launches += 1
-    return launches
+    tile = RMSPROP_TILES[target_family(device) == "interpreter"]
+    block = block or tile.block_m
+    for i, (p, g, v, c) in enumerate(zip(params, grads, square_avgs, copies)):
+        n = p.numel()
+        _rmsprop_kernel[(max(1, triton.cdiv(n, block)),)](
+            p, g, v, p if c is None else c, p if steps is None else steps[i], n,
+            0.0 if lr_from_ptr else float(lr), lr if lr_from_ptr else p, float(alpha), float(1 - alpha), float(eps),
+            LR_FROM_PTR=lr_from_ptr, COPY=c is not None, STEP=steps is not None, EVEN=n > 0 and n % block == 0,
+            BLOCK=block, num_warps=tile.warps)
+    return len(params)

@@ -1,6 +1,6 @@
 """Per-layer tile choice (kernels/autotune.py): the cache logic with an injected clock (no GPU here), and every
-candidate tile of the batched convolutions (kernels/batched_conv.py CANDIDATES) against fp64 under the
-interpreter at widths that span several tiles (the logit kernels' candidates: tests/test_logit.py)."""
+candidate tile of the banks' convolutions (kernels/tiles.py) against fp64 under the interpreter at widths that
+span several tiles."""
 import json
 import warnings
 from types import SimpleNamespace
@@ -10,9 +10,9 @@ import torch
 
 from vidgan_fast.kernels import autotune
 from vidgan_fast.kernels.autotune import Tuner, choose, forcing
-from vidgan_fast.kernels.batched_conv import CANDIDATES, GPU_TILES
+from vidgan_fast.kernels.tiles import FAMILIES, Tile, conv_tiles
 
-CANDS = [(64, 64, 32, 4), (128, 64, 32, 8), (32, 64, 64, 4)]
+CANDS = [Tile(64, 64, 32, 4), Tile(128, 64, 32, 8), Tile(32, 64, 64, 4)]
 SPEED = {CANDS[0]: 3.0, CANDS[1]: 1.0, CANDS[2]: 2.0}     # ms per candidate: the second wins
 
 
@@ -29,7 +29,7 @@ class Clock:
 
 def tuner(path, clock, device="Fake GPU A", capturing=False):
     def launch_recorder(c):
-        clock.timed.append(tuple(c))
+        clock.timed.append(c)
     t = Tuner(path, timer=clock, device_key=lambda _device: device, capturing=lambda: capturing)
     return t, launch_recorder
 
@@ -41,7 +41,7 @@ def test_the_fastest_candidate_wins_is_saved_and_reloaded(tmp_path):
     assert clock.timed == CANDS                                       # each candidate timed once
     assert t.pick("forward", (8, 16), "tf32", CANDS, launch) == CANDS[1] and len(clock.timed) == 3   # in memory
     saved = json.loads(path.read_text())
-    assert saved == {"Fake GPU A": {"forward tf32 (8, 16)": list(CANDS[1])}}
+    assert saved == {"Fake GPU A": {"forward tf32 (8, 16)": [128, 64, 32, 8, 3]}}     # a Tile's fields
     again, launch = tuner(path, clock)                                # a new process: read from the file
     assert again.pick("forward", (8, 16), "tf32", CANDS, launch) == CANDS[1] and len(clock.timed) == 3
     assert again.pick("forward", (8, 32), "tf32", CANDS, launch) == CANDS[1] and len(clock.timed) == 6  # new shape
@@ -63,7 +63,7 @@ def test_a_corrupt_cache_warns_once_and_is_ignored(tmp_path):
         assert t.pick("wgrad", (2,), "fp32", CANDS, launch) == CANDS[1]
         t.pick("wgrad", (3,), "fp32", CANDS, launch)
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
-    assert json.loads(path.read_text())["Fake GPU A"]["wgrad fp32 (2,)"] == list(CANDS[1])    # rewritten
+    assert json.loads(path.read_text())["Fake GPU A"]["wgrad fp32 (2,)"] == [128, 64, 32, 8, 3]    # rewritten
     path.write_text('{"Fake GPU A": [1, 2]}')                         # valid JSON, wrong layout
     with pytest.warns(RuntimeWarning, match="ignoring"):
         assert tuner(path, clock)[0].pick("wgrad", (2,), "fp32", CANDS, launch) == CANDS[1]
@@ -80,23 +80,23 @@ def test_no_timing_during_capture(tmp_path):
     assert t.pick("forward", (4,), "tf32", CANDS, launch) == CANDS[1] and len(clock.timed) == 3
 
 
-def test_choose_times_only_gpu_tiles_on_cuda_with_autotune_on(tmp_path, monkeypatch):
+def test_choose_times_only_on_cuda_with_autotune_on(tmp_path, monkeypatch):
     clock = Clock()
     t, launch = tuner(tmp_path / "autotune.json", clock)
     monkeypatch.setattr(autotune, "_tuner", t)
     cpu, cuda = torch.device("cpu"), SimpleNamespace(type="cuda")
-    assert choose("forward", (1,), "fp32", CANDS, launch, cpu, gpu=True) == CANDS[0]          # CPU / interpreter
-    assert choose("forward", (1,), "fp32", CANDS, launch, torch.device("meta"), gpu=True) == CANDS[0]
-    monkeypatch.setattr(autotune, "interpreting", lambda: False)                             # as if compiled
-    assert choose("forward", (1,), "fp32", CANDS, launch, cuda, gpu=False) == CANDS[0]        # interpreter tiles
+    assert choose("forward", (1,), "fp32", CANDS, launch, cpu) == CANDS[0]          # CPU / interpreter
+    assert choose("forward", (1,), "fp32", CANDS, launch, torch.device("meta")) == CANDS[0]
+    monkeypatch.setattr(autotune, "interpreting", lambda: False)                   # as if compiled
+    assert choose("forward", (1,), "fp32", CANDS[:1], launch, cuda) == CANDS[0]     # one candidate: nothing to time
     monkeypatch.setenv(autotune.SWITCH, "0")
-    assert choose("forward", (1,), "fp32", CANDS, launch, cuda, gpu=True) == CANDS[0]
+    assert choose("forward", (1,), "fp32", CANDS, launch, cuda) == CANDS[0]
     assert clock.timed == []
     monkeypatch.setenv(autotune.SWITCH, "1")
-    assert choose("forward", (1,), "fp32", CANDS, launch, cuda, gpu=True) == CANDS[1] and clock.timed == CANDS
+    assert choose("forward", (1,), "fp32", CANDS, launch, cuda) == CANDS[1] and clock.timed == CANDS
     with forcing("forward", CANDS[2]):
-        assert choose("forward", (1,), "fp32", CANDS, launch, cpu, gpu=True) == CANDS[2]
-    assert choose("forward", (1,), "fp32", CANDS, launch, cpu, gpu=True) == CANDS[0]
+        assert choose("forward", (1,), "fp32", CANDS, launch, cpu) == CANDS[2]
+    assert choose("forward", (1,), "fp32", CANDS, launch, cpu) == CANDS[0]
 
 
 def test_a_failing_candidate_is_not_chosen(tmp_path):
@@ -114,14 +114,15 @@ def test_a_failing_candidate_is_not_chosen(tmp_path):
     assert any("out of resources" in str(w.message) for w in caught)
 
 
-# ---- every candidate of the batched convolutions, forced, at multi-tile widths ----
+# ---- every candidate of the banks' convolutions, forced, at multi-tile widths ----
 
-@pytest.mark.parametrize("name,candidate", [(n, c) for n, cs in CANDIDATES.items() for c in cs])
+@pytest.mark.parametrize("name,candidate", sorted({(n, c) for fam in ("hopper", "ampere")
+                                                   for n in ("forward", "dgrad", "wgrad")
+                                                   for c in conv_tiles(n, fam, "tf32")[1:]}, key=str))
 def test_every_conv_candidate_matches_fp64(name, candidate):
-    """Widths 80 -> 130 at 8x8 -> 4x4 (stride 2): 2-3 channel tiles of 64 each way, several row and reduction
-    tiles; the candidate forced for its kernel only, at the GPU tiles under the interpreter."""
-    from test_bank import test_batched_conv_layer_matches_fp64
-    assert CANDIDATES[name][0] == GPU_TILES[name]
+    """Widths 80 -> 130 (stride 2): several channel blocks each way, partial ones, the candidate forced for its
+    pass only (the fixed first candidates and the bf16 block depths: tests/test_conv.py), under the interpreter."""
+    from test_conv import test_conv_passes_match_fp64
+    assert all(conv_tiles(name, fam, "tf32")[0].warps in (4, 8) for fam in FAMILIES[:2])
     with forcing(name, candidate):
-        multi_tile = ((1, 2, 80, 8, 8), (130, (4, 4)), (2, 2), (1, 1))
-        test_batched_conv_layer_matches_fp64(*multi_tile, leaky=True, tiles="gpu")
+        test_conv_passes_match_fp64("D_F conv3 wide", "interpreter")

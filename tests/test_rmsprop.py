@@ -1,7 +1,7 @@
 """FusedRMSprop (vidgan_fast/fast/rmsprop.py, kernel kernels/rmsprop.py) against torch.optim.RMSprop.
 
-Accuracy: several steps over tensors of odd sizes (empty, 1 element, ..., more than four GPU tiles, a
-channels-last one), impl='triton' (the interpreter on CPU; GPU tiles and interpreter tiles) and 'ref', each
+Accuracy: several steps over tensors of odd sizes (empty, 1 element, ..., more than four GPU blocks, a
+channels-last one), the kernel under the interpreter at the GPU's block and at the interpreter's, each
 compared after every step with an fp64 run of torch.optim.RMSprop on the same gradients: weights and square_avg
 within vidgan_fast.tolerance.tolerance("fp32") (relative to the tensor's max |fp64|; an elementwise update has no
 reduction). The gradients mix normal values of several scales with exact zeros (0 / (sqrt(0) + eps) must be 0)
@@ -9,9 +9,7 @@ and tiny values (|g| ~ 1e-8, where sqrt(v) ~ eps, so eps and the order sqrt-then
 
 Mutation check, done by hand once (each edit applied alone, then reverted): in kernels/rmsprop.py dropping eps
 (NaN from 0/0), sqrt(v + eps) instead of sqrt(v) + eps, alpha and 1 - alpha swapped, the kernel never
-incrementing `step`, and the last block's mask one element short each failed 7-8 of the 10 accuracy and
-round-trip tests (every triton case of test_matches_fp64_torch_rmsprop among them); dropping eps in
-reference_update failed the 'ref' cases (3 tests).
+incrementing `step`, and the last block's mask one element short each failed the accuracy and round-trip tests.
 
 Interchange: a state_dict saved by either optimizer loads into the other and training continues as if it had
 never switched (same state keys, same param_groups keys, through torch.save / torch.load as well).
@@ -28,19 +26,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidgan_fast.kernels.rmsprop import GPU_TILES, rmsprop_update
-from vidgan_fast.fast.rmsprop import FusedRMSprop, reference_update
+from guard import guarded
+from vidgan_fast.fast.rmsprop import FusedRMSprop
+from vidgan_fast.kernels.common import forced_target
+from vidgan_fast.kernels.rmsprop import rmsprop_update
+from vidgan_fast.kernels.tiles import RMSPROP_TILES
 from vidgan_fast.tolerance import relative_error, tolerance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-TILE = GPU_TILES[0]
+TILE = RMSPROP_TILES[False].block_m          # the GPU's elements per program
 SHAPES = [(0,), (1,), (3,), (17,), (5, 7), (TILE,), (TILE - 1,), (4 * TILE + 5,), (2, 3, 4, 5)]
 CHANNELS_LAST = 8          # index of the 4-d shape, kept channels-last (a dense, non-contiguous layout)
 LR, STEPS = 1e-3, 4
 TOL = tolerance("fp32")
-ULPS = 4 * 2.0 ** -23      # a few fp32 ulps, relative to a tensor's max |value|: kernel vs 'ref' twin, both fp32
 
 
 def make_params(seed=0, dtype=torch.float32):
@@ -84,12 +84,12 @@ def assert_same_state(what, opt, params, ref_opt, ref_params, tol=TOL):
 
 
 @pytest.mark.parametrize("lr_kind", ["float", "tensor"])
-@pytest.mark.parametrize("impl,tiles", [("triton", "gpu"), ("triton", "auto"), ("ref", "auto")])
-def test_matches_fp64_torch_rmsprop(impl, tiles, lr_kind):
+@pytest.mark.parametrize("family", ["hopper", "interpreter"])
+def test_matches_fp64_torch_rmsprop(family, lr_kind):
     params = make_params()
     ref = clone_params(params, torch.float64)
     lr = torch.tensor(LR) if lr_kind == "tensor" else LR
-    opt = FusedRMSprop(params, lr=lr, impl=impl, tiles=tiles)
+    opt = FusedRMSprop(params, lr=lr)
     ref_opt = torch.optim.RMSprop(ref, lr=LR)
     gen = torch.Generator().manual_seed(1)
     for step in range(STEPS):
@@ -97,41 +97,35 @@ def test_matches_fp64_torch_rmsprop(impl, tiles, lr_kind):
         grads[2] = None if step < 2 else grads[2]          # a parameter without gradient is skipped, then joins
         set_grads(params, grads)
         set_grads(ref, grads)
-        opt.step()
+        with forced_target(tile_family=family):
+            opt.step()
         ref_opt.step()
-        assert_same_state(f"{impl}/{tiles} step {step + 1}", opt, params, ref_opt, ref)
+        assert_same_state(f"{family} step {step + 1}", opt, params, ref_opt, ref)
     assert opt.state[params[2]]["step"].item() == STEPS - 2
 
 
-def test_triton_and_ref_agree_to_fp32_rounding():
-    """The kernel and the 'ref' twin perform the same fp32 operations (up to FMA contraction): a few ulps of
-    the tensor's largest value (elementwise relative errors mean nothing where w - lr * update cancels)."""
-    params, twins = make_params(), make_params()
-    opts = [FusedRMSprop(params, lr=LR, impl="triton", tiles="gpu"), FusedRMSprop(twins, lr=LR, impl="ref")]
-    gen = torch.Generator().manual_seed(2)
-    for _ in range(STEPS):
-        grads = make_grads(params, gen)
-        set_grads(params, grads)
-        set_grads(twins, grads)
-        for opt in opts:
-            opt.step()
-    for p, q in zip(params, twins):
-        assert relative_error(p, q) <= ULPS
-        assert relative_error(opts[0].state[p]["square_avg"], opts[1].state[q]["square_avg"]) <= ULPS
-
-
-def test_launches_per_chunk_of_tensors():
-    """rmsprop_update: one launch per max_tensors tensors, each tensor updated exactly once."""
+def test_one_launch_per_tensor_each_updated_once_with_its_copy():
+    """rmsprop_update: one launch per tensor, each tensor (and its bf16 copy, where given) written exactly once and
+    nothing outside it (guard bands around every output); the copy is the new weight rounded to nearest even."""
     params = [p.detach() for p in make_params()]
-    twins = [p.clone(memory_format=torch.preserve_format) for p in params]
     grads = make_grads(params, torch.Generator().manual_seed(3))
+    with guarded() as guard:
+        copies = [torch.empty(p.shape, dtype=torch.bfloat16).as_strided(p.shape, p.stride()) if i % 2 else None
+                  for i, p in enumerate(params)]
     avgs = [torch.rand_like(p) for p in params]
-    avgs_ref = [v.clone(memory_format=torch.preserve_format) for v in avgs]
+    ref = [p.double().clone() for p in params]
+    ref_opt = torch.optim.RMSprop([r.requires_grad_() for r in ref], lr=LR)
+    ref_opt.state.update({r: {"step": torch.zeros(()), "square_avg": v.double().clone()} for r, v in zip(ref, avgs)})
+    set_grads(ref, grads)
+    ref_opt.step()
     steps = [torch.zeros(()) for _ in params]
-    assert rmsprop_update(params, grads, avgs, steps, LR, 0.99, 1e-8, tiles="gpu", max_tensors=4) == 3
-    reference_update(twins, grads, avgs_ref, None, LR, 0.99, 1e-8)
-    for p, q, v, w in zip(params, twins, avgs, avgs_ref):
-        assert relative_error(p, q) <= ULPS and relative_error(v, w) <= ULPS
+    with forced_target(tile_family="hopper"):
+        assert rmsprop_update(params, grads, avgs, steps, LR, 0.99, 1e-8, copies=copies) == len(params)
+    guard()
+    for p, q, c in zip(params, ref, copies):
+        assert relative_error(p, q) <= TOL
+        if c is not None:
+            assert torch.equal(c, p.to(torch.bfloat16))
     assert all(s.item() == 1 for s in steps)
 
 
@@ -160,14 +154,14 @@ def test_state_dict_round_trip_with_torch_rmsprop(direction):
     ref_opt = torch.optim.RMSprop(ref, lr=LR)
     gen = torch.Generator().manual_seed(4)
     first = (torch.optim.RMSprop(params, lr=LR) if direction == "torch_to_fused"
-             else FusedRMSprop(params, lr=LR, impl="triton", tiles="gpu"))
+             else FusedRMSprop(params, lr=LR))
     _continue(first, params, ref_opt, ref, gen)
     saved = first.state_dict()
     torch_sd = torch.optim.RMSprop(clone_params(params, torch.float32), lr=LR)
     torch_sd.load_state_dict(copy.deepcopy(saved))
     assert [sorted(g) for g in saved["param_groups"]] == [sorted(g) for g in torch_sd.state_dict()["param_groups"]]
     assert {k for s in saved["state"].values() for k in s} == {"step", "square_avg"}
-    second = (FusedRMSprop(params, lr=0.5, impl="triton", tiles="gpu") if direction == "torch_to_fused"
+    second = (FusedRMSprop(params, lr=0.5) if direction == "torch_to_fused"
               else torch.optim.RMSprop(params, lr=0.5))
     second.load_state_dict(_through_file(saved))           # the saved lr (1e-3) wins, as in torch
     assert second.param_groups[0]["lr"] == LR
@@ -177,46 +171,27 @@ def test_state_dict_round_trip_with_torch_rmsprop(direction):
 
 def test_capturable_state_lives_on_the_parameter_device_and_loads_as_torch_does():
     params = make_params()
-    opt = FusedRMSprop(params, lr=LR, capturable=True, impl="triton")
+    opt = FusedRMSprop(params, lr=LR, capturable=True)
     assert len(opt.init_state()) == 2 * len(params) and opt.init_state() == []
     plain = torch.optim.RMSprop(clone_params(params, torch.float32), lr=LR, capturable=True)
     plain.load_state_dict(copy.deepcopy(opt.state_dict()))
     assert opt.state_dict()["param_groups"] == plain.state_dict()["param_groups"]
 
 
-def test_unsupported_options_raise_and_odd_dtypes_fall_back():
+def test_unsupported_options_and_dtypes_raise():
     p = torch.zeros(3, requires_grad=True)
     for bad in (dict(momentum=0.9), dict(centered=True), dict(weight_decay=1e-4), dict(maximize=True)):
         with pytest.raises(NotImplementedError):
             FusedRMSprop([p], **bad)
-    opt = FusedRMSprop([p], impl="triton")
+    opt = FusedRMSprop([p])
     opt.param_groups[0]["momentum"] = 0.9                  # e.g. loaded from a state dict
     p.grad = torch.ones(3)
     with pytest.raises(NotImplementedError):
         opt.step()
-    # a float64 parameter takes the reference update (with one warning) and still matches torch
-    q = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    r = q.detach().clone().requires_grad_()
-    fused, plain = FusedRMSprop([q], lr=LR, impl="triton"), torch.optim.RMSprop([r], lr=LR)
-    q.grad, r.grad = torch.ones(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fused.step()
-    plain.step()
-    torch.testing.assert_close(q, r, rtol=0, atol=0)
-
-
-def test_auto_takes_the_kernel_under_the_interpreter(monkeypatch):
-    from vidgan_fast.kernels import rmsprop
-    calls = []
-    original = rmsprop.rmsprop_update
-    monkeypatch.setattr(rmsprop, "rmsprop_update", lambda *a, **k: calls.append(1) or original(*a, **k))
-    p = torch.zeros(3, requires_grad=True)
-    p.grad = torch.ones(3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        FusedRMSprop([p]).step()
-    assert calls == [1]
+    q = torch.randn(5, dtype=torch.float64, requires_grad=True)     # the kernel updates fp32 tensors only
+    q.grad = torch.ones(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="fp32 tensors"):
+        FusedRMSprop([q]).step()
 
 
 # ---- ahead-of-time compile (no GPU needed): sm_80 and sm_90 ----
@@ -224,33 +199,27 @@ def test_auto_takes_the_kernel_under_the_interpreter(monkeypatch):
 AOT_SCRIPT = """
 import json, torch
 from triton.backends.compiler import GPUTarget
-from vidgan_fast.kernels.aot import compile_launch
-from vidgan_fast.fast.backend import recording_launches
+from vidgan_fast.lab.aot import compile_launch, record_launches
 from vidgan_fast.fast.rmsprop import FusedRMSprop
-from vidgan_fast.fast.weight_copy import stored_copy
 meta = torch.device("meta")
-# the shapes of a phase-1 bank (K=48, widths 256/512/1024): 8 tensors, one launch
-shapes = [(48, 256, 1, 4, 4), (48, 256), (48, 512, 256, 4, 4), (48, 512), (48, 1024, 512, 4, 4), (48, 1024),
-          (48, 1, 1024, 4, 4), (48, 1)]
+# a phase-1 bank's conv2 weight (K=48, 512 x 256 x 4 x 4) and bias, and a tensor of an odd size (a masked block)
+shapes = [(48, 512, 256, 4, 4), (48, 512), (48, 1, 1000, 4, 1)]
 params = [torch.zeros(s, device=meta, requires_grad=True) for s in shapes]
 for p in params:
     p.grad = torch.zeros_like(p)
-opt = FusedRMSprop(params, lr=2e-4, capturable=True, impl="triton")
-with recording_launches() as launches:
+copy = torch.zeros(shapes[0], device=meta, dtype=torch.bfloat16)
+opt = FusedRMSprop(params, lr=2e-4, capturable=True, copies={params[0]: copy})
+with record_launches() as launches:
     opt.step()
-for p in params[::2]:                 # the weights' bf16 copies (bf16 storage): one more launch, which writes them
-    stored_copy(p, torch.bfloat16)
-with recording_launches() as launches_bf16:
-    opt.step()
-plain = FusedRMSprop(params, lr=2e-4, impl="triton")      # not capturable: step counters on the host
-with recording_launches() as launches_plain:
+plain = FusedRMSprop(params, lr=2e-4)                      # not capturable: step counters on the host
+with record_launches() as launches_plain:
     plain.step()
 out = []
-for name, launch in (("fp32", launches[0]), ("biases", launches_bf16[0]), ("weights+copies", launches_bf16[1]),
-                     ("fp32 host steps", launches_plain[0])):
+for name, launch in (("weight+copy", launches[0]), ("bias", launches[1]), ("odd size", launches[2]),
+                     ("host steps", launches_plain[0])):
     for arch in (80, 90):
         r = compile_launch(launch, GPUTarget("cuda", arch, 32))
-        out.append(dict(name=name, arch=arch, launches=(len(launches), len(launches_bf16)), error=r.error,
+        out.append(dict(name=name, arch=arch, launches=(len(launches), len(launches_plain)), error=r.error,
                         registers=r.registers, spill=r.spill_bytes,
                         v4_load="ld.global.v4" in r.ptx, v4_store="st.global.v4" in r.ptx,
                         sqrt_rn="sqrt.rn.f32" in r.ptx, div_rn="div.rn.f32" in r.ptx,
@@ -261,11 +230,12 @@ print(json.dumps(out))
 
 
 def test_kernel_compiles_for_sm80_and_sm90_without_spills_with_vector_loads():
-    """The interpreter accepts code the compiler rejects: compile the launches a phase-1 bank makes (recorded on
-    meta tensors, compiled-mode process) for sm_80 and sm_90, in fp32 (one launch), with bf16 weight copies (two:
-    the biases, then the weights writing their copies), and not capturable (step counters on the host). No spills; the full blocks use 16-byte loads and stores;
-    sqrt and division are the IEEE-rounded ones (as PyTorch's CUDA kernels), not the approximations; the copies
-    are rounded to nearest even in pairs (cvt.rn.bf16x2.f32, then 16-byte stores of 8 bf16)."""
+    """The interpreter accepts code the compiler rejects: compile the launches a phase-1 bank's optimizer makes
+    (recorded on meta tensors, compiled-mode process) for sm_80 and sm_90: a weight with its bf16 copy, a bias, a
+    tensor whose size is not a multiple of the block (masked), and not capturable (step counters on the host). No
+    spills; 16-byte loads and stores (masked ones too: Triton specializes sizes divisible by 16); sqrt and division are the IEEE-rounded ones (as
+    PyTorch's CUDA kernels), not the approximations; the copy is rounded to nearest even in pairs
+    (cvt.rn.bf16x2.f32)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TRITON_DEFAULT_FP_FUSION="1")
     proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
@@ -274,10 +244,11 @@ def test_kernel_compiles_for_sm80_and_sm90_without_spills_with_vector_loads():
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(rows) == 8
     for r in rows:
-        assert r["launches"] == [1, 2] and r["error"] is None, r
+        assert r["launches"] == [3, 2] and r["error"] is None, r
         assert r["spill"] == 0 and r["registers"] is not None, r
-        assert r["v4_load"] and r["v4_store"] and r["sqrt_rn"] and r["div_rn"] and not r["approx"], r
-        assert r["bf16_rn"] == (r["name"] == "weights+copies"), r
+        assert r["sqrt_rn"] and r["div_rn"] and not r["approx"], r
+        assert r["v4_load"] and r["v4_store"], r         # a size divisible by 16 keeps 16-byte accesses masked
+        assert r["bf16_rn"] == (r["name"] == "weight+copy"), r
 
 
 # ---- on a CUDA GPU: graph capture, no host synchronisation ----
@@ -287,7 +258,7 @@ def test_cuda_graph_replay_matches_eager_and_step_never_syncs():
     dev = torch.device("cuda")
     params = [p.detach().to(dev).requires_grad_() for p in make_params()]
     ref = clone_params(params, torch.float64)
-    opt = FusedRMSprop(params, lr=LR, capturable=True, impl="triton")
+    opt = FusedRMSprop(params, lr=LR, capturable=True)
     ref_opt = torch.optim.RMSprop(ref, lr=LR)
     opt.init_state()
     static = [torch.zeros_like(p) for p in params]
