@@ -67,6 +67,11 @@ class FakeRuntime:
     def synchronize(self):
         pass
 
+    def release_cache(self):
+        self.released = True
+
+    save = staticmethod(graphs._host_copy)
+
     def warm_up(self, fn, n):
         for _ in range(n):
             fn()
@@ -87,7 +92,7 @@ def old_graphs(monkeypatch):
     """GraphedSteps as it was before this fix: no state before capture, a deepcopy(state_dict()) snapshot restored
     with load_state_dict (which swaps in new tensors, or none when the state was empty), no check."""
     monkeypatch.setattr(graphs, "init_optimizer_state", lambda opt: [])
-    monkeypatch.setattr(graphs, "snapshot", lambda modules, optimizers, zero=(): [
+    monkeypatch.setattr(graphs, "snapshot", lambda modules, optimizers, zero=(), save=None: [
         (obj, copy.deepcopy(obj.state_dict())) for _, obj in (*modules, *optimizers)])
     monkeypatch.setattr(graphs, "restore", lambda saved: [obj.load_state_dict(sd) for obj, sd in saved])
     monkeypatch.setattr(graphs, "_same_state", lambda *args: None)
@@ -207,3 +212,21 @@ def test_worst_error_names_the_tensor_and_counts_nan_as_worst():
     assert graph_check.worst_error(pairs)[1:] == (float("inf"), "b")
     err, rel, name = graph_check.worst_error([("zero", torch.zeros(2), torch.zeros(2)), ("a", one * 1.5, one)])
     assert (err, rel, name) == (0.5, 0.5, "a")
+
+
+def test_gradients_are_released_before_capture_and_remade_by_it():
+    """GraphedSteps frees the warm-up's gradients and empties the cache before capture (the captured steps make
+    their own, in the graphs' pool): after construction the parameters hold the capture's gradients, not the
+    warm-up's tensors, and the runtime's cache was released."""
+    state = fresh(small_cfg(), "frames")
+    seen = {}
+
+    class Watching(FakeRuntime):
+        def capture(self, fn, share_pool_with=None):
+            seen.setdefault("at capture", [p.grad for p in state.generator.parameters()])
+            return super().capture(fn, share_pool_with)
+    rt = {}
+    graphs.GraphedSteps(state, state.phase.sample_shape, state.phase.batch,
+                        runtime=lambda s: rt.setdefault("rt", Watching(s)))
+    assert rt["rt"].released and all(g is None for g in seen["at capture"])
+    assert all(p.grad is not None for p in state.generator.parameters())

@@ -1,6 +1,6 @@
 """The rows of `vidgan check`, their table and the exit status (checks.py runs the checks, cli.py is the command).
 
-A row is pass, FAIL, FALLBACK (the PyTorch twin ran instead of the kernel) or NOT CHECKED (skipped: it could not
+A row is pass, FAIL, FALLBACK (Triton cannot run here: nothing ran, training takes the reference path) or NOT CHECKED (skipped: it could not
 run here, e.g. CUDA graphs on a CPU). A row that was not checked is never a pass: the summary counts it apart,
 and the exit status is
     0  every row ran and passed
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-PATH_KERNEL, PATH_INTERPRETER, PATH_FALLBACK = "triton kernel", "triton interpreter", "pytorch fallback"
+PATH_KERNEL, PATH_INTERPRETER, PATH_FALLBACK = "triton kernel", "triton interpreter", "no triton"
 EXIT_PASS, EXIT_FAILED, EXIT_NOT_CHECKED = 0, 1, 3
 
 

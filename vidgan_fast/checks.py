@@ -16,9 +16,9 @@ comparable by a bound (a rounded forward flips LeakyReLU/ReLU masks near 0, an O
 so they are tested against an exact emulation of bf16 operands (tests/test_bank.py, test_projection.py) and
 their tensor-core instructions are read from the compiled PTX (the compile gate, `vidgan kernels`).
 
-Each row says which path ran: 'triton kernel' (CUDA GPU), 'triton interpreter' (CPU, TRITON_INTERPRET=1) or
-'pytorch fallback' (Triton cannot run here, the op used its plain PyTorch twin). A fallback row is FALLBACK and
-fails, unless allow_fallback: it never counts as a pass of the kernel.
+Each row says which path ran: 'triton kernel' (CUDA GPU) or 'triton interpreter' (CPU, TRITON_INTERPRET=1).
+Where Triton cannot run, nothing runs: the row is FALLBACK (training would take the reference path there) and
+fails, unless allow_fallback; it never counts as a pass of a kernel.
 
 STEP_CHECKS holds the captured-step rows (CUDA graph replays vs eager steps, per phase, fast/graph_check.py): a
 dict name -> function (device, paper_size, seed, tf32=False) -> CheckResult. On a CPU they cannot run: NOT
@@ -45,8 +45,8 @@ from vidgan_fast.fast.backend import triton_unavailable_reason
 from vidgan_fast.kernels.mode import interpreting
 from vidgan_fast.tolerance import tolerance
 
-KERNEL_MODULES = ("vidgan_fast.kernels.projection", "vidgan_fast.kernels.batched_conv",
-                  "vidgan_fast.kernels.frame_generator")
+KERNEL_MODULES = ("vidgan_fast.kernels.projection", "vidgan_fast.kernels.conv", "vidgan_fast.kernels.logit",
+                  "vidgan_fast.kernels.frame_generator", "vidgan_fast.kernels.rmsprop")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,6 @@ class _Ctx:
         self.device, self.sizes, self.seed = device, sizes, seed
         self.allow_fallback = allow_fallback
         self.reason = triton_unavailable_reason(device)
-        self.impl = "triton" if self.reason is None else "ref"
         self.path = PATH_FALLBACK if self.reason else PATH_KERNEL if device.type == "cuda" else PATH_INTERPRETER
         self.note = "" if self.reason is None else f"Triton cannot run: {self.reason}"
         self.gen = torch.Generator().manual_seed(seed)
@@ -155,7 +154,7 @@ def _check_projection(ctx: _Ctx, kind: str) -> list[CheckResult]:
         refs = [make(seed=ctx.seed + i, widths=(1, 1, 1)).to(ctx.device) for i in range(k)]
     filters = torch.stack([d.projection[0, 0] for d in refs])
     grad = ctx.randn(k, *refs[0].project(x).shape)
-    out, dx = _run(lambda v: project(v, filters, impl=ctx.impl), x, grad)
+    out, dx = _run(lambda v: project(v, filters).unsqueeze(2), x, grad)     # the references' channel axis
     out32, dx32 = _run(lambda v: torch.stack([d.project(v) for d in refs]), x, grad)
     refs64 = [copy.deepcopy(d).double() for d in refs]
     out64, dx64 = _run(lambda v: torch.stack([d.project(v) for d in refs64]), x.double(), grad)
@@ -178,7 +177,7 @@ def _check_bank(ctx: _Ctx, kind: str) -> list[CheckResult]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
         refs = randomize_weights(make(k, widths, seed=ctx.seed), ctx.gen).to(ctx.device)
-    bank = cls.from_reference(list(refs), impl=ctx.impl)
+    bank = cls.from_reference(list(refs))
     refs64 = copy.deepcopy(refs).double()
     grad = ctx.randn(k, b)
     logits, dx = _run(bank, x, grad)
@@ -217,7 +216,7 @@ def _random_frame_generator(ctx: _Ctx) -> models.FrameGenerator:
 def _check_frozen_generator(ctx: _Ctx) -> list[CheckResult]:
     from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
     g = _random_frame_generator(ctx)
-    frozen = FrozenFrameGenerator.from_reference(g, impl=ctx.impl)
+    frozen = FrozenFrameGenerator.from_reference(g)
     m, widths = ctx.sizes.codes, ctx.sizes.generator_widths
     codes, grad = ctx.uniform(m, 100), ctx.randn(m, 1, 30, 30)
     y, dz = _run(frozen, codes, grad)
@@ -298,7 +297,10 @@ def run_checks(device="cpu", paper_size: bool = False, seed: int = 0, ops=None,
     with _torch_tf32(False):
         for name in names:
             try:
-                if name in OP_CHECKS:
+                if name in OP_CHECKS and ctx.reason is not None:       # nothing to run: the fast op cannot
+                    results.append(CheckResult(name, "-", None, None, None, allow_fallback, PATH_FALLBACK,
+                                               ctx.note))
+                elif name in OP_CHECKS:
                     results += OP_CHECKS[name](ctx)
                 else:
                     results.append(STEP_CHECKS[name](device, paper_size, seed, tf32=tf32))
@@ -323,10 +325,10 @@ def first_step_check(device, phase: int | None = None, seed: int = 0, ops=None,
             continue
         if r.skipped:
             problem = f"was not checked ({r.note})"
+        elif r.path == PATH_FALLBACK:
+            problem = f"cannot run here ({r.note})"
         elif r.rel_err is None:
             problem = r.note
-        elif r.path == PATH_FALLBACK and not allow_fallback:
-            problem = f"took the PyTorch fallback ({r.note})"
         else:
             problem = f"max error {r.rel_err:.3g} > tolerance {r.tol:.3g} (relative)"
         raise TrainingError(f"fast path check failed: {r.op} {problem}; run `vidgan check` for details, "

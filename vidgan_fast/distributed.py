@@ -231,14 +231,15 @@ def shard_state(state) -> None:
         from .fast.interchange import optimizer_state_from_reference
         refs = full.to_reference()
         with torch.random.fork_rng(devices=[state.device] if state.device.type == "cuda" else []):
-            local = type(full).from_reference(refs[rows.start:rows.stop], impl=full.impl, precision=full.precision,
-                                              tiles=full.tiles).to(state.device)   # its init draws
+            local = type(full).from_reference(refs[rows.start:rows.stop],
+                                              precision=full.precision).to(state.device)   # its init draws
         local.train(full.training)
         local_opt_state = optimizer_state_from_reference(local, local_opt_state)
     else:
         local = DiscriminatorList(list(full)[rows.start:rows.stop])
     del weights, full
-    state.d_opt = type(d_opt)(local.parameters(), lr=d_opt.param_groups[0]["lr"])
+    copies = {"copies": local.stored_copy_of()} if hasattr(local, "stored_copy_of") else {}   # a bank's bf16 copies
+    state.d_opt = type(d_opt)(local.parameters(), lr=d_opt.param_groups[0]["lr"], **copies)
     state.d_opt.load_state_dict(local_opt_state)        # restores every hyperparameter and the local state
     state.discriminators = ShardedDiscriminators(local, shards, rank())
     for opt in (state.g_opt, state.f_opt):

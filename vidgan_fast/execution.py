@@ -6,9 +6,9 @@
 - Reference: without cfg.fast, or where Triton cannot run (no CUDA GPU and no TRITON_INTERPRET=1, a GPU Triton
   does not target, Triton missing): one warning says why, and the reference modules run eager steps.
 - Fast: the fast modules (fast/engine.to_fast), first checked against their references on this device
-  (cfg.fast_check); on a CUDA device the whole data set moves to the GPU when it fits, and the D and G steps are
-  captured as CUDA graphs (cfg.graphs; not under torchrun, whose collectives are not captured; a capture that
-  fails warns and leaves eager fast steps).
+  (cfg.fast_check); on a CUDA device the D and G steps are captured as CUDA graphs (cfg.graphs; not under torchrun,
+  whose collectives are not captured; a capture that fails warns and leaves eager fast steps), and then the whole
+  data set moves to the GPU if it fits in what is left (fast/device_data.py), else batches come from the host.
 torchrun: distributed.prepare keeps this rank's discriminators, after the fast modules exist and before capture.
 """
 from __future__ import annotations
@@ -35,18 +35,16 @@ def plan(state: TrainState, source) -> Execution:
     distributed.prepare(state)
     if not (fast and state.device.type == "cuda"):
         return Execution(EagerSteps(state), source, fast, graphs=False)
-    from .fast.device_data import DeviceVideoSource
+    from .fast.device_data import on_gpu_if_it_fits
     from .fast.graphs import GraphedSteps
-    if DeviceVideoSource.fits(source, state.device):
-        with nvtx_range("data to the GPU", "data"):
-            source = DeviceVideoSource(source, state.device)
+    steps, graphs = EagerSteps(state), False
     if state.cfg.graphs and not distributed.active():
         try:
-            return Execution(GraphedSteps(state, state.phase.sample_shape, state.phase.batch), source, True, True)
+            steps, graphs = GraphedSteps(state, state.phase.sample_shape, state.phase.batch), True
         except RuntimeError as e:     # capture is restored-from-snapshot safe: fall back to eager steps
             warnings.warn(f"--fast: CUDA graph capture failed ({str(e).splitlines()[0]}); running the fast "
                           f"steps without graphs (--no-graphs silences this)", RuntimeWarning, stacklevel=2)
-    return Execution(EagerSteps(state), source, True, graphs=False)
+    return Execution(steps, on_gpu_if_it_fits(source, state.device), True, graphs)
 
 
 def _to_fast(state: TrainState) -> bool:

@@ -1,73 +1,18 @@
-"""Which implementation a fast op runs: the Triton kernel, or its plain-PyTorch reference twin.
-
-Every fast op takes `impl='auto'|'triton'|'ref'`:
-- 'triton': the Triton kernel (on a CUDA GPU Triton can target, or on CPU tensors under TRITON_INTERPRET=1);
-  raises if it cannot run.
-- 'ref': the plain PyTorch twin (same mathematics, grouped convolutions etc.), runs everywhere.
-- 'auto': 'triton' where it can run, otherwise 'ref' with one warning that says why.
-
-`triton_unavailable_reason` is the one answer to "can Triton run here?" and `fallback_warning` the one warning:
-the ops' 'auto' and the training run's --fast decision (vidgan_fast/execution.py) both use them.
+"""Can the Triton kernels run here? The one answer (`triton_unavailable_reason`) and the one warning of a fallback
+(`fallback_warning`): the training run's --fast decision (vidgan_fast/execution.py), `vidgan check` and to_fast
+(fast/engine.py) use them. Once the fast modules are built they run Triton, without asking again.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import warnings
 
 import torch
 
-from vidgan_fast.kernels.mode import PRECISIONS, interpreting
+from vidgan_fast.kernels.mode import interpreting
 
-IMPLS = ("auto", "triton", "ref")
-
-
-def check_precision(precision: str) -> str:
-    """`precision` if it is one of PRECISIONS, else a ValueError naming the choices."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision
-
-
-_recording = False      # inside recording_launches(): launches on meta tensors are recorded, not run
-
-
-@contextlib.contextmanager
-def recording_launches():
-    """Shape-only capture (the compile gate): the fast ops take their Triton path on `meta` tensors and every
-    kernel launch is recorded (kernels/aot.py) instead of run. Yields the list of recorded launches."""
-    global _recording
-    from vidgan_fast.kernels.aot import record_launches
-    if interpreting():
-        raise RuntimeError("recording launches needs compiled-mode kernels: unset TRITON_INTERPRET")
-    with record_launches() as launches:
-        _recording = True
-        try:
-            yield launches
-        finally:
-            _recording = False
-
-
-@contextlib.contextmanager
-def launching_nothing():
-    """Shape only, compiled or interpreted Triton: the fast ops take their Triton path on `meta` tensors, whose
-    outputs their wrappers allocate as on a GPU, and no kernel runs (vidgan_fast/memory_model.py counts those
-    allocations)."""
-    global _recording
-    if not interpreting():
-        with recording_launches():
-            yield
-        return
-    from triton.runtime.interpreter import InterpretedFunction
-    run = InterpretedFunction.run
-    InterpretedFunction.run = lambda self, *args, grid, warmup, **kwargs: None
-    _recording = True
-    try:
-        yield
-    finally:
-        _recording = False
-        InterpretedFunction.run = run
+MIN_ARCH = (8, 0)      # the oldest GPU the kernels are compiled and gated for (sm_80, Ampere; lab/gate.py)
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,8 +23,9 @@ def _triton_importable() -> bool:
 @functools.lru_cache(maxsize=None)
 def _cuda_reason(index: int) -> str | None:
     major, minor = torch.cuda.get_device_capability(index)
-    if major < 7:   # Triton targets compute capability 7.0 and newer (Volta+); a 1080 Ti (6.1) is not supported
-        return f"GPU {torch.cuda.get_device_name(index)} (sm_{major}{minor}) is older than Triton supports (sm_70)"
+    if (major, minor) < MIN_ARCH:   # a GTX 1080 Ti (sm_61) among them: Triton does not target it
+        return (f"GPU {torch.cuda.get_device_name(index)} (sm_{major}{minor}) is older than the kernels are built "
+                f"and checked for (sm_80)")
     return None
 
 
@@ -92,7 +38,7 @@ def triton_unavailable_reason(device: torch.device | str) -> str | None:
         return None if interpreting() else ("no CUDA GPU (set TRITON_INTERPRET=1 to run the Triton kernels on the "
                                             "CPU through the interpreter)")
     if device.type == "meta":
-        return None if _recording else "meta tensors hold no data (only the compile gate records launches on them)"
+        return "meta tensors hold no data (the lab builds fast states on them with fast/engine.convert)"
     if device.type == "cuda":
         if interpreting():
             return "TRITON_INTERPRET=1 runs on CPU tensors only"
@@ -112,18 +58,3 @@ def warn_once(message: str) -> None:
 def fallback_warning(what: str, reason: str) -> None:
     """The one warning of a fallback to the PyTorch reference path (once per message)."""
     warn_once(f"{what}: running the PyTorch reference path instead: {reason}")
-
-
-def resolve_impl(impl: str, device: torch.device | str, op: str) -> str:
-    """'triton' or 'ref' for `op` on `device`, following the rules in this module's docstring."""
-    if impl not in IMPLS:
-        raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "ref":
-        return "ref"
-    reason = triton_unavailable_reason(device)
-    if reason is None:
-        return "triton"
-    if impl == "triton":
-        raise RuntimeError(f"{op}: the Triton kernel cannot run: {reason}")
-    fallback_warning(op, reason)
-    return "ref"

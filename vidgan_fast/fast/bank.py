@@ -1,75 +1,97 @@
-"""K discriminators as one module: stacked weights [K, ...], one launch per layer for all K.
+"""K discriminators as one module: stacked weights, one Triton launch per layer and pass for all K.
 
     bank = FrameDiscriminatorBank.from_reference([d_1, ..., d_K])   # same weights, one module
-    bank(frames)            # logits [K, B], equal to torch.stack([d_k(frames) for k])
+    bank(frames)            # logits [K, B], equal to models.DiscriminatorList([d_1, ..., d_K])(frames)
     bank.to_reference()     # K reference modules with the bank's current weights
 
-Parameters are `conv{i}_weight` [K, Cout, Cin, *kernel] and `conv{i}_bias` [K, Cout] (registered in the order
-of one reference discriminator's parameters), the fixed projections are the buffer `projections` [K, 8, 8].
-Since every optimizer in torch.optim is elementwise, a step on the bank equals a step on each reference.
-The layer geometry and the projections are the reference models' (models.FRAME_GEOMETRY / VIDEO_GEOMETRY,
-models.project_frames / project_videos). Checkpoints hold the reference layout: reference_state_dict and
-reference_optimizer_state, the same two methods as models.DiscriminatorList.
+Parameters are `conv{i}_weight` [K, Cout, Cin, *kernel] and `conv{i}_bias` [K, Cout], registered in the order of
+one reference discriminator's parameters (so a state dict or an optimizer state converts index by index); each
+weight is stored channels last, (tap, input channel) contiguous per output channel, the layout its kernels read
+(kernels/conv.py). The fixed projections are the buffer `projections` [K, 8, 8]. Since every optimizer in
+torch.optim is elementwise, a step on the bank equals a step on each reference. Geometry: models.FRAME_GEOMETRY /
+VIDEO_GEOMETRY; projections: fast/projection.py. Checkpoints hold the reference layout (reference_state_dict,
+reference_optimizer_state: the same two methods as models.DiscriminatorList).
 
-impl='triton': the projection kernel, then per layer the batched implicit-GEMM kernels of kernels/batched_conv.py
-(which runs the logit layer conv4 through kernels/logit.py's batched GEMVs).
-precision='bf16' also stores in bf16 what passes between the layers: each conv layer's output (the next layer's
-input and the LeakyReLU mask, saved for backward) and each input gradient after the first layer's; the logits and
-the projection (1 channel) stay fp32. The nn.Parameters stay fp32 master weights (the optimizer updates them, the
-checkpoints hold them, their gradients are fp32); the forward and the dgrad read each weight's bf16 copy
-(fast/weight_copy.py), which the fused RMSprop writes in the same pass as the update (2 B per weight) and which is
-recast only when the weight changed otherwise (a load, a reference optimizer step): so a training step reads 2 B
-per weight in the forward and 2 B in the dgrad, instead of 4 + 4 B, and bf16 also halves the activations' bytes
-between layers (vidgan_fast/roofline.py counts both).
-impl='ref': the same mathematics in plain PyTorch with grouped convolutions (input [B, K*Cin, ...], groups=K),
-runs everywhere. impl='auto': as vidgan_fast.fast.backend.resolve_impl says, per call.
+The whole stack after the projection is one autograd Function (_Bank): its forward runs conv1..conv3 (+LeakyReLU)
+and the logit layer, its backward the chain with each LeakyReLU derivative applied once, where the input gradient
+that crosses it is written (the next layer's dgrad epilogue), the bias gradients as column sums of those, and only
+the gradients the step asks for (a D step: weights, no input gradient; a G step: the input gradient only).
+
+precision 'bf16' also stores in bf16 what passes between the layers (activations, input gradients) and reads
+bf16 copies of the weights. The bank owns those copies (`stored_weights()`, non-persistent buffers: they follow
+.to() and stay out of checkpoints); they are current after construction, after load_reference_state_dict(),
+after a FusedRMSprop step that was given them (engine.to_fast does), and after refresh_stored_weights(): whoever
+changes the weights otherwise calls that (fast/graphs.py does after its warm-up restore).
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from vidgan_fast import models
-from vidgan_fast.fast import weight_copy
-from vidgan_fast.fast.backend import check_precision, resolve_impl
 from vidgan_fast.fast.interchange import optimizer_state_to_reference
 from vidgan_fast.fast.projection import project_frames, project_videos
+from vidgan_fast.kernels import conv as C
+from vidgan_fast.kernels import logit as L
+from vidgan_fast.kernels.mode import PRECISIONS
 
 LAYERS = tuple(models.FRAME_GEOMETRY)   # conv1..conv3 are followed by LeakyReLU, conv4 is the logit
 
 
-class BatchedConv(torch.autograd.Function):
-    """y[k] = act(conv(x[k], w[k]) + b[k]) for all k in one launch; x [K, B, Cin, ...], y [K, B, Cout, ...].
+def _as3d(geometry, dims):
+    """A layer's ((stride), (padding)) as 3-D tuples (a 2-D layer has depth 1)."""
+    stride, padding = geometry
+    return ((1, *stride), (0, *padding)) if dims == 2 else (tuple(stride), tuple(padding))
 
-    Storage: y is written in out_dtype; the kernels read `weight_read`, the weight as stored (None: the parameter
-    itself; or its bf16 copy, fast/weight_copy.py), saved for the dgrad; the input gradient has x's dtype (what
-    autograd would cast it to anyway); the weight and bias gradients are float32, the master weights'.
-    """
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, leaky, precision="fp32", tiles="auto",
-                out_dtype=torch.float32, weight_read=None):
-        from vidgan_fast.kernels.batched_conv import conv_forward
-        weight_read = weight if weight_read is None else weight_read
-        y = conv_forward(x, weight_read, bias, stride, padding, leaky, precision, tiles, out_dtype)
-        ctx.save_for_backward(x, weight_read, y if leaky else None)   # LReLU'(pre) is read from the sign of y
-        ctx.conf = (stride, padding, precision, tiles, tuple(weight.shape))
-        return y
+class _Bank(torch.autograd.Function):
+    """logits [K, B] of conv1..conv4 on x [K, B, D, H, W, 1]; gradients to x and to the 8 parameters."""
 
     @staticmethod
-    def backward(ctx, grad_y):
-        from vidgan_fast.kernels.batched_conv import conv_input_grad, conv_weight_grad
-        x, weight_read, y = ctx.saved_tensors
-        stride, padding, precision, tiles, w_shape = ctx.conf
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = conv_input_grad(grad_y, weight_read, x.shape, stride, padding, y, precision, tiles, x.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_w, grad_b = conv_weight_grad(grad_y, x, w_shape, stride, padding, y, precision, tiles)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
+    def forward(ctx, x, bank, *params):
+        weights = bank.kernel_weights()
+        acts = [x]
+        for i, (w, b, geo) in enumerate(zip(weights[:3], params[1:6:2], bank.layer_geometry()[:3])):
+            acts.append(C.conv_forward(acts[-1], w, b, bank.kernel, *geo, leaky=True, precision=bank.precision,
+                                       out_dtype=bank.storage_dtype))
+        stride, padding = bank.layer_geometry()[3]
+        logits = L.logit_forward(acts[3], weights[3], params[7], bank.kernel, padding, bank.precision)
+        ctx.bank = bank
+        ctx.save_for_backward(*acts, *weights)
+        return logits
+
+    @staticmethod
+    def backward(ctx, g):
+        bank = ctx.bank
+        x, y1, y2, y3, *weights = ctx.saved_tensors
+        acts, geos = (x, y1, y2, y3), bank.layer_geometry()
+        wants_input = ctx.needs_input_grad[0]
+        wants_params = any(ctx.needs_input_grad[2:])
+        grads = [None] * 8
+        g = g.contiguous()
+        _, padding = geos[3]
+        if wants_params:
+            dw, db = L.logit_wgrad(g, y3, bank.kernel, padding, bank.precision)
+            grads[6], grads[7] = bank.parameter_view(3, dw), db
+        d = L.logit_dgrad(g, weights[3], y3, bank.kernel, padding, act_in=True, precision=bank.precision,
+                          out_dtype=bank.storage_dtype)                 # dL/d(pre-activation of conv3)
+        dx = None
+        for i in (2, 1, 0):                                             # conv3, conv2, conv1
+            cout = weights[i].shape[1]
+            if wants_params:
+                dw = C.conv_wgrad(d, acts[i], bank.kernel, *geos[i], cout, bank.precision)
+                grads[2 * i] = bank.parameter_view(i, dw)
+                grads[2 * i + 1] = d.sum(dim=(1, 2, 3, 4), dtype=torch.float32)
+            if i > 0:
+                d = C.conv_dgrad(d, weights[i], acts[i], bank.kernel, *geos[i], act_in=True,
+                                 precision=bank.precision, out_dtype=bank.storage_dtype)
+            elif wants_input:
+                dx = C.conv_input_grad(d, weights[0], x, bank.kernel, *geos[0], act_in=False,
+                                       precision=bank.precision, out_dtype=torch.float32)
+        return (dx, None, *grads)
 
 
 class DiscriminatorBank(nn.Module):
@@ -80,31 +102,81 @@ class DiscriminatorBank(nn.Module):
     geometry: dict = {}     # layer -> (stride, padding): the reference models' table
     input_layout = ""
 
-    def __init__(self, projections: torch.Tensor, widths, impl: str = "auto", precision: str = "fp32",
-                 seeds=None, tiles: str = "auto"):
+    def __init__(self, projections: torch.Tensor, widths, precision: str = "fp32", seeds=None):
         super().__init__()
         if projections.dim() != 3:
             raise ValueError(f"{type(self).__name__}: projections must be [K, 8, 8], got {tuple(projections.shape)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         K = projections.shape[0]
         self.widths = tuple(int(c) for c in widths)
         if len(self.widths) != 3:
             raise ValueError(f"{type(self).__name__}: widths must be 3 channel counts, got {widths}")
-        self.impl, self.precision, self.tiles = impl, check_precision(precision), tiles
+        self.precision = precision
         self.seeds = list(range(K)) if seeds is None else [int(s) for s in seeds]
+        self.kernel = (1,) * (3 - self.dims) + (models.DISC_KERNEL,) * self.dims       # 3-D, depth 1 for 2-D
         self.register_buffer("projections", projections.detach().clone())
         channels = (1, *self.widths, 1)
-        kernel = (models.DISC_KERNEL,) * self.dims
         for name, cin, cout in zip(LAYERS, channels[:-1], channels[1:]):
-            w = torch.empty(K, cout, cin, *kernel, device=projections.device, dtype=projections.dtype)
+            stored = torch.empty(K, cout, *self.kernel[3 - self.dims:], cin, device=projections.device,
+                                 dtype=projections.dtype)                       # channels last
+            w = stored.movedim(-1, 2)                                           # viewed as [K, Cout, Cin, *kernel]
             setattr(self, f"{name}_weight", nn.Parameter(w.normal_(0.0, 0.02)))
             setattr(self, f"{name}_bias", nn.Parameter(w.new_zeros(K, cout)))
+            if self.storage_dtype != projections.dtype:
+                self.register_buffer(f"{name}_weight_stored", torch.empty_like(w, dtype=self.storage_dtype),
+                                     persistent=False)
+        self.refresh_stored_weights()
 
     @property
     def k(self) -> int:
         return self.projections.shape[0]
 
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype of the activations passed between layers and of the weights as the kernels read them."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
     def extra_repr(self) -> str:
-        return f"k={self.k}, widths={self.widths}, impl={self.impl!r}, precision={self.precision!r}"
+        return f"k={self.k}, widths={self.widths}, precision={self.precision!r}"
+
+    def layer_geometry(self) -> list:
+        return [_as3d(self.geometry[name], self.dims) for name in LAYERS]
+
+    # ---- the weights as the kernels read them ----
+
+    def stored_weights(self) -> list[torch.Tensor]:
+        """The bank's bf16 weight copies (one per layer, shaped and strided like its parameter), [] when the bank
+        reads its fp32 parameters directly."""
+        return [getattr(self, f"{name}_weight_stored") for name in LAYERS if hasattr(self, f"{name}_weight_stored")]
+
+    def stored_copy_of(self) -> dict:
+        """{parameter: its stored copy}: what a fused optimizer step writes beside the update."""
+        return {getattr(self, f"{name}_weight"): getattr(self, f"{name}_weight_stored") for name in LAYERS
+                if hasattr(self, f"{name}_weight_stored")}
+
+    @torch.no_grad()
+    def refresh_stored_weights(self) -> None:
+        """Recast the stored copies from the parameters (after any change of the weights other than a fused
+        optimizer step that wrote them)."""
+        for param, copy in self.stored_copy_of().items():
+            copy.copy_(param)
+
+    def kernel_weights(self) -> list[torch.Tensor]:
+        """Each layer's weight as the kernels read it: [K, Cout, *kernel3d, Cin] contiguous (a view)."""
+        out = []
+        for name in LAYERS:
+            w = getattr(self, f"{name}_weight_stored", None)
+            w = getattr(self, f"{name}_weight") if w is None else w
+            w = w.movedim(2, -1)
+            out.append(w.reshape(w.shape[0], w.shape[1], *self.kernel, w.shape[-1]))
+        return out
+
+    def parameter_view(self, layer: int, dw: torch.Tensor) -> torch.Tensor:
+        """A kernel-layout weight gradient [K, Cout, *kernel3d, Cin] viewed as the layer's parameter (same
+        shape and strides, no copy)."""
+        K, cout, *_, cin = dw.shape
+        return dw.view(K, cout, *self.kernel[3 - self.dims:], cin).movedim(-1, 2)
 
     # ---- layout conversion to and from K reference discriminators ----
 
@@ -114,7 +186,7 @@ class DiscriminatorBank(nn.Module):
         return [(f"{layer}_{kind}", f"{layer}.{kind}") for layer in LAYERS for kind in ("weight", "bias")]
 
     @classmethod
-    def from_reference(cls, discriminators, impl: str = "auto", precision: str = "fp32", tiles: str = "auto"):
+    def from_reference(cls, discriminators, precision: str = "fp32"):
         """A bank holding the weights and projections of K reference discriminators (copies)."""
         refs = list(discriminators)
         if not refs:
@@ -135,11 +207,11 @@ class DiscriminatorBank(nn.Module):
         device = projections.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # the constructor's random init is overwritten below: it must not move the run's RNG streams
-            bank = cls(projections, refs[0].widths, impl=impl, precision=precision, seeds=[d.seed for d in refs],
-                       tiles=tiles)
+            bank = cls(projections, refs[0].widths, precision=precision, seeds=[d.seed for d in refs])
         with torch.no_grad():
             for bank_name, suffix in cls.stacked_parameter_names():
                 getattr(bank, bank_name).copy_(torch.stack([d.get_parameter(suffix).detach() for d in refs]))
+        bank.refresh_stored_weights()
         return bank
 
     def reference_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
@@ -148,7 +220,7 @@ class DiscriminatorBank(nn.Module):
         for k in range(self.k):
             sd[f"{k}.projection"] = self.projections[k].reshape(1, 1, *self.projections.shape[1:]).clone()
             for bank_name, suffix in self.stacked_parameter_names():
-                sd[f"{k}.{suffix}"] = getattr(self, bank_name)[k].detach().clone()
+                sd[f"{k}.{suffix}"] = getattr(self, bank_name)[k].detach().clone(memory_format=torch.contiguous_format)
         return sd
 
     def reference_optimizer_state(self, optimizer_state: dict) -> dict:
@@ -172,6 +244,7 @@ class DiscriminatorBank(nn.Module):
                 self.projections[k].copy_(state_dict[f"{k}.projection"].reshape(self.projections.shape[1:]))
                 for bank_name, suffix in self.stacked_parameter_names():
                     getattr(self, bank_name)[k].copy_(state_dict[f"{k}.{suffix}"])
+        self.refresh_stored_weights()
 
     def to_reference(self) -> list[nn.Module]:
         """K reference discriminators (on the bank's device and dtype) holding the bank's current weights."""
@@ -185,41 +258,13 @@ class DiscriminatorBank(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (the reference's input layout) -> logits [K, B]."""
-        rank = 2 + self.dims
-        if x.dim() != rank or x.shape[1] != 1:
+        if x.dim() != 2 + self.dims or x.shape[1] != 1:
             raise ValueError(f"{type(self).__name__}: expected input {self.input_layout}, got shape {tuple(x.shape)}")
         x = x.float()        # under bf16 autocast the generator hands over bf16: the bank computes in fp32
-        if resolve_impl(self.impl, x.device, type(self).__name__) == "ref":
-            return self._forward_grouped(x)
-        h = self.project(x, filters=self.projections, impl="triton", precision=self.precision,
-                         tiles=self.tiles)                                # [K, B, 1, ...]
-        stored = self.storage_dtype
-        for name in LAYERS:
-            w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
-            stride, padding = self.geometry[name]
-            last = name == LAYERS[-1]
-            w_read = w if stored == w.dtype else weight_copy.stored_copy(w, stored)
-            h = BatchedConv.apply(h, w, b, stride, padding, not last, self.precision, self.tiles,
-                                  torch.float32 if last else stored, w_read)
-        return h.reshape(self.k, x.shape[0], -1).squeeze(2)
-
-    @property
-    def storage_dtype(self) -> torch.dtype:
-        """The dtype of the activations passed between layers and of the weights as the kernels read them."""
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
-
-    def _forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """The 'ref' path, kept in the grouped layout [B, K*C, ...] from the projection to the logits."""
-        K, B = self.k, x.shape[0]
-        conv = F.conv2d if self.dims == 2 else F.conv3d
-        h = self.project_grouped(x, self.projections)                    # [B, K, ...]
-        for name in LAYERS:
-            w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
-            stride, padding = self.geometry[name]
-            h = conv(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride, padding, groups=K)
-            if name != LAYERS[-1]:
-                h = F.leaky_relu(h, models.LEAKY_SLOPE)
-        return h.reshape(B, K, -1).transpose(0, 1).squeeze(2)
+        h = self.project(x, self.projections, precision=self.precision)    # [K, B, (T,) OH, OW]
+        K, B = h.shape[:2]
+        h = h.reshape(K, B, *([1] if self.dims == 2 else []), *h.shape[2:], 1)   # channels last, one channel
+        return _Bank.apply(h, self, *self.parameters())
 
 
 class FrameDiscriminatorBank(DiscriminatorBank):
@@ -229,8 +274,7 @@ class FrameDiscriminatorBank(DiscriminatorBank):
     dims = 2
     geometry = models.FRAME_GEOMETRY
     input_layout = "frames [B, 1, H, W]"
-    project = staticmethod(project_frames)                   # [K, B, 1, 15, 15]
-    project_grouped = staticmethod(models.project_frames)    # [B, K, 15, 15]
+    project = staticmethod(project_frames)                   # [K, B, 15, 15]
 
 
 class VideoDiscriminatorBank(DiscriminatorBank):
@@ -240,5 +284,4 @@ class VideoDiscriminatorBank(DiscriminatorBank):
     dims = 3
     geometry = models.VIDEO_GEOMETRY
     input_layout = "videos [B, 1, T, H, W]"
-    project = staticmethod(project_videos)                   # [K, B, 1, T, 9, 9]
-    project_grouped = staticmethod(models.project_videos)    # [B, K, T, 9, 9]
+    project = staticmethod(project_videos)                   # [K, B, T, 9, 9]

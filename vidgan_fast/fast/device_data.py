@@ -1,7 +1,9 @@
 """The training videos held on the GPU as uint8, with batches gathered there (the step never waits for the CPU).
 
 At paper size the data set is 100,000 x 30 x 30 x 30 bytes = 2.7 GB. On-the-fly data is generated once and
-kept quantised to uint8, exactly as `vidgan data` would write it.
+kept quantised to uint8, exactly as `vidgan data` would write it. It goes to the GPU only when it fits in the
+memory left once the training state and its CUDA graphs exist, with MARGIN to spare (execution.plan places it
+after capture); otherwise batches come from the host (a few KB per step).
 """
 from __future__ import annotations
 
@@ -11,6 +13,16 @@ import torch
 from vidgan_fast.data import VideoSource
 
 CHUNK = 2_000
+MARGIN = 512 * 2 ** 20        # bytes left free beside the data set (the allocator's rounding, the next batches)
+
+
+def on_gpu_if_it_fits(source, device):
+    """`source` on the GPU (DeviceVideoSource) when it fits in what is free now, else `source` itself."""
+    from vidgan_fast.profiling import nvtx_range
+    if not DeviceVideoSource.fits(source, device):
+        return source
+    with nvtx_range("data to the GPU", "data"):
+        return DeviceVideoSource(source, device)
 
 
 class DeviceVideoSource:
@@ -29,11 +41,14 @@ class DeviceVideoSource:
             self.data[start:stop].copy_(chunk)
 
     @staticmethod
-    def fits(source: VideoSource, device: torch.device, headroom: float = 0.5) -> bool:
-        """True when the uint8 data set takes at most `headroom` of the GPU's free memory."""
+    def fits(source: VideoSource, device: torch.device) -> bool:
+        """True when the uint8 data set and MARGIN fit in the GPU's free memory (the caching allocator's free cached
+        blocks count as free)."""
+        device = torch.device(device)
         need = len(source) * source.frames * source.size * source.size
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return need <= headroom * free
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return need + MARGIN <= free + cached
 
     def __len__(self) -> int:
         return self.n

@@ -3,8 +3,8 @@
     state = to_fast(build_state(cfg, phase, ...))   # banks for the K discriminators, frozen Triton G_F
 
 Only the execution changes: the discriminators become one bank (stacked weights, one launch per layer for
-all K) trained by the fused RMSprop (fast/rmsprop.py: one launch updates the whole bank; two under bf16, which
-also writes the weights' bf16 copies), phase 2's frozen G_F becomes the folded Triton generator, and optimizers
+all K) trained by the fused RMSprop (fast/rmsprop.py: one launch per tensor, which under bf16 also writes the
+bank's bf16 weight copies), phase 2's frozen G_F becomes the folded Triton generator, and optimizers
 become capturable on CUDA, so that the loop may replay the steps as CUDA graphs (graphs.GraphedSteps). Checkpoints
 stay in the reference layout (the banks' reference_state_dict / reference_optimizer_state), so a fast run resumes
 on the reference path and back. Whether a run takes this path at all is decided in one place: vidgan_fast/execution.py.
@@ -40,19 +40,25 @@ def to_fast(state, precision: str | None = None):
     nothing) where Triton cannot run on the state's device.
 
     precision: of the kernels' products, "fp32" | "tf32" | "bf16" (default: the run's, state.cfg.precision)."""
-    from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
     reason = triton_unavailable_reason(state.device)
     if reason is not None:
         raise FastPathUnavailable(reason)
+    return convert(state, precision)
+
+
+def convert(state, precision: str | None = None, capturable: bool | None = None):
+    """to_fast without asking whether Triton can run on the state's device (the lab builds fast states on the meta
+    device, where nothing runs). capturable: the optimizers' flag (default: on a CUDA device)."""
+    from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
     precision = precision or state.cfg.precision
-    capturable = state.device.type == "cuda"
+    capturable = state.device.type == "cuda" if capturable is None else capturable
     bank_cls = VideoDiscriminatorBank if state.phase.video else FrameDiscriminatorBank
-    bank = bank_cls.from_reference(list(state.discriminators), impl="triton", precision=precision)
+    bank = bank_cls.from_reference(list(state.discriminators), precision=precision)
     bank = bank.to(state.device)
     bank.train(state.discriminators.training)
     d_opt_state = optimizer_state_from_reference(bank, state.d_opt.state_dict())
     state.d_opt = _rebuild_optimizer(state.d_opt, bank.parameters(), d_opt_state, capturable, cls=FusedRMSprop,
-                                     impl="triton")
+                                     copies=bank.stored_copy_of())
     state.discriminators = bank
     state.g_opt = _rebuild_optimizer(state.g_opt, state.generator.parameters(), state.g_opt.state_dict(),
                                      capturable)
@@ -60,8 +66,7 @@ def to_fast(state, precision: str | None = None):
         state.f_opt = _rebuild_optimizer(state.f_opt, state.frame_generator.parameters(),
                                          state.f_opt.state_dict(), capturable)
     elif state.frame_generator is not None:
-        state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, impl="triton",
-                                                            precision=precision)
+        state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, precision=precision)
     return state
 
 

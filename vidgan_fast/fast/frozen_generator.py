@@ -4,9 +4,9 @@
     frames = frozen(codes)                            # [M, 1, 30, 30] == g.eval()(codes); grads reach codes only
 
 The module has no nn.Parameter: the folded weights are buffers (they follow .to() and the state dict) and
-nothing in it requires grad. impl='triton' runs kernels/frame_generator.py through an autograd.Function
-whose backward computes the code gradient only; impl='ref' runs the same folded mathematics in plain
-PyTorch; impl='auto' picks as vidgan_fast.fast.backend.resolve_impl says (per call, from the codes' device).
+nothing in it requires grad. It runs kernels/frame_generator.py through an autograd.Function whose backward
+computes the code gradient only. Its reference is the G_F it was folded from, in eval mode
+(tests/test_frozen_generator.py).
 
 ReLU masks for the backward come from the saved activations (h > 0): the forward writes them anyway as the
 next layer's input, so keeping them costs memory only (about 0.5 MB per frame at paper widths, 114 MB for 240
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from vidgan_fast.fast.backend import IMPLS, check_precision, resolve_impl
 from vidgan_fast.kernels import frame_generator as K
+from vidgan_fast.kernels.mode import PRECISIONS
 from vidgan_fast.models import GF_PADDINGS as UP_PADDING    # up1..up3 and out, kernel 4 stride 2: the reference's
 
 OP = "FrozenFrameGenerator"
@@ -53,14 +52,13 @@ class FrozenFrameGenerator(nn.Module):
     """G_F in eval mode with batch norm folded in: codes [M, z_dim] -> frames [M, 1, 30, 30]."""
 
     def __init__(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor, up_weights: list[torch.Tensor],
-                 up_biases: list[torch.Tensor], impl: str = "auto", precision: str = "fp32",
-                 tiles: str = "auto"):
+                 up_biases: list[torch.Tensor], precision: str = "fp32"):
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"{OP}: impl must be one of {IMPLS}, got {impl!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"{OP}: precision must be one of {PRECISIONS}, got {precision!r}")
         if len(up_weights) != 4 or len(up_biases) != 4 or up_weights[-1].shape[1] != 1:
             raise ValueError(f"{OP}: expected 4 transposed convolutions, the last with 1 output channel")
-        self.impl, self.precision, self.tiles = impl, check_precision(precision), tiles
+        self.precision = precision
         self.z_dim = fc_weight.shape[1]
         self.widths = tuple(w.shape[0] for w in up_weights)
         if fc_weight.shape[0] != 4 * self.widths[0]:
@@ -75,8 +73,7 @@ class FrozenFrameGenerator(nn.Module):
         self.register_load_state_dict_post_hook(_repack)
 
     @classmethod
-    def from_reference(cls, g: nn.Module, impl: str = "auto", precision: str = "fp32",
-                       tiles: str = "auto") -> "FrozenFrameGenerator":
+    def from_reference(cls, g: nn.Module, precision: str = "fp32") -> "FrozenFrameGenerator":
         """Fold g's batch norms (running statistics, i.e. eval mode) into the preceding layers, once."""
         names = ("fc", "fc_bn", "up1", "bn1", "up2", "bn2", "up3", "bn3", "out")
         if not all(hasattr(g, n) for n in names):
@@ -94,8 +91,7 @@ class FrozenFrameGenerator(nn.Module):
             up_biases.append(_bias(g.out, 1))
         dtype = g.fc.weight.dtype
         cast = lambda ts: [t.to(dtype) for t in ts]   # noqa: E731
-        return cls(fc_weight.to(dtype), fc_bias.to(dtype), cast(up_weights), cast(up_biases), impl, precision,
-                   tiles)
+        return cls(fc_weight.to(dtype), fc_bias.to(dtype), cast(up_weights), cast(up_biases), precision)
 
     @torch.no_grad()
     def _pack(self) -> None:
@@ -107,7 +103,8 @@ class FrozenFrameGenerator(nn.Module):
         self.register_buffer("fc_bias_nhwc", self.fc_bias[nhwc].contiguous(), persistent=False)
         for i, pad in enumerate(UP_PADDING, start=1):
             w = getattr(self, f"up{i}_weight")
-            self.register_buffer(f"up{i}_forward", K.pack_forward_weight(w, pad).to(stored), persistent=False)
+            forward = K.pack_forward_weight(w, pad) if i < 4 else K.pack_tap_weight(w)
+            self.register_buffer(f"up{i}_forward", forward.to(stored), persistent=False)
             self.register_buffer(f"up{i}_backward", K.pack_backward_weight(w).to(stored), persistent=False)
 
     @property
@@ -116,12 +113,11 @@ class FrozenFrameGenerator(nn.Module):
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def _packed_dtype(self) -> torch.dtype:
-        """bf16 packed weights under 'bf16' for an fp32 module; otherwise the state dict's own dtype (an fp64
-        module runs impl='ref' only, which reads the state dict's weights)."""
+        """bf16 packed weights under 'bf16' for an fp32 module; otherwise the state dict's own dtype."""
         return self.storage_dtype if self.fc_weight.dtype == torch.float32 else self.fc_weight.dtype
 
     def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, widths={self.widths}, impl={self.impl!r}, precision={self.precision!r}"
+        return f"z_dim={self.z_dim}, widths={self.widths}, precision={self.precision!r}"
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.dim() != 2 or codes.shape[1] != self.z_dim:
@@ -131,36 +127,26 @@ class FrozenFrameGenerator(nn.Module):
         if codes.dtype != self.fc_weight.dtype or codes.device != self.fc_weight.device:
             raise ValueError(f"{OP}: codes are {codes.dtype} on {codes.device}, the module is "
                              f"{self.fc_weight.dtype} on {self.fc_weight.device}")
-        if resolve_impl(self.impl, codes.device, OP) == "ref":
-            return self.forward_ref(codes)
         if codes.dtype != torch.float32:
             raise ValueError(f"{OP}: the Triton kernels run float32 only, got {codes.dtype}")
         return _FrozenFrameGeneratorFn.apply(codes, self)
 
-    def forward_ref(self, codes: torch.Tensor) -> torch.Tensor:
-        """The folded mathematics in plain PyTorch (impl='ref')."""
-        h = F.relu(F.linear(codes, self.fc_weight, self.fc_bias)).view(codes.shape[0], self.widths[0], 2, 2)
-        for i, pad in enumerate(UP_PADDING[:3], start=1):
-            h = F.relu(F.conv_transpose2d(h, getattr(self, f"up{i}_weight"), getattr(self, f"up{i}_bias"),
-                                          stride=2, padding=pad))
-        return torch.tanh(F.conv_transpose2d(h, self.up4_weight, self.up4_bias, stride=2, padding=UP_PADDING[3]))
-
     def forward_kernels(self, codes: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Triton forward without autograd: (NHWC ReLU activations h0..h3, tanh output [M, 30, 30])."""
         M, c0 = codes.shape[0], self.widths[0]
-        opts = dict(precision=self.precision, tiles=self.tiles, out_dtype=self.storage_dtype)
+        opts = dict(precision=self.precision, out_dtype=self.storage_dtype)
         h = K.dense(codes.contiguous(), self.fc_weight_nhwc.t(), self.fc_bias_nhwc, relu=True, **opts)
         acts = [h.view(M, 2, 2, c0)]
         for i, pad in enumerate(UP_PADDING[:3], start=1):
             acts.append(K.conv_transpose_relu(acts[-1], getattr(self, f"up{i}_forward"),
                                               getattr(self, f"up{i}_bias"), pad, **opts))
-        y = K.conv_transpose_tanh(acts[-1], self.up4_forward, self.up4_bias, UP_PADDING[3], tiles=self.tiles)
+        y = K.conv_transpose_tanh(acts[-1], self.up4_forward, self.up4_bias, UP_PADDING[3], self.precision)
         return acts, y
 
     def backward_kernels(self, grad_frames: torch.Tensor, acts: list[torch.Tensor],
                          y: torch.Tensor) -> torch.Tensor:
         """Code gradient [M, z_dim] from the frames' gradient and the saved forward (no weight gradients)."""
-        M, opts = y.shape[0], dict(precision=self.precision, tiles=self.tiles, out_dtype=self.storage_dtype)
+        M, opts = y.shape[0], dict(precision=self.precision, out_dtype=self.storage_dtype)
         g = grad_frames.reshape(M, *y.shape[1:], 1).contiguous()                 # NHWC with C = 1
         g = K.conv_transpose_input_grad(g, self.up4_backward, UP_PADDING[3], relu_input=acts[3],
                                         tanh_out=y.view(g.shape), **opts)

@@ -17,10 +17,12 @@ capture and stay the same tensor afterwards:
   The saved values are host copies (state just initialised to zero is zeroed again instead of saved), so the
   snapshot costs no GPU memory.
 - _same_state checks both rules after warm-up and after capture: a tensor made or replaced there is an error.
-- The restore moves the weights' version counters, so it leaves the banks' bf16 weight copies (weight_copy.py)
-  stale: they are recast right after it, eagerly, so that the captured steps read them (the captured optimizer
-  keeps them current) instead of recording a cast into every replay. Before each D replay, copies left stale by
-  eager writes between replays (a checkpoint load, a hand edit) are recast the same way (a few Python checks).
+- The restore writes the weights behind the bank's back, so the bank's bf16 weight copies (fast/bank.py) are
+  recast right after it, eagerly (the captured optimizer keeps them current from then on; a checkpoint load between
+  replays recasts them itself, load_reference_state_dict).
+- Before capture the warm-up's gradients are freed and the allocator's cache emptied (runtime.release_cache): the
+  captured steps allocate their transients and gradients from the graphs' private pool, so without this the regular
+  pool would keep a second copy of them cached beside it (lab/memory.py projects both).
 
 `runtime` is what executes warm-up and capture: CudaRuntime here; the tests pass a CPU stand-in whose replay
 re-runs the step on the tensors the capture saw (tests/test_graphs.py). graph_check.py compares replays with
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import torch
 
-from vidgan_fast.fast import weight_copy
 from vidgan_fast.fast.rmsprop import FusedRMSprop
 from vidgan_fast.profiling import nvtx_range
 from vidgan_fast.step import d_step, g_step
@@ -86,16 +87,20 @@ def _same_state(held: dict, optimizers, when: str) -> None:
                            f"{when}; a captured step must update the tensors that exist before capture")
 
 
-def snapshot(modules, optimizers, zero=()) -> list:
-    """[(live tensor, host copy or None)] of every parameter, buffer and optimizer state tensor; None (restore
-    zeroes it) for the tensors in `zero`, state that was just initialised to zero."""
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", copy=True)
+
+
+def snapshot(modules, optimizers, zero=(), save=_host_copy) -> list:
+    """[(live tensor, save(tensor) or None)] of every parameter, buffer and optimizer state tensor (a host copy by
+    default); None (restore zeroes it) for the tensors in `zero`, state that was just initialised to zero."""
     zero, out, seen = {id(t) for t in zero}, [], set()
     live = [t for _, m in modules for t in (*m.parameters(), *m.buffers())]
     live += [v for _, opt in optimizers for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
     for t in live:
         if id(t) not in seen:
             seen.add(id(t))
-            out.append((t, None if id(t) in zero else t.detach().to("cpu", copy=True)))
+            out.append((t, None if id(t) in zero else save(t)))
     return out
 
 
@@ -110,7 +115,8 @@ def restore(saved: list) -> None:
 
 
 class CudaRuntime:
-    """Warm-up on a side stream, capture into torch.cuda.CUDAGraph, the device's (graph-safe) RNG."""
+    """Warm-up on a side stream, capture into torch.cuda.CUDAGraph, the device's (graph-safe) RNG, the caching
+    allocator's cache emptied before capture."""
 
     def __init__(self, state):
         if state.device.type != "cuda":
@@ -125,6 +131,11 @@ class CudaRuntime:
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
+
+    def release_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    save = staticmethod(_host_copy)
 
     def warm_up(self, fn, n: int) -> None:
         side = torch.cuda.Stream(self.device)
@@ -162,20 +173,25 @@ class GraphedSteps:
             return g_step(state, self.z_g)
 
         modules, optimizers = trained_parts(state)
-        self._params = [t for _, m in modules for t in m.parameters()]     # their bf16 copies: weight_copy
         made = [t for _, opt in optimizers for t in init_optimizer_state(opt)]
-        saved, rng, held = snapshot(modules, optimizers, zero=made), rt.get_rng(), _held(optimizers)
+        saved, rng, held = snapshot(modules, optimizers, zero=made, save=rt.save), rt.get_rng(), _held(optimizers)
 
         def rewind():
             rt.synchronize()
             restore(saved)
             rt.set_rng(rng)
+            refresh = getattr(state.discriminators, "refresh_stored_weights", None)
+            if refresh is not None:                 # the bank's bf16 copies of the weights just restored
+                refresh()
 
         try:
             with nvtx_range("graph warm-up"):
                 rt.warm_up(lambda: (d_body(), g_body()), warmup)
             rewind()
-            weight_copy.refresh(self._params)
+            for _, module in modules:               # the captured steps make their own, in the graphs' pool
+                for p in module.parameters():
+                    p.grad = None
+            rt.release_cache()
             _same_state(held, optimizers, "warm-up")
             with nvtx_range("graph capture"):
                 self.d_graph, self.d_loss = rt.capture(d_body)
@@ -189,7 +205,6 @@ class GraphedSteps:
         """Replay the discriminator step on `real`; returns its loss (a copy, valid after later replays)."""
         with nvtx_range("data", "data"):
             self.real.copy_(real, non_blocking=True)
-        weight_copy.refresh(self._params)          # weights written between replays: recast their bf16 copies
         with nvtx_range("discriminator step (graph)", "discriminator"):
             self.d_graph.replay()
         return self.d_loss.clone()
