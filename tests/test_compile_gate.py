@@ -3,10 +3,10 @@
 The rest of the suite runs the kernels under Triton's CPU interpreter, which accepts code the compiler rejects
 (a plain Python global inside @triton.jit code once broke every LeakyReLU layer on every GPU), ignores
 `input_precision`, and runs any tile size. Here one subprocess without TRITON_INTERPRET captures one D and one G step
-of both phases at the tiny and the paper configuration in every precision (shape only, on meta tensors) and
-compiles each specialization to PTX and a cubin for sm_75, 80, 86, 89 and 90 (sm_61, the GTX 1080 Ti, is reported
-by `vidgan kernels` and recorded in benchmarks/RESULTS.md, not gated: Triton does not support it), reading
-registers and spills from ptxas -v and the tensor-core instructions from the PTX (vidgan_fast/fast/kernel_gate.py).
+of both phases at the tiny and the paper configuration in every precision (shape only, on meta tensors), as a GPU of
+each tile family launches them (Hopper: sm_90; Ampere/Ada: sm_80, 86, 89), and compiles each specialization to PTX
+and a cubin for its family's targets, reading registers and spills from ptxas -v and the tensor-core instructions
+from the PTX (vidgan_fast/lab/gate.py: the same rules `vidgan kernels` exits with).
 """
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ def start_gate() -> None:
     processes) then runs beside the rest of the suite, which is mostly single-threaded, instead of before it."""
     if _RUN:
         return
-    from vidgan_fast.fast.kernel_gate import TARGETS
+    from vidgan_fast.lab.gate import TARGETS
     folder = Path(tempfile.mkdtemp(prefix="vidgan-gate-"))
     targets = [arg for arch in TARGETS for arg in ("--sm", str(arch))]     # sm_61 is reported by `vidgan kernels`
     with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "vidgan_fast.fast.kernel_gate", "--json",
+        proc = subprocess.Popen([sys.executable, "-m", "vidgan_fast.lab.gate", "--json",
                                  str(folder / "gate.json"), *targets], cwd=REPO, env=compiled_env(), stdout=out,
                                 stderr=err, start_new_session=True, preexec_fn=_gate_process_setup)
     _RUN.update(proc=proc, folder=folder, start=time.monotonic())
@@ -90,7 +90,7 @@ def gate():
 
 
 def test_every_specialization_compiles_for_every_target(gate):
-    from vidgan_fast.fast.kernel_gate import TARGETS
+    from vidgan_fast.lab.gate import TARGETS
     errors = [f"{r['kernel']} [{r['spec']}] sm_{r['arch']}: {r['error']}" for r in gate["rows"]
               if r["error"] and r["arch"] in TARGETS]
     assert not errors, "\n".join(errors)
@@ -104,10 +104,12 @@ def test_no_register_spills_at_paper_size_in_the_default_precision(gate):
 
 
 def test_capture_covers_every_kernel_forward_and_backward(gate):
-    """Every @triton.jit kernel of kernels/ is launched by some step (fwd, dgrad, wgrad, the logit layer's three,
-    projection both ways, frozen G_F forward and input gradient, the banks' fused RMSprop), at both configurations."""
-    from vidgan_fast.kernels import batched_conv, frame_generator, logit, projection, rmsprop
-    names = {name for module in (batched_conv, frame_generator, logit, projection, rmsprop)
+    """Every @triton.jit kernel of kernels/ is launched by some step (the banks' forward, dgrad and wgrad, the
+    logit layer's three, col2im (conv1's and the projections' input gradients, G_F's last layer), the projection
+    forward, the frozen G_F's dense, transposed convolutions and input gradient, the fused RMSprop), at both
+    configurations."""
+    from vidgan_fast.kernels import col2im, conv, frame_generator, logit, projection, rmsprop
+    names = {name for module in (col2im, conv, frame_generator, logit, projection, rmsprop)
              for name in vars(module) if name.startswith("_") and name.endswith("_kernel")}
     for config in ("tiny", "paper"):
         seen = {r["kernel"] for r in gate["rows"] if any(u.startswith(config + "/") for u in r["used_by"].split())}
@@ -120,19 +122,19 @@ def test_capture_covers_every_kernel_forward_and_backward(gate):
 
 
 def test_precision_is_real_in_the_ptx(gate):
-    """The interpreter ignores input_precision, so this reads the compiled PTX: exact fp32 ('ieee') products use
-    no tensor core; tf32 and bf16 use tf32 / bf16 tensor-core instructions (mma.sync, or wgmma on sm_90) on every
-    target that has them (sm_80 and newer)."""
+    """The interpreter ignores input_precision, so the gate reads the compiled PTX (lab/gate.wrong_instruction, in
+    its failures and `vidgan kernels`' exit status): exact fp32 ('ieee') products use no tensor core; tf32 and bf16
+    use tf32 / bf16 tensor-core instructions (mma.sync on sm_80-89, wgmma on sm_90)."""
+    from vidgan_fast.lab.gate import Row, wrong_instruction
     dots = [r for r in gate["rows"] if r["precision"] != "-"]
     assert {r["precision"] for r in dots} == {"ieee", "tf32", "bf16"}
-    wrong = []
-    for r in dots:
-        if r["precision"] == "ieee" and r["mma"] != "none":
-            wrong.append(r)
-        elif r["precision"] in ("tf32", "bf16") and r["arch"] >= 80 and not r["mma"].endswith(r["precision"]):
-            wrong.append(r)
-    assert not wrong, "\n".join(f"{r['kernel']} [{r['spec']}] sm_{r['arch']}: {r['mma']}" for r in wrong)
+    assert not [r for r in dots if wrong_instruction(Row(**r))]
     assert any(r["mma"].startswith("wgmma") for r in dots if r["arch"] == 90)
+    assert all(r["mma"].startswith("mma.") for r in dots if r["arch"] != 90 and r["precision"] != "ieee")
+    wrong = Row("_k", "PRECISION=tf32", "paper/tf32", 90, None, 64, 0, 0, "none", 1, "tf32")
+    assert wrong_instruction(wrong)
+    from vidgan_fast.lab.gate import gate_failures
+    assert any("tf32 products run on none" in f for f in gate_failures([wrong]))
 
 
 def _compile_source(tmp_path, source: str, arch: int = 80):
@@ -142,7 +144,7 @@ def _compile_source(tmp_path, source: str, arch: int = 80):
         "import sys, json, torch\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
         "from triton.backends.compiler import GPUTarget\n"
-        "from vidgan_fast.kernels.aot import record_launches, compile_launch\n"
+        "from vidgan_fast.lab.aot import record_launches, compile_launch\n"
         "import probe_kernel\n"
         "with record_launches() as launches:\n"
         "    probe_kernel.launch()\n"
@@ -188,27 +190,25 @@ def test_gate_sees_register_spills(tmp_path):
 
 
 def test_every_autotune_candidate_is_compiled_without_spills(gate):
-    """Each candidate tile kernels/autotune.py may pick on a GPU (CANDIDATES of batched_conv.py and logit.py) is
-    compiled at paper/tf32 for sm_80 and sm_90; the gate's spill rule covers those rows too."""
-    from vidgan_fast.kernels import batched_conv, logit
-    kernels = {"forward": "_conv_fwd_kernel", "dgrad": "_conv_dgrad_kernel", "wgrad": "_conv_wgrad_kernel",
-               "logit_forward": "_logit_fwd_kernel", "logit_dgrad": "_logit_dgrad_kernel",
-               "logit_wgrad": "_logit_wgrad_kernel"}
-    for name, candidates in {**batched_conv.CANDIDATES, **logit.CANDIDATES}.items():
-        for *blocks, warps in candidates:
-            labels = ("BLOCK_M", "BLOCK_N", "BLOCK_R") if len(blocks) == 3 else ("BLOCK_M", "BLOCK_R")
-            want = [f"{label}={v}" for label, v in zip(labels, blocks)] + [f"num_warps={warps}"]
-            rows = [r for r in gate["rows"] if r["kernel"] == kernels[name] and "paper/tf32" in r["used_by"].split()
-                    and all(w in r["spec"].split() for w in want)]
-            assert {r["arch"] for r in rows} >= {80, 90}, (name, blocks, warps)
-            assert all(r["spill_bytes"] == 0 for r in rows if r["arch"] in (80, 90)), (name, blocks, warps)
+    """Each candidate tile kernels/autotune.py may pick on a GPU (kernels/tiles.py, per family) is compiled at
+    paper/tf32 for sm_80 (Ampere's) and sm_90 (Hopper's); the gate's spill rule covers those rows too."""
+    from vidgan_fast.kernels.tiles import conv_tiles
+    kernels = {"forward": "_conv_fwd_kernel", "dgrad": "_conv_dgrad_kernel", "wgrad": "_conv_wgrad_kernel"}
+    for fam, arch in (("hopper", 90), ("ampere", 80)):
+        for name, kernel in kernels.items():
+            for t in conv_tiles(name, fam, "tf32"):
+                want = [f"BLOCK_M={t.block_m}", f"num_warps={t.warps}", f"num_stages={t.stages}"]
+                rows = [r for r in gate["rows"] if r["kernel"] == kernel and r["arch"] == arch
+                        and "paper/tf32" in r["used_by"].split() and all(w in r["spec"].split() for w in want)]
+                assert rows, (fam, name, t)
+                assert all(r["spill_bytes"] == 0 for r in rows), (fam, name, t)
 
 
 def test_gate_rejects_what_compiles_but_cannot_launch():
     """A tile whose shared memory fits sm_80 (164 KB per SM) but not sm_86 (100 KB) compiles for both; on an
     RTX 3090 its launch would fail. The gate reads CTAs per SM from ptxas' registers and the shared memory."""
-    from vidgan_fast.fast.kernel_gate import Row, gate_failures
-    from vidgan_fast.kernels.aot import ctas_per_sm
+    from vidgan_fast.lab.aot import ctas_per_sm
+    from vidgan_fast.lab.gate import Row, gate_failures
     smem = 120 * 1024
     rows = [Row("_k", "BLOCK=256", "paper/tf32", arch, None, 64, 0, smem, "mma.tf32", ctas_per_sm(arch, 64, smem, 4),
                 "tf32") for arch in (80, 86)]

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidgan_fast import flops as F
+from vidgan_fast.lab import flops as F
 from vidgan_fast.config import preset
 from vidgan_fast.models import (FrameDiscriminator, FrameGenerator, VideoDiscriminator, VideoGenerator,
                                 frame_discriminators)

@@ -379,9 +379,10 @@ def eval_(checkpoint, n, out, seed, device):
 @click.pass_context
 def bench(ctx):
     """The performance report: reference vs torch.compile vs fast, per op and per step (--help for options);
-    --static: the roofline projection per step and op for named GPUs, no GPU needed (--static --help)."""
-    if "--static" in ctx.args:       # vidgan_fast/roofline_report.py: needs neither a GPU nor the benchmarks
-        from .roofline_report import main as static_main
+    --static: the projected cost of every step and launch on named GPUs, from the compiled kernels, and the
+    projected GPU memory; no GPU needed (--static --help)."""
+    if "--static" in ctx.args:       # vidgan_fast/lab/report.py: needs no GPU
+        from .lab.report import main as static_main
         code = static_main([a for a in ctx.args if a != "--static"])
     else:
         from .benchmarks.report import main as report_main
@@ -398,7 +399,7 @@ def kernels(ctx):
     registers, spills, shared memory, tensor-core instructions, CTAs per SM (--help for options)."""
     import os
     import subprocess
-    args = [sys.executable, "-m", "vidgan_fast.fast.kernel_gate", *ctx.args]
+    args = [sys.executable, "-m", "vidgan_fast.lab.gate", *ctx.args]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # the compiler, not the interpreter
     code = subprocess.run(args, env=env).returncode
     if code:

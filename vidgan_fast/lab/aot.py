@@ -1,23 +1,25 @@
-"""Ahead-of-time compilation of recorded kernel launches for real GPU targets, without a GPU.
+"""Kernel launches recorded without a GPU, and compiled ahead of time for real GPU targets.
 
-The Triton interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors but accepts code the real compiler
-rejects and ignores `input_precision`. This module closes that gap:
-
-    with record_launches() as launches:      # kernel[grid](...) records its specialization, launches nothing
+    with record_calls() as calls:             # kernel[grid](...) records, launches nothing
         run_the_fast_step_on_meta_tensors()
-    report = compile_launch(launches[0], GPUTarget("cuda", 90, 32))   # PTX + cubin via the wheel's ptxas
-    report.registers, report.spill_bytes, report.shared_bytes, report.mma
+    calls[0].launch                           # the specialization a GPU would compile (deduplicated: Launch)
+    calls[0].grid, calls[0].args              # the launch itself: programs and arguments (tensors as TensorArg)
+    report = compile_launch(calls[0].launch, GPUTarget("cuda", 90, 32))   # PTX + cubin via the wheel's ptxas
+    report.registers, report.spill_bytes, report.shared_bytes, report.mma, report.cubin
 
-The recorder binds the launch arguments with Triton's own binder for a CUDA backend, so the signature,
-constexprs and divisibility attributes are exactly those a launch on a GPU would compile (tensors may live on
-the `meta` device: only their dtype and alignment matter). It needs compiled-mode kernels: import `kernels`
-in a process without TRITON_INTERPRET. Registers and spills come from ptxas' own -v report (each compile uses
-a fresh Triton cache, so that ptxas always runs).
+The Triton interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors but accepts code the real compiler rejects
+and ignores `input_precision`. The recorder binds the launch arguments with Triton's own binder for a CUDA backend,
+so the signature, constexprs and divisibility attributes are exactly those a launch on a GPU would compile (tensors
+may live on the `meta` device: only their dtype and alignment matter). It needs compiled-mode kernels: import them in
+a process without TRITON_INTERPRET. Registers and spills come from ptxas' own -v report (each compile uses a fresh
+Triton cache, so that ptxas always runs). The recorded calls also feed the per-launch cost model (lab/cost.py): the
+grid says how many programs run, and TensorArg says which memory each pointer argument addresses.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -48,6 +50,9 @@ class Launch:
         index = self.kernel.arg_names.index(name)
         return dict(self.constexprs).get((index,))
 
+    def option(self, name: str, default=None):
+        return dict(self.options).get(name, default)
+
     def describe(self) -> str:
         """The constexprs and launch options, short: the row label of a specialization."""
         names = self.kernel.arg_names
@@ -56,12 +61,80 @@ class Launch:
         return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument as the kernel sees it: a pointer into some storage (meta tensors carry no address)."""
+    dtype: str                # torch dtype name, e.g. 'float32'
+    storage: int              # identity of its storage within one recording
+    offset: int               # bytes from the start of the storage
+    nbytes: int               # bytes of the tensor itself (numel x element size)
+
+    @property
+    def element_bytes(self) -> int:
+        return {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int32": 4, "int64": 8, "uint8": 1,
+                "int8": 1, "bool": 1}[self.dtype]
+
+
+@dataclass
+class Call:
+    """One launch: its specialization, grid and arguments (tensors as TensorArg, tuples kept)."""
+    launch: Launch
+    module: str               # where the kernel is defined (to find it in another process)
+    grid: tuple               # (x, y, z) programs
+    args: tuple               # positional arguments
+    kwargs: dict = field(default_factory=dict)      # constexprs and launch options given by keyword
+
+    @property
+    def name(self) -> str:
+        return self.launch.name
+
+    @property
+    def programs(self) -> int:
+        x, y, z = self.grid
+        return x * y * z
+
+    def tensors(self, arguments=None) -> list[TensorArg]:
+        """The TensorArgs of the call (of `arguments` only: positions or keywords), each storage once."""
+        out, seen = [], set()
+
+        def walk(v):
+            if isinstance(v, TensorArg):
+                if v.storage not in seen:
+                    seen.add(v.storage)
+                    out.append(v)
+            elif isinstance(v, tuple):
+                for item in v:
+                    walk(item)
+        for where, v in [*enumerate(self.args), *self.kwargs.items()]:
+            if arguments is None or where in arguments:
+                walk(v)
+        return out
+
+    def argument_bytes(self, arguments) -> int:
+        """Bytes of the tensors held by `arguments` (each storage once)."""
+        return sum(t.nbytes for t in self.tensors(arguments))
+
+
+def _tensor_arg(t) -> TensorArg:
+    storage = t.untyped_storage()
+    return TensorArg(str(t.dtype).removeprefix("torch."), storage._cdata, t.storage_offset() * t.element_size(),
+                     t.numel() * t.element_size())
+
+
+def _describe_args(value):
+    if hasattr(value, "data_ptr") and hasattr(value, "untyped_storage"):
+        return _tensor_arg(value)
+    if isinstance(value, tuple):
+        return tuple(_describe_args(v) for v in value)
+    return value
+
+
 @contextlib.contextmanager
-def record_launches():
-    """Inside: every `kernel[grid](...)` appends its Launch (deduplicated, in first-launch order) to the
-    yielded list and returns without running anything."""
-    launches: list[Launch] = []
-    seen: set = set()
+def record_calls():
+    """Inside: every `kernel[grid](...)` of a compiled-mode kernel appends its Call to the yielded list and returns
+    without running anything."""
+    calls: list[Call] = []
+    launches: dict = {}
     backend = make_backend(_BINDING_TARGET)
     original = JITFunction.run
 
@@ -72,15 +145,30 @@ def record_launches():
         launch = Launch(self, tuple(signature.items()), tuple(sorted(constexprs.items())),
                         tuple(sorted((k, tuple(map(tuple, v))) for k, v in attrs.items())),
                         tuple((k, kwargs[k]) for k in LAUNCH_OPTIONS if k in kwargs))
-        if launch not in seen:
-            seen.add(launch)
-            launches.append(launch)
+        launch = launches.setdefault(launch, launch)
+        if callable(grid):
+            grid = grid(dict(bound))
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        calls.append(Call(launch, self.fn.__module__, tuple(int(g) for g in grid), _describe_args(tuple(args)),
+                          {k: _describe_args(v) for k, v in kwargs.items()}))
 
     JITFunction.run = record
     try:
-        yield launches
+        yield calls
     finally:
         JITFunction.run = original
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Inside: every `kernel[grid](...)` appends its Launch (deduplicated, in first-launch order) to the yielded
+    list and returns without running anything."""
+    launches: list[Launch] = []
+    with record_calls() as calls:
+        yield launches
+    for call in calls:
+        if call.launch not in launches:
+            launches.append(call.launch)
 
 
 @dataclass
@@ -97,6 +185,7 @@ class CompileReport:
     mma: str = "none"                     # tensor-core instruction kind in the PTX: wgmma / mma.<type> / none
     ctas_per_sm: int | None = None
     ptx: str = field(default="", repr=False)
+    cubin: bytes = field(default=b"", repr=False)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +219,35 @@ _PTXAS_USAGE = re.compile(r"Used (\d+) registers")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
+def assemble(base: CompileReport, arch: int) -> CompileReport:
+    """`base`'s PTX assembled by ptxas for another arch of the same lowering (sm_86 or sm_89 from sm_80's PTX:
+    Triton lowers them alike; only ptxas' register allocation and the SM's limits differ)."""
+    import subprocess
+    report = CompileReport(base.launch, arch, error=base.error, shared_bytes=base.shared_bytes,
+                           num_warps=base.num_warps, mma=base.mma, ptx=base.ptx)
+    if base.error:
+        return report
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory(prefix="vidgan-ptxas-") as tmp:
+        src, out = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(src, "w") as f:
+            f.write(re.sub(r"^\.target sm_\d+a?", f".target sm_{arch}", base.ptx, flags=re.M))
+        proc = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}", src, "-o", out], capture_output=True, text=True)
+        if proc.returncode != 0:
+            report.error = f"ptxas: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}"
+            return report
+        with open(out, "rb") as f:
+            report.cubin = f.read()
+    text = proc.stdout + proc.stderr
+    used, spill = _PTXAS_USAGE.search(text), _PTXAS_SPILL.search(text)
+    report.registers = int(used.group(1)) if used else None
+    if spill:
+        report.stack_bytes, report.spill_bytes = int(spill.group(1)), int(spill.group(2)) + int(spill.group(3))
+    if report.registers is not None and arch in SM_LIMITS:
+        report.ctas_per_sm = ctas_per_sm(arch, report.registers, report.shared_bytes, report.num_warps)
+    return report
+
+
 def compile_launch(launch: Launch, target: GPUTarget) -> CompileReport:
     """Compile `launch` for `target` down to a cubin; a compile error is reported, not raised."""
     report = CompileReport(launch, target.arch)
@@ -158,7 +276,27 @@ def compile_launch(launch: Launch, target: GPUTarget) -> CompileReport:
     report.shared_bytes = compiled.metadata.shared
     report.num_warps = compiled.metadata.num_warps
     report.ptx = compiled.asm["ptx"]
+    report.cubin = compiled.asm.get("cubin", b"")
     report.mma = mma_kind(report.ptx)
     if report.registers is not None and target.arch in SM_LIMITS:
         report.ctas_per_sm = ctas_per_sm(target.arch, report.registers, report.shared_bytes, report.num_warps)
     return report
+
+
+@contextlib.contextmanager
+def launching_nothing():
+    """Inside, compiled or interpreted Triton: every kernel launch returns without running (compiled: recorded as a
+    Call and dropped). The fast modules run on meta tensors this way: their wrappers allocate outputs as on a GPU,
+    nothing is computed (lab/memory.py counts the allocations)."""
+    from vidgan_fast.kernels.mode import interpreting
+    if not interpreting():
+        with record_calls():
+            yield
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+    run = InterpretedFunction.run
+    InterpretedFunction.run = lambda self, *args, grid, warmup, **kwargs: None
+    try:
+        yield
+    finally:
+        InterpretedFunction.run = run

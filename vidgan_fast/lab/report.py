@@ -1,9 +1,12 @@
-"""`vidgan bench --static`: the roofline projection of the training steps (vidgan_fast/roofline.py) as Markdown
-tables, on any machine (no GPU, no kernel launch, no benchmarks package). Torch is imported only when the tables
-are computed (the FLOP formulas live in flops.py), so `--help` is quick.
+"""`vidgan bench --static`: what the training steps cost on named GPUs, projected from the compiled kernels without a
+GPU (lab/cost.py), and their GPU memory under CUDA graphs (lab/memory.py), as Markdown tables.
 
-    vidgan bench --static                                   # paper preset, every device, per step and per op
-    vidgan bench --static --preset tiny --device-model h100 gtx1080ti --precision bf16 --steps-only
+    vidgan bench --static                                   # paper preset, tf32, H100 and A100, per step
+    vidgan bench --static --per-launch --gpu h100           # ... and every launch with its limits
+    vidgan bench --static --precision bf16 --json out.json
+
+Everything printed is a projection (a lower bound of the compiled code at the stated hardware figures), never a
+measurement; benchmarks/gpu_verify.py puts measurements beside it on a GPU.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import json
 import sys
 
 from vidgan_fast.config import PRESETS, preset
-from vidgan_fast.roofline import DEVICES, FUSED_RMSPROP_PASSES, RMSPROP_PASSES, floor, op_floor, step_models
+from vidgan_fast.kernels.mode import PRECISIONS
+from vidgan_fast.lab.hardware import GPUS, KERNEL_MIN_US
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+LIMITS = ("issue", "tensor", "l2", "dram", "launch")
 
 
 def _ms(seconds: float) -> str:
@@ -23,117 +27,127 @@ def _ms(seconds: float) -> str:
     return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
 
 
-def step_table(steps, devices, precision: str) -> list[str]:
-    lines = ["| step | device | TFLOP nominal | TFLOP executed | GB moved | compute ms | memory ms | floor ms | "
-             "bound | op-serial ms |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for step in steps:
-        for d in devices:
-            f = floor(step, d, precision)
-            lines.append(f"| {step.name} | {d.name} | {f['nominal_flops'] / 1e12:.3f} | "
-                         f"{f['executed_flops'] / 1e12:.3f} | {f['bytes'] / 1e9:.2f} | {_ms(f['compute_s'])} | "
-                         f"{_ms(f['memory_s'])} | **{_ms(f['floor_s'])}** | {f['bound']} | {_ms(f['serial_s'])} |")
+def _us(seconds: float) -> str:
+    us = seconds * 1e6
+    return f"{us:.3g}" if us < 1000 else f"{us:.0f}"
+
+
+def step_table(steps) -> list[str]:
+    lines = ["| step | GPU | precision | projected ms | op-serial floor ms | projected / floor | Triton ms (launches) | "
+             "torch ms (kernels) | TFLOP executed / nominal | time by binding limit, ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        by = {}
+        for c in s.launches:
+            by[c.binding] = by.get(c.binding, 0.0) + c.projected_s
+        for c in s.torch_ops:
+            key = f"torch {c.binding}"
+            by[key] = by.get(key, 0.0) + c.projected_s
+        binding = ", ".join(f"{k} {_ms(v)}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+        torch_s = s.projected_s - s.triton_projected_s
+        lines.append(f"| {s.name} | {GPUS[s.gpu].name} | {s.precision} | **{_ms(s.projected_s)}** | {_ms(s.floor_s)} | "
+                     f"{s.projected_s / s.floor_s:.1f} | {_ms(s.triton_projected_s)} ({len(s.launches)}) | "
+                     f"{_ms(torch_s)} ({len(s.torch_ops)}) | {s.executed_flops / 1e12:.3f} / "
+                     f"{s.nominal_flops / 1e12:.3f} | {binding} |")
     return lines
 
 
-def op_table(step, devices, precision: str) -> list[str]:
-    head = " | ".join(f"{d.key} ms" for d in devices)
-    lines = [f"#### {step.name}", "", f"| op | calls | GFLOP nominal | GFLOP executed | exec/nom | MB | unit | {head} | "
-             "tiles / notes |", "|---|---|---|---|---|---|---|" + "---|" * len(devices) + "---|"]
-    for op in step.ops:
-        ratio = f"{op.executed / op.nominal:.2f}" if op.nominal else "-"
-        unit = "-" if op.impl == "memory" else (precision if op.unit == "mma" else "fp32 (CUDA cores)")
-        cells = " | ".join(_ms(op_floor(op, d, precision)) for d in devices)
-        lines.append(f"| {op.name} | {op.calls} | {op.calls * op.nominal / 1e9:.2f} | "
-                     f"{op.calls * op.executed / 1e9:.2f} | {ratio} | {op.calls * op.bytes / 1e6:.1f} | {unit} | "
-                     f"{cells} | {op.impl}{': ' + op.note if op.note else ''} |")
+def launch_table(step) -> list[str]:
+    lines = [f"#### {step.name}, {GPUS[step.gpu].name}, {step.precision}", "",
+             "| kernel | arguments | programs | warps x CTAs/SM | regs | instr. | loop instr. x trips | issue us | "
+             "tensor us | L2 us | DRAM us | projected us | binding | floor us | x floor | sector use r / w |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in step.launches:
+        lim = c.limits
+        lines.append(f"| {c.kernel} | {c.label} | {c.programs} | {c.warps} x {c.ctas_per_sm} | {c.registers} | "
+                     f"{c.instruction} | {c.loop_instructions} x {c.trips:.0f} | {_us(lim['issue'])} | "
+                     f"{_us(lim['tensor'])} | {_us(lim['l2'])}-{_us(c.l2_pessimistic_s)} | {_us(lim['dram'])} | "
+                     f"**{_us(c.projected_s)}** | {c.binding} | {_us(c.floor_s)} | {c.over_floor:.1f} | "
+                     f"{c.read_efficiency:.2f} / {c.write_efficiency:.2f} |")
+    torch_s = sum(c.projected_s for c in step.torch_ops)
+    heavy = sorted(step.torch_ops, key=lambda c: -c.projected_s)[:5]
+    lines.append("")
+    lines.append(f"Torch's kernels: {len(step.torch_ops)}, {_ms(torch_s)} ms; the longest: "
+                 + "; ".join(f"{c.op.name} {_us(c.projected_s)} us ({c.binding})" for c in heavy) + ".")
     return lines + [""]
 
 
-def memory_table(rows, budget_gib: float = 11.0) -> list[str]:
-    """vidgan_fast/memory_model.py's projection: GiB per phase, and the projected reserved total against the
-    budget (the paper's 11 GiB GTX 1080 Ti)."""
-    gib = 2.0 ** 30
-    lines = ["| phase | persistent GiB | D step peak GiB | G step peak GiB | data on GPU GiB | projected total GiB | "
-             f"under {budget_gib:g} GiB |", "|---|---|---|---|---|---|---|"]
+def memory_table(rows, precision: str) -> list[str]:
+    from vidgan_fast.lab.memory import BUDGET, GiB
+    lines = ["| precision | phase | before capture | state GiB | warm-up reserved peak | graph pool | reserved peak | "
+             "context + workspaces | data set | data on GPU | **total** | under 11 GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['phase']} | {r['persistent'] / gib:.2f} | {r['d_peak'] / gib:.2f} | "
-                     f"{r['g_peak'] / gib:.2f} | {r['data'] / gib:.2f} | **{r['total'] / gib:.2f}** | "
-                     f"{'yes' if r['total'] < budget_gib * gib else 'NO'} |")
-    return lines + ["", "- Memory: the real `--fast` steps run on meta tensors (no kernel launched); "
-                    "every storage PyTorch allocates is counted while it lives (vidgan_fast/memory_model.py). "
-                    "Peak = most bytes live at once in the steady-state step (max_memory_allocated's measure); total "
-                    "= the larger step peak + the data set held on the GPU (fast/device_data.py, when it fits): with "
-                    "CUDA graphs the two steps share one pool holding the larger step's transients. Not counted: "
-                    "the CUDA context, cuBLAS/cuDNN workspaces, the caching allocator's rounding and fragmentation."]
-
-
-def notes(devices, precision: str) -> list[str]:
-    lines = ["- Projections from a static model, not measurements: vendor peak rates (dense), compulsory DRAM "
-             "bytes (each operand read once, each result written once; fp32, or bf16 where the banks and the frozen G_F "
-             "store it under bf16), FLOPs the chosen GPU tiles execute "
-             "(tile padding, masked taps). A real step is slower: launch gaps, L2 misses, imperfect overlap.",
-             "- floor = max(compute, memory) over the whole step (perfect overlap); op-serial = sum over ops of "
-             "max(op FLOPs / rate, op bytes / bandwidth) (kernels one after another). Both are lower bounds.",
-             f"- compute: executed FLOPs at the {precision} matrix rate for tl.dot and cuDNN/cuBLAS ops, at the fp32 "
-             "CUDA-core rate for the tl.sum ops (projection backward, G_F's last layer); PyTorch ops "
-             "(phase-1 G_F, G_V) are counted executed = nominal.",
-             f"- optimizer: the banks' fused RMSprop, {FUSED_RMSPROP_PASSES} parameter-sized passes; the generators' "
-             f"foreach RMSprop, {RMSPROP_PASSES}. A D step runs each bank once over the real and generated batch.",
-             "- devices (TFLOP/s fp32 / tf32 / bf16, GB/s):"]
-    if precision == "bf16":
-        lines.insert(-1, "- bf16 storage: the banks' and the frozen G_F's activations, input gradients and weight reads "
-                         "count 2 bytes; the banks' fp32 master weights, their gradients and optimizer stay fp32, and "
-                         "the D step's fused RMSprop writes their bf16 copies as it updates them (2 B per weight).")
-    for d in devices:
-        lines.append(f"  - {d.name}: {d.fp32:g} / {d.tf32:g} / {d.bf16:g}, {d.bandwidth:g}. {d.source}")
+        lines.append(f"| {precision} | {r['phase']} | {'release' if r['release_before_capture'] else 'keep'} | "
+                     f"{r['steady_live'] / GiB:.2f} | {r['regular_reserved_peak'] / GiB:.2f} | "
+                     f"{r['graph_reserved'] / GiB:.2f} | {r['reserved'] / GiB:.2f} | {r['fixed'] / GiB:.2f} | "
+                     f"{r['data'] / GiB:.2f} | {'yes' if r['data_on_gpu'] else 'no (host)'} | "
+                     f"**{r['total'] / GiB:.2f}** | {'yes' if r['total'] <= BUDGET else 'NO'} |")
     return lines
 
 
+NOTES = [
+    "- Projections, not measurements: a lower bound of the compiled code at the GPU's datasheet clock (lab/cost.py "
+    "says how each limit is counted; lab/hardware.py holds every hardware figure and its source).",
+    "- Per launch: issue (SASS main-loop instructions x trips + the rest, 4 warp instructions per clock per SM), "
+    "tensor (tl.dot FLOPs at the SASS instruction's rate), L2 (unique 32-byte sectors the kernel's own addresses "
+    "touch, traced under the interpreter on sampled programs; optimistic-pessimistic L2 bandwidth), DRAM "
+    f"(compulsory bytes), launch ({KERNEL_MIN_US:g} us); projected = the largest. floor = max(tl.dot FLOPs / peak, "
+    "compulsory bytes / HBM).",
+    "- Per step: op-serial sums (one stream of kernels, as a CUDA graph runs them). Torch's kernels (generators, "
+    "losses, optimizer passes) are costed from the recorded aten ops; G_V's LSTM as cuDNN's dependent chain.",
+]
+
+
 def build_parser(prog: str = "vidgan bench --static") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Roofline projection of the four training steps: nominal "
-                                "and tile-executed FLOPs, bytes moved, and the floor max(FLOPs / matrix rate, bytes "
-                                "/ bandwidth) on named GPUs. Static: runs anywhere, no GPU needed.")
+    p = argparse.ArgumentParser(prog=prog, description="Projected cost of the four --fast training steps on named "
+                                "GPUs, from the compiled kernels (per launch: instruction issue, tensor-core time, "
+                                "L2 sectors, DRAM bytes), and projected GPU memory under CUDA graphs. Static: no "
+                                "GPU needed; compiles every kernel and traces their addresses (a few minutes at "
+                                "paper size).")
     p.add_argument("--preset", choices=list(PRESETS), default="paper", help="model sizes, K and batches (paper)")
-    p.add_argument("--device-model", nargs="+", action="extend", choices=[*DEVICES, "all"], default=None,
-                   metavar="MODEL", help=f"one or more of {', '.join(DEVICES)}, or all (default: all)")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="matrix precision of the products (default: the preset's, tf32)")
-    p.add_argument("--steps-only", action="store_true", help="only the per-step table (no per-op tables)")
-    p.add_argument("--json", default=None, help="also write the step floors and ops here")
+    p.add_argument("--precision", choices=PRECISIONS, nargs="+", default=None,
+                   help="precision(s) of the products (default: the preset's, tf32)")
+    p.add_argument("--gpu", "--device-model", dest="gpu", nargs="+", choices=list(GPUS), default=None,
+                   metavar="GPU", help=f"one or more of {', '.join(GPUS)} (default: h100 a100)")
+    p.add_argument("--per-launch", action="store_true", help="also every launch of every step with its limits")
+    p.add_argument("--samples", type=int, default=8, help="programs traced per launch (default 8)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory projection")
+    p.add_argument("--json", default=None, help="also write everything here")
     return p
 
 
 def main(argv=None, prog: str = "vidgan bench --static") -> int:
     a = build_parser(prog).parse_args(argv)
-    keys = a.device_model or ["all"]
-    devices = list(DEVICES.values()) if "all" in keys else [DEVICES[k] for k in dict.fromkeys(keys)]
+    from vidgan_fast.lab import cost, memory
     cfg = preset(a.preset)
-    precision = a.precision or cfg.precision
-    steps = step_models(cfg, precision)
-    print(f"Roofline projection (static, no GPU): preset {a.preset}, precision {precision}, "
-          f"{datetime.date.today().isoformat()}\n")
-    print("\n".join(step_table(steps, devices, precision)) + "\n")
-    from vidgan_fast.fast.engine import FastPathUnavailable
-    from vidgan_fast.memory_model import project as project_memory     # imports torch: not for --help
-    try:
-        memory = project_memory(cfg, precision)
-        print(f"Projected GPU memory of --fast training ({a.preset}, {precision}):\n")
-        print("\n".join(memory_table(memory)) + "\n")
-    except FastPathUnavailable as e:            # no Triton here: the fast state cannot be built, even on meta
-        memory = None
-        print(f"Projected GPU memory: not available on this machine ({e})\n")
-    if not a.steps_only:
-        print("Per op (all calls of the step; floor ms per device):\n")
-        for step in steps:
-            print("\n".join(op_table(step, devices, precision)))
-    print("\n".join(notes(devices, precision)))
+    precisions = a.precision or [cfg.precision]
+    gpus = a.gpu or ["h100", "a100"]
+    print(f"Per-launch projection (static, no GPU): preset {a.preset}, {datetime.date.today().isoformat()}\n")
+    record = {"preset": a.preset, "command": " ".join([prog, *(argv or [])]), "steps": [], "memory": []}
+    for precision in precisions:
+        steps = cost.project(cfg, precision, gpus, samples=a.samples)
+        print("\n".join(step_table(steps)) + "\n")
+        for key in gpus:
+            mine = [s for s in steps if s.gpu == key]
+            print(f"{GPUS[key].name}, {precision}: the schedule ({cfg.frames_epochs} + {cfg.video_epochs} epochs) "
+                  f"projected {cost.schedule_hours(mine, cfg):.2f} h (op-serial floor "
+                  f"{cost.schedule_hours(mine, cfg, floor=True):.2f} h)\n")
+        if a.per_launch:
+            for s in steps:
+                print("\n".join(launch_table(s)))
+        record["steps"] += [cost.as_dict(s) for s in steps]
+        if not a.no_memory:
+            rows = memory.project(cfg, precision)
+            print(f"Projected GPU memory of --fast training under CUDA graphs ({a.preset}, {precision}):\n")
+            print("\n".join(memory_table(rows, precision)) + "\n")
+            record["memory"] += [{**r, "precision": precision} for r in rows]
+    print("\n".join(NOTES))
+    for key in gpus:
+        print(f"  - {GPUS[key].name}: {GPUS[key].source}")
     if a.json:
-        data = {"preset": a.preset, "precision": precision, "command": " ".join([prog, *(argv or [])]),
-                "steps": [floor(s, d, precision) for s in steps for d in devices],
-                **({"memory": memory} if memory else {}),
-                "ops": {s.name: [vars(op) for op in s.ops] for s in steps}}
         with open(a.json, "w") as f:
-            json.dump(data, f, indent=1)
+            json.dump(record, f, indent=1)
         print(f"wrote {a.json}", file=sys.stderr)
     return 0
 
