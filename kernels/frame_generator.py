@@ -36,9 +36,10 @@ from vidgan_fast.kernels.common import cast_for_store, dot_precision, mma, targe
 from vidgan_fast.kernels.tiles import generator_tile
 
 
-def _tiles(device, precision: str = "fp32") -> dict:
-    """BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K, NUM_WARPS, NUM_STAGES of the launches on `device` (kernels/tiles.py)."""
-    t = generator_tile(target_family(device), precision)
+def _tiles(device, precision: str, *operands: torch.Tensor) -> dict:
+    """BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K, NUM_WARPS, NUM_STAGES of the launches on `device` (kernels/tiles.py), for
+    the widest of the operands as stored (an fp32 operand of a bf16 product takes the fp32 tile's shared memory)."""
+    t = generator_tile(target_family(device), precision, max(o.element_size() for o in operands))
     return dict(BLOCK_M=t.block_m, MAX_BLOCK_N=t.block_n, MAX_BLOCK_K=t.block_k, NUM_WARPS=t.warps,
                 NUM_STAGES=t.stages)
 
@@ -111,17 +112,17 @@ def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, re
     _check_dtypes("dense", w, bias, out_dtype)
     M, K = x.shape
     N = w.shape[1]
-    t = _tiles(x.device, precision)
-    bn, bk = tile(N, t["MAX_BLOCK_N"]), tile(K, t["MAX_BLOCK_K"])
-    tiles = triton.cdiv(M, t["BLOCK_M"]) * triton.cdiv(N, bn)
+    t = _tiles(x.device, precision, x, w)
+    bm, bn, bk = tile(M, t["BLOCK_M"]), tile(N, t["MAX_BLOCK_N"]), tile(K, t["MAX_BLOCK_K"])
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     splits = 1 if bias is not None or relu else max(1, min(target_sms(x.device) // tiles, K // (8 * bk)))
     k_split = triton.cdiv(triton.cdiv(K, splits), bk) * bk
     splits = triton.cdiv(K, k_split)
     out = torch.empty(M, N, device=x.device, dtype=out_dtype) if splits == 1 else \
         torch.empty(splits, M, N, device=x.device, dtype=torch.float32)
-    _dense_kernel[(triton.cdiv(M, t["BLOCK_M"]), triton.cdiv(N, bn), splits)](
+    _dense_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), splits)](
         x, w, bias if bias is not None else out, out, M, N, K, k_split, x.stride(0), x.stride(1), w.stride(0),
-        w.stride(1), HAS_BIAS=bias is not None, RELU=relu, PRECISION=dot_precision(precision), BLOCK_M=t["BLOCK_M"],
+        w.stride(1), HAS_BIAS=bias is not None, RELU=relu, PRECISION=dot_precision(precision), BLOCK_M=bm,
         BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"], num_stages=t["NUM_STAGES"])
     return out if splits == 1 else out.sum(0).to(out_dtype)
 
@@ -216,7 +217,7 @@ def conv_transpose_relu(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Ten
     OH, OW = _out_size(H, pad), _out_size(W, pad)
     y = torch.empty(M, OH, OW, cout, device=x.device, dtype=out_dtype)
     _check(y, "conv_transpose output", 4)
-    t = _tiles(x.device, precision)
+    t = _tiles(x.device, precision, x, w_packed)
     bn, bk = tile(cout, t["MAX_BLOCK_N"]), tile(4 * cin, t["MAX_BLOCK_K"])
     grid = (triton.cdiv(M * (OH // 2) * (OW // 2), t["BLOCK_M"]), triton.cdiv(cout, bn), 4)
     _conv_transpose_relu_kernel[grid](x, w_packed, bias, y, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
@@ -326,7 +327,7 @@ def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pa
                              f"{want} float32 or bfloat16")
     dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=out_dtype)
     _check(dx, "conv_transpose_input_grad output", 4)
-    t = _tiles(grad_out.device, precision)
+    t = _tiles(grad_out.device, precision, grad_out, w_packed)
     bn, bk = tile(cin, t["MAX_BLOCK_N"]), tile(16 * cout, t["MAX_BLOCK_K"])
     grid = (triton.cdiv(M * H * W, t["BLOCK_M"]), triton.cdiv(cin, bn))
     _conv_transpose_input_grad_kernel[grid](

@@ -94,10 +94,11 @@ GENERATOR_TILES = {("hopper", 4): Tile(128, 128, 32, 8), ("hopper", 2): Tile(128
 INTERPRETER_GENERATOR_TILE = Tile(256, 128, 128, 4, 1)
 
 
-def generator_tile(fam: str, precision: str) -> Tile:
+def generator_tile(fam: str, precision: str, widest: int = 4) -> Tile:
+    """The tile for products at `precision` whose widest operand, as stored, has `widest` bytes per element."""
     if fam == "interpreter":
         return INTERPRETER_GENERATOR_TILE
-    return GENERATOR_TILES[(fam, operand_bytes(precision))]
+    return GENERATOR_TILES[(fam, max(operand_bytes(precision), widest))]
 
 
 # The fused RMSprop (kernels/rmsprop.py): block_m elements per program (others unused); index: interpreted or not.

@@ -44,6 +44,33 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _interpreter_cannot_run() -> str | None:
+    """Why Triton's interpreter cannot run the kernels here, or None. Triton 3.6's interpreter calls int() on
+    1-element arrays (a loop bound read from a tensor), which numpy >= 2.4 refuses: every kernel test would fail
+    with the same TypeError. One tiny launch (a dgrad: a tensor loop bound) finds out."""
+    try:
+        from vidgan_fast.kernels import conv
+        x = torch.randn(1, 1, 1, 4, 4, 16)
+        conv.conv_dgrad(torch.randn(1, 1, 1, 2, 2, 16), torch.randn(1, 16, 1, 2, 2, 16), x, (1, 2, 2), (1, 2, 2),
+                        (0, 0, 0), False)
+    except ImportError:
+        return None                       # no Triton: the kernel tests skip or fall back on their own
+    except Exception as e:                # noqa: BLE001 - any failure of the interpreter itself
+        import numpy
+        import triton
+        return (f"Triton {triton.__version__}'s interpreter cannot run the kernels with numpy {numpy.__version__} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); install numpy<2.4, or a Triton newer than "
+                f"3.6, and run the tests again")
+    return None
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("TRITON_INTERPRET") == "1" and not session.config.option.collectonly:
+        why = _interpreter_cannot_run()
+        if why:
+            pytest.exit(why, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 def pytest_collection_finish(session):
     """The items are final here (after -k, -m, --lf, --ff): if one of them needs the compile gate, its subprocess
     starts now and compiles beside the rest of the suite (tests/test_compile_gate.py)."""

@@ -11,6 +11,7 @@ import torch
 
 from vidgan_fast.config import preset
 from vidgan_fast.lab import memory
+from vidgan_fast.lab.report import memory_table
 from vidgan_fast.lab.memory import GiB, MiB, CachingAllocator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +66,10 @@ def test_the_paper_preset_fits_in_reserved_bytes(precision):
     preset (the target that leaves an 11 GiB card half a GiB); the data set is placed on the GPU only where it fits
     under 11 GiB with everything else, else batches come from the host. The state and the graphs' pool are what
     GraphedSteps leaves: after its release before capture the regular pool keeps about the state only."""
-    for r in memory.project(preset("paper"), precision):
+    rows = memory.project(preset("paper"), precision)
+    table = memory_table(rows, precision)                   # what `vidgan bench --static` prints of them
+    assert len(table) == 2 + len(rows) and all(f"| {precision} | {r['phase']} |" in t for r, t in zip(rows, table[2:]))
+    for r in rows:
         assert r["total"] <= 10.5 * GiB, r
         from vidgan_fast.fast.device_data import MARGIN
         assert r["data_on_gpu"] == (r["fixed"] + r["reserved"] + r["data"] + MARGIN <= memory.BUDGET)

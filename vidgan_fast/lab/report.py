@@ -74,12 +74,11 @@ def launch_table(step) -> list[str]:
 
 def memory_table(rows, precision: str) -> list[str]:
     from vidgan_fast.lab.memory import BUDGET, GiB
-    lines = ["| precision | phase | before capture | state GiB | warm-up reserved peak | graph pool | reserved peak | "
+    lines = ["| precision | phase | state GiB | warm-up reserved peak | graph pool | reserved peak | "
              "context + workspaces | data set | data on GPU | **total** | under 11 GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {precision} | {r['phase']} | {'release' if r['release_before_capture'] else 'keep'} | "
-                     f"{r['steady_live'] / GiB:.2f} | {r['regular_reserved_peak'] / GiB:.2f} | "
+        lines.append(f"| {precision} | {r['phase']} | {r['steady_live'] / GiB:.2f} | {r['regular_reserved_peak'] / GiB:.2f} | "
                      f"{r['graph_reserved'] / GiB:.2f} | {r['reserved'] / GiB:.2f} | {r['fixed'] / GiB:.2f} | "
                      f"{r['data'] / GiB:.2f} | {'yes' if r['data_on_gpu'] else 'no (host)'} | "
                      f"**{r['total'] / GiB:.2f}** | {'yes' if r['total'] <= BUDGET else 'NO'} |")
