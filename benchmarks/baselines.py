@@ -14,6 +14,11 @@ columns): those two are the only graph breaks. Compiling takes minutes per step 
 torch.func.stack_module_state and run with torch.func.vmap over a functional_call of one of them
 (StackedDiscriminators), trained by torch.optim.RMSprop(foreach=True) on the stacked parameters, and compiled
 as above when the compile column is on.
+
+`grouped` (bench_bank.py's column of its own, no longer in the product): the K discriminators' weights stacked and
+run as one PyTorch grouped convolution per layer (input [B, K x Cin, ...], groups=K: cuDNN on a GPU), the fixed
+projections as one convolution with K output channels (models.project_frames / project_videos). It is the
+single-launch-per-layer formulation the banks replace with their Triton kernels (GroupedDiscriminators).
 """
 from __future__ import annotations
 
@@ -68,6 +73,47 @@ class StackedDiscriminators(nn.Module):
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
+
+
+class GroupedDiscriminators(nn.Module):
+    """K discriminators of one architecture as one grouped convolution per layer: x -> logits [K, B].
+
+    Parameters `{layer}_weight` [K, Cout, Cin, *kernel] and `{layer}_bias` [K, Cout] (copies of the references');
+    the projections are the buffer `projections` [K, 8, 8]. Activations stay in the grouped layout [B, K x C, ...]
+    from the projection to the logits; every layer is torch.nn.functional.conv2d / conv3d with groups=K.
+    """
+
+    LAYERS = ("conv1", "conv2", "conv3", "conv4")
+
+    def __init__(self, discriminators):
+        super().__init__()
+        from vidgan_fast import models
+        refs = list(discriminators)
+        if not refs or any(type(d) is not type(refs[0]) or d.widths != refs[0].widths for d in refs):
+            raise ValueError("GroupedDiscriminators: need K >= 1 discriminators of one class and one width")
+        self.k, self.video = len(refs), isinstance(refs[0], models.VideoDiscriminator)
+        self.slope = models.LEAKY_SLOPE
+        self.project = models.project_videos if self.video else models.project_frames
+        self.register_buffer("projections", torch.stack([d.projection.detach().reshape(8, 8) for d in refs]))
+        self.geometry = {}
+        for name in self.LAYERS:
+            convs = [getattr(d, name) for d in refs]
+            self.geometry[name] = (convs[0].stride, convs[0].padding)
+            self.register_parameter(f"{name}_weight",
+                                    nn.Parameter(torch.stack([c.weight.detach() for c in convs]).clone()))
+            self.register_parameter(f"{name}_bias", nn.Parameter(torch.stack([c.bias.detach() for c in convs]).clone()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+        conv = F.conv3d if self.video else F.conv2d
+        h = self.project(x, self.projections)                      # [B, K, (T,) OH, OW]: one input channel each
+        for name in self.LAYERS:
+            w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
+            stride, padding = self.geometry[name]
+            h = conv(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride, padding, groups=self.k)
+            if name != self.LAYERS[-1]:
+                h = F.leaky_relu(h, self.slope)
+        return h.reshape(x.shape[0], self.k).t()                   # [K, B]
 
 
 def to_vmap(state) -> object:

@@ -1,7 +1,9 @@
 """Op-level cases of the report (benchmarks/report.py): projections, discriminator banks forward and
 forward+backward, frozen G_F forward and forward+input-backward, each for reference / compile / fast (and vmap,
 the stacked discriminators of baselines.py, on the bank rows), at the shapes the training steps use (the D step's
-2B samples; phase 2's B x 30 codes).
+2B samples; phase 2's B x 30 codes). Reference: the K reference discriminators (models.DiscriminatorList, each
+projecting its input itself) and models.FrameGenerator in eval mode; fast: fast/projection.py, the banks
+(fast/bank.py) and the frozen Triton G_F (fast/frozen_generator.py), at the run's precision (tf32 or fp32).
 
 The per-op pytest-benchmark suites live in bench_bank.py and bench_frozen_generator.py; this file adds only
 the projections to pytest-benchmark (`pytest benchmarks/bench_ops.py --benchmark-only`).
@@ -20,7 +22,7 @@ try:
     import pytest
 except ImportError:        # the report (and `vidgan bench`) import op_cases without the test extra
     pytest = None
-from vidgan_fast import flops as F
+from vidgan_fast.lab import flops as F
 from vidgan_fast.models import FrameGenerator, frame_discriminators, video_discriminators
 
 BUFFERS = 3
@@ -47,15 +49,18 @@ def _closure(mode: str, forward, params):
 
 
 def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32: bool = True,
-             compile_enabled: bool = True) -> list[Case]:
+             compile_enabled: bool = True, compile_mode: str | None = None,
+             compile_backend: str | None = None) -> list[Case]:
+    """The op rows (see the module docstring); the fast column is 'unavailable: <why>' where Triton cannot run."""
     from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
     from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
     from vidgan_fast.fast.projection import project_frames, project_videos
     device = resolve_device(device)
     size = resolve_size(size, device)
     cfg = bench_config(size, device, fast_tf32)
-    settings = column_settings(device, kind="op", compile_enabled=compile_enabled)
-    impl = settings.fast_impl
+    settings = column_settings(device, kind="op", compile_enabled=compile_enabled, compile_mode=compile_mode,
+                               compile_backend=compile_backend)
+    precision = "tf32" if fast_tf32 else "fp32"
     gen = torch.Generator().manual_seed(0)
     n_f, n_v, n_codes = 2 * cfg.frames_batch, 2 * cfg.video_batch, cfg.video_batch * 30
     frames = [(torch.rand(n_f, 1, 30, 30, generator=gen) * 2 - 1).to(device) for _ in range(BUFFERS)]
@@ -78,24 +83,24 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
 
     def bank(what):
         cls = FrameDiscriminatorBank if what == "D_F" else VideoDiscriminatorBank
-        return cls.from_reference(list(models(what)), impl=impl,
-                                   precision="tf32" if fast_tf32 else "fp32").to(device).train()
+        return cls.from_reference(list(models(what)), precision=precision).to(device).train()
 
     def projection_ref(what):
+        """Each reference discriminator's own projection (d.project: [B, 1, ...]), stacked as the fast op's
+        [K, B, ...] (the squeeze is a view)."""
         ds = models(what)
-        return lambda x: torch.stack([d.project(x) for d in ds])
+        return lambda x: torch.stack([d.project(x) for d in ds]).squeeze(2)
 
     def projection_fast(what):
         ds, project = models(what), (project_frames if what == "D_F" else project_videos)
         filters = torch.stack([d.projection.reshape(8, 8) for d in ds])
-        return lambda x: project(x, filters, impl=impl)
+        return lambda x: project(x, filters, precision=precision)
 
     def stacked(what):
         return baselines.StackedDiscriminators(models(what)).to(device).train()
 
     def frozen_fast(_):
-        return FrozenFrameGenerator.from_reference(models("G_F"), impl=impl,
-                                                   precision="tf32" if fast_tf32 else "fp32").to(device)
+        return FrozenFrameGenerator.from_reference(models("G_F"), precision=precision).to(device)
 
     # (name, model, mode, inputs, flops, reference forward, fast forward)
     meta = {}
@@ -138,7 +143,7 @@ def op_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32:
             return _closure(mode, forward, params)
         bank_row = fast_builder is bank
         cases.append(Case(name, "op", int(flops), inputs, settings.columns(factory, vmap=bank_row),
-                          settings.labels, size))
+                          settings.labels, size, compiled=compile_enabled))
     return cases
 
 

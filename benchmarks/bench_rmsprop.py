@@ -1,6 +1,7 @@
 """One RMSprop step of a discriminator bank's parameters: torch.optim.RMSprop (foreach, as training runs it,
-and single-tensor) vs FusedRMSprop (kernels/rmsprop.py: one launch per group, 20 bytes moved per fp32
-parameter) at several GPU tiles, and FusedRMSprop's 'ref' twin.
+and single-tensor: the reference twin) vs FusedRMSprop (fast/rmsprop.py, kernels/rmsprop.py: one Triton launch per
+tensor, 20 bytes moved per fp32 parameter; with bf16 weight copies, 22), and the kernel alone at several block
+sizes (kernels/rmsprop.rmsprop_update's `block`: elements per program).
 
     pytest benchmarks/bench_rmsprop.py --benchmark-only --benchmark-group-by=group
     BENCH_RMSPROP_SIZE=moderate pytest benchmarks/bench_rmsprop.py --benchmark-only    # tiny | moderate | paper
@@ -9,8 +10,9 @@ Sizes: the parameter shapes of the phase-1 (D_F) and phase-2 (D_V) banks (8 tens
 (default on a GPU: 504M / 538M parameters, 6 GB of weights, gradients and square_avg), 'moderate' or 'tiny'
 (default on CPU). All columns are capturable optimizers (step on the device) except where the name says
 otherwise. extra_info holds the bytes the fused kernel must move (20 per parameter) so that GB/s can be read off
-the time; compare ratios within one group of one run only. VIDGAN_BENCH_THREADS=1 pins torch's CPU threads. The Triton columns need a CUDA GPU (the CPU
-interpreter is no speed measure). Nothing here asserts speed.
+the time; compare ratios within one group of one run only. VIDGAN_BENCH_THREADS=1 pins torch's CPU threads. The
+fused columns run wherever Triton runs (a CUDA GPU; CPU tensors under TRITON_INTERPRET=1, which is no speed measure)
+and are skipped with the reason elsewhere. Nothing here asserts speed.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ SIZES = {   # kind -> (K, widths), as bench_bank.py
     "tiny": {"D_F": (8, (16, 32, 64)), "D_V": (4, (8, 16, 32))},
 }
 SIZE = os.environ.get("BENCH_RMSPROP_SIZE", "paper" if DEVICE.type == "cuda" else "tiny")
-COLUMNS = ("torch_foreach", "torch_foreach_noncapturable", "torch_single", "fused_ref",
-           "fused_triton_1024x4", "fused_triton_2048x4", "fused_triton_4096x8")
+COLUMNS = ("torch_foreach", "torch_foreach_noncapturable", "torch_single", "fused", "fused_noncapturable",
+           "fused_bf16_copies", "kernel_block_1024", "kernel_block_2048", "kernel_block_4096")
 LR = 2e-4
 if os.environ.get("VIDGAN_BENCH_THREADS"):      # e.g. 1 on a shared CPU, where spinning OpenMP threads mislead
     torch.set_num_threads(int(os.environ["VIDGAN_BENCH_THREADS"]))
@@ -55,15 +57,29 @@ def _sync():
 
 
 def _optimizer(column: str, params):
-    capturable = DEVICE.type == "cuda" and column != "torch_foreach_noncapturable"
+    """The optimizer of `column` over params; the kernel_block_* columns: an object whose step() launches
+    kernels/rmsprop.rmsprop_update with that block on the same tensors (state made as FusedRMSprop makes it)."""
+    capturable = DEVICE.type == "cuda" and not column.endswith("noncapturable")
     if column.startswith("torch"):
         return torch.optim.RMSprop(params, lr=LR, capturable=capturable, foreach=column != "torch_single")
-    if column == "fused_ref":
-        return FusedRMSprop(params, lr=LR, capturable=capturable, impl="ref")
-    if DEVICE.type != "cuda" or triton_unavailable_reason(DEVICE) is not None:
-        pytest.skip("Triton columns need a CUDA GPU Triton supports (the CPU interpreter is no speed measure)")
-    block, warps = (int(v) for v in column.rsplit("_", 1)[1].split("x"))
-    return FusedRMSprop(params, lr=LR, capturable=capturable, impl="triton", tile=(block, warps))
+    reason = triton_unavailable_reason(DEVICE)
+    if reason is not None:
+        pytest.skip(f"the fused RMSprop's Triton kernel cannot run here: {reason}")
+    copies = ({p: torch.empty_like(p, dtype=torch.bfloat16) for p in params} if column == "fused_bf16_copies"
+              else None)
+    opt = FusedRMSprop(params, lr=LR, capturable=capturable, copies=copies)
+    if not column.startswith("kernel_block_"):
+        return opt
+    from vidgan_fast.kernels.rmsprop import rmsprop_update
+    opt.init_state()
+    block = int(column.rsplit("_", 1)[1])
+    states = [opt.state[p] for p in params]
+
+    class KernelAtBlock:
+        def step(self):
+            rmsprop_update(params, [p.grad for p in params], [s["square_avg"] for s in states],
+                           [s["step"] for s in states] if capturable else None, LR, 0.99, 1e-8, block=block)
+    return KernelAtBlock()
 
 
 @pytest.mark.parametrize("column", COLUMNS)

@@ -1,6 +1,9 @@
 """Training-step benchmarks: phase 1 D step and G step, phase 2 D step and G step, each for the eager reference,
-torch.compile of the reference step, the stacked-vmap baseline (baselines.py) and the fast path. The steps are vidgan_fast.step.d_step / g_step, the
-functions `vidgan train` runs, on states built by vidgan_fast.steps.build_state.
+torch.compile of the reference step, the stacked-vmap baseline (baselines.py) and the fast path (fast/engine.to_fast:
+Triton banks, fused RMSprop, frozen Triton G_F; CUDA graphs on a GPU). The steps are vidgan_fast.step.d_step /
+g_step, the functions `vidgan train` runs, on states built by vidgan_fast.step.build_state. Where Triton cannot run
+(a CPU without TRITON_INTERPRET=1) the fast column is skipped with the reason; under the interpreter it runs the
+kernels on CPU tensors, which is no speed measure.
 
     pytest benchmarks/bench_steps.py --benchmark-only            # size: paper on a GPU, tiny on CPU
     VIDGAN_BENCH_SIZE=tiny pytest benchmarks/bench_steps.py --benchmark-only
@@ -21,7 +24,7 @@ try:
     import pytest
 except ImportError:        # the report (and `vidgan bench`) import step_cases without the test extra
     pytest = None
-from vidgan_fast import flops as F
+from vidgan_fast.lab import flops as F
 from vidgan_fast import step as steps
 from vidgan_fast.config import preset
 from vidgan_fast.models import frame_discriminators, video_discriminators
@@ -49,32 +52,12 @@ def _state(cfg, phase: str):
     return steps.build_state(cfg, phase, gf_state)
 
 
-def make_fast(state, impl: str, tf32: bool):
-    """The fast path on `state`, exactly as `--fast` builds it (vidgan_fast.fast.engine.to_fast), in place.
-
-    impl='ref' (CPU: the interpreter is no speed measure) swaps in the same modules on their PyTorch path.
-    """
-    from vidgan_fast.fast.bank import FrameDiscriminatorBank, VideoDiscriminatorBank
-    from vidgan_fast.fast.engine import FastPathUnavailable, to_fast
-    from vidgan_fast.fast.frozen_generator import FrozenFrameGenerator
-    try:
-        state = to_fast(state, precision="tf32" if tf32 else "fp32")
-    except FastPathUnavailable:
-        if impl != "ref":
-            raise
-        # CPU without the interpreter: the same modules on their PyTorch path
-        bank_cls = VideoDiscriminatorBank if state.phase.video else FrameDiscriminatorBank
-        lr = state.d_opt.param_groups[0]["lr"]
-        state.discriminators = bank_cls.from_reference(list(state.discriminators), impl="ref").to(state.device)
-        state.d_opt = torch.optim.RMSprop(state.discriminators.parameters(), lr=lr)
-        if state.phase.video and state.f_opt is None:
-            state.renderer = FrozenFrameGenerator.from_reference(state.frame_generator, impl="ref")
-        return state
-    if impl == "ref":
-        state.discriminators.impl = "ref"
-        if state.renderer is not state.frame_generator:
-            state.renderer.impl = "ref"
-    return state
+def make_fast(state, tf32: bool):
+    """The fast path on `state`, exactly as `--fast` builds it (vidgan_fast.fast.engine.to_fast), in place: the
+    Triton banks, fused RMSprop and frozen Triton G_F. Raises fast.engine.FastPathUnavailable where Triton cannot
+    run (the report then shows the fast column as 'unavailable: <why>' and never builds it)."""
+    from vidgan_fast.fast.engine import to_fast
+    return to_fast(state, precision="tf32" if tf32 else "fp32")
 
 
 def graphed_step(state, which: str, real_shape, batch: int):
@@ -100,12 +83,15 @@ def _step_flops(cfg, phase: str, which: str) -> int:
 
 
 def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf32: bool = True,
-               compile_enabled: bool = True) -> list[Case]:
-    """The four training steps as timing cases (columns reference / compile / vmap / fast, built lazily)."""
+               compile_enabled: bool = True, compile_mode: str | None = None,
+               compile_backend: str | None = None) -> list[Case]:
+    """The four training steps as timing cases (columns reference / compile / vmap / fast, built lazily; the fast
+    column is 'unavailable: <why>' where Triton cannot run)."""
     device = resolve_device(device)
     size = resolve_size(size, device)
     cfg = bench_config(size, device, fast_tf32)
-    settings = column_settings(device, kind="step", compile_enabled=compile_enabled)
+    settings = column_settings(device, kind="step", compile_enabled=compile_enabled, compile_mode=compile_mode,
+                               compile_backend=compile_backend)
     cases = []
     for phase, k, batch in (("frames", cfg.frames_k, cfg.frames_batch), ("video", cfg.video_k, cfg.video_batch)):
         real_shape = (batch, 1, 30, 30) if phase == "frames" else (batch, 1, 30, 30, 30)
@@ -122,7 +108,7 @@ def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf3
             def factory(column, phase=phase, which=which):
                 state = _state(cfg, phase)
                 if column == "fast":
-                    make_fast(state, settings.fast_impl, fast_tf32)
+                    make_fast(state, fast_tf32)
                     if state.device.type == "cuda":
                         return graphed_step(state, which, real_shape, batch)
                 if column == "vmap":
@@ -133,7 +119,7 @@ def step_cases(size: str = "auto", device: str | torch.device = "auto", fast_tf3
 
             name = f"{label} {which} step (K={k}, B={batch})"
             cases.append(Case(name, "step", _step_flops(cfg, phase, which), inputs,
-                              settings.columns(factory), settings.labels, size=size))
+                              settings.columns(factory), settings.labels, size=size, compiled=compile_enabled))
     return cases
 
 

@@ -158,7 +158,8 @@ class Case:
     """One row of the report: an op or a training step, its FLOPs, rotated inputs and one entry per column.
 
     columns[c] is a zero-argument builder returning fn(input) (built only when that column is timed, so one
-    column's models live at a time), a string: why column c is skipped, or None: column c does not apply.
+    column's models live at a time), a string: why column c is skipped ('unavailable: <why>' for a fast column
+    that cannot be built here), or None: column c does not apply.
     """
     name: str
     kind: str                         # "op" or "step"
@@ -167,61 +168,84 @@ class Case:
     columns: dict
     labels: dict
     size: str = ""
+    compiled: bool = False            # the compile and vmap columns run torch.compile (warm-up covers compiling)
 
 
 @dataclass
 class ColumnSettings:
-    """How each column runs on `device`: compile mode, fast implementation, and the labels that say so."""
+    """How each column runs on `device`: compile mode, whether the fast modules can be built, and the labels that
+    say so."""
     device: torch.device
     kind: str
     compile_enabled: bool = True
+    compile_mode: str | None = None      # torch.compile's mode (default: max-autotune on a GPU, inductor's on CPU)
+    compile_backend: str | None = None   # torch.compile's backend (default inductor; 'eager': Dynamo only)
 
     @property
-    def fast_impl(self) -> str:
+    def fast_unavailable(self) -> str | None:
+        """Why the fast modules cannot be built on this device (one line), None where Triton runs: a CUDA GPU, or
+        CPU tensors under TRITON_INTERPRET=1 (fast/backend.py)."""
         from vidgan_fast.fast.backend import triton_unavailable_reason
-        if self.device.type == "cuda" and triton_unavailable_reason(self.device) is None:
-            return "triton"
-        return "ref"     # CPU: the interpreter is no speed measure; the 'ref' impl is the same module in PyTorch
+        return triton_unavailable_reason(self.device)
 
     @property
     def compile_kwargs(self) -> dict:
         # dynamic=False: every case has fixed shapes; automatic dynamic shapes only add guards (and, for the
         # phase 2 steps on torch 2.13 CPU, an inductor failure on the symbolic video-projection sizes)
+        backend = {} if self.compile_backend is None else {"backend": self.compile_backend}
+        if self.compile_backend not in (None, "inductor"):
+            return {**backend, "dynamic": False}          # modes are inductor's
+        if self.compile_mode is not None:
+            return {**backend, "mode": self.compile_mode, "dynamic": False}
         if self.device.type != "cuda":
-            return {"dynamic": False}    # CPU: inductor's default mode (max-autotune / CUDA graphs are GPU features)
-        return {"mode": "max-autotune", "dynamic": False}
+            return {**backend, "dynamic": False}    # CPU: inductor's default mode (max-autotune, CUDA graphs: GPU)
+        return {**backend, "mode": "max-autotune", "dynamic": False}
 
     @property
     def labels(self) -> dict:
-        mode = self.compile_kwargs.get("mode", "default")
-        fast = "fast (Triton)" if self.fast_impl == "triton" else "fast modules, impl='ref' (no Triton here)"
+        kw = self.compile_kwargs
+        how = (f"backend={kw['backend']}" if kw.get("backend", "inductor") != "inductor"
+               else f"mode={kw.get('mode', 'default')}")
+        if self.fast_unavailable is not None:
+            fast = "fast (Triton): not built here"
+        elif self.device.type == "cuda":
+            fast = "fast (Triton)" + (", CUDA graphs" if self.kind == "step" else "")
+        else:
+            fast = "fast (Triton interpreter on CPU tensors: the kernels run, no speed measure)"
         if self.kind == "step":
-            compiled = (f"torch.compile(mode={mode}, dynamic=False) of the reference step: forward+loss "
+            compiled = (f"torch.compile({how}, dynamic=False) of the reference step: forward+loss "
                         f"fullgraph=True, optimizer step compiled, NVTX off")
         else:
-            compiled = f"torch.compile(reference, mode={mode}, dynamic=False)"
+            compiled = f"torch.compile(reference, {how}, dynamic=False)"
         vmap = ("K discriminators stacked (torch.func.stack_module_state) through torch.func.vmap of one "
                 "functional_call" + (", RMSprop(foreach=True) on the stacks" if self.kind == "step" else ""))
-        vmap += (f", torch.compile as the compile column (fullgraph=True, mode={mode})" if self.compile_enabled
+        vmap += (f", torch.compile as the compile column (fullgraph=True, {how})" if self.compile_enabled
                  else ", eager (compile disabled)")
         rows = "steps: " if self.kind == "step" else "ops: "
         return {"reference": "eager reference", "compile": rows + compiled, "vmap": rows + vmap, "fast": fast}
 
     def columns(self, factory, vmap: bool = True) -> dict:
-        """One entry per column: factory(column) builders; vmap=False: the row has no vmap column (None)."""
+        """One entry per column: factory(column) builders; vmap=False: the row has no vmap column (None). The fast
+        column is the string 'unavailable: <why>' where the fast modules cannot be built (nothing stands in)."""
         import functools
         out = {c: functools.partial(factory, c) for c in COLUMNS}
         if not self.compile_enabled:
             out["compile"] = "skipped: compile disabled (--no-compile; the default on a CPU, --compile times it)"
         if not vmap:
             out["vmap"] = None
+        if self.fast_unavailable is not None:
+            out["fast"] = UNAVAILABLE + self.fast_unavailable
         return out
 
 
-def column_settings(device: torch.device | str, kind: str, compile_enabled: bool = True) -> ColumnSettings:
+UNAVAILABLE = "unavailable: "       # the prefix of a fast cell that was not run, followed by the one-line reason
+
+
+def column_settings(device: torch.device | str, kind: str, compile_enabled: bool = True,
+                    compile_mode: str | None = None, compile_backend: str | None = None) -> ColumnSettings:
     if kind not in ("op", "step"):
         raise ValueError(f"case kind must be 'op' or 'step', got {kind!r}")
-    return ColumnSettings(torch.device(device), kind, compile_enabled)
+    return ColumnSettings(torch.device(device), kind, compile_enabled, compile_mode, compile_backend)
 
 
 def bench_case(benchmark, case: Case, column: str, rounds: int, warmup: int = 3) -> None:

@@ -1,7 +1,8 @@
-"""The report's fair baselines (benchmarks/baselines.py): the stacked-vmap discriminators compute what the
-reference DiscriminatorList computes (logits, weight gradients, a D step's losses and updated weights), and the
-compile column is wired as documented (forward+loss fullgraph, optimizer compiled, NVTX off). CPU, seconds;
-no speed is asserted, and nothing here runs inductor (it takes minutes per function on a CPU)."""
+"""The report's fair baselines (benchmarks/baselines.py): the stacked-vmap discriminators and bench_bank.py's
+grouped-convolution column compute what the reference DiscriminatorList computes (logits, weight gradients; for
+vmap also a D step's losses and updated weights), and the compile column is wired as documented (forward+loss
+fullgraph, optimizer compiled, NVTX off). CPU, seconds; no speed is asserted, and nothing here runs inductor (it
+takes minutes per function on a CPU)."""
 import contextlib
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from vidgan_fast import profiling
 from vidgan_fast import step as steps
 from vidgan_fast.benchmarks import baselines
-from vidgan_fast.benchmarks.baselines import StackedDiscriminators, to_vmap
+from vidgan_fast.benchmarks.baselines import GroupedDiscriminators, StackedDiscriminators, to_vmap
 from vidgan_fast.config import preset
 from vidgan_fast.models import frame_discriminators, video_discriminators
 from vidgan_fast.tolerance import relative_error, tolerance
@@ -44,6 +45,33 @@ def test_vmap_logits_and_weight_gradients_match_the_reference(kind):
     state = stacked.reference_state_dict()
     assert state.keys() == reference.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", CASES)
+def test_grouped_convolutions_match_the_reference(kind):
+    """bench_bank.py's 'grouped' column (no longer in the product): the same logits and weight gradients as the K
+    reference discriminators, its parameters copies of theirs (stacked [K, ...])."""
+    build, shape = CASES[kind]
+    torch.manual_seed(0)
+    reference = build()
+    grouped = GroupedDiscriminators(reference)
+    exact = build().double()
+    exact.load_state_dict(reference.state_dict())
+    x = torch.rand(shape) * 2 - 1
+    logits, want = grouped(x), exact(x.double())
+    assert logits.shape == want.shape == (len(reference), shape[0])
+    assert relative_error(logits, want) <= FP32
+    logits.square().sum().backward()
+    want.square().sum().backward()
+    for layer in GroupedDiscriminators.LAYERS:
+        for kind_ in ("weight", "bias"):
+            grad = getattr(grouped, f"{layer}_{kind_}").grad
+            ref = torch.stack([getattr(getattr(d, layer), kind_).grad for d in exact])
+            assert grad.shape == ref.shape and relative_error(grad, ref) <= FP32, (layer, kind_)
+    before = reference[0].conv2.weight.detach().clone()
+    with torch.no_grad():
+        grouped.conv2_weight.add_(1.0)                     # copies: the references' weights are not shared
+    assert torch.equal(reference[0].conv2.weight, before)
 
 
 def _pair(phase, dtype=torch.float32):
