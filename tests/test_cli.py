@@ -109,8 +109,9 @@ def test_train_from_a_data_file_and_resume(tmp_path):
     (["sample", "x.ckpt", "--n", "0"], "Invalid value for '--n'"),
 ])
 def test_impossible_options(args, fragment, tmp_path):
-    assert_one_line_error(vidgan(*args, "--out", tmp_path / "run", ok=False)
-                          if args[0] == "train" else vidgan(*args, ok=False), fragment)
+    result = vidgan(*args, "--out", tmp_path / "run", ok=False) if args[0] == "train" else vidgan(*args, ok=False)
+    assert_one_line_error(result, fragment)
+    assert result.exit_code == 2                    # the command line alone is wrong: a usage error
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.ckpt"))
 
 

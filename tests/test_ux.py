@@ -49,7 +49,8 @@ HELPS = [[], ["train"], ["train", "frames"], ["train", "video"], ["train", "all"
 def test_every_help_answers_without_importing_torch():
     code = ("import sys\nfrom vidgan_fast.cli import main\n"
             f"for args in {HELPS!r}:\n"
-            "    try:\n        main(args + ['--help'], prog_name='vidgan')\n"
+            "  for flag in ('--help', '-h'):\n"
+            "    try:\n        main(args + [flag], prog_name='vidgan')\n"
             "    except SystemExit as e:\n        assert e.code in (0, None), (args, e.code)\n"
             "heavy = [m for m in ('torch', 'numpy', 'triton') if m in sys.modules]\n"
             "assert not heavy, heavy\nprint('ok')\n")
