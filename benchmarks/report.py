@@ -351,9 +351,12 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
         return _fail(f"invalid --device {a.device}: use auto, cpu, cuda or cuda:N", 2)
     from vidgan_fast.benchmarks.timing import resolve_device
     dev = resolve_device(a.device)
-    placeholder, code = claim_json(a)
-    if code:
-        return code
+    a.json = a.json or str(Path("results") / f"bench-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}.json")
+    from vidgan_fast.files import claim_new
+    try:                                         # a new name (never an earlier report replaced) unless --overwrite
+        placeholder = not a.overwrite and claim_new(a.json)
+    except FileExistsError:
+        return _fail(f"--json {a.json} already exists; pass --overwrite to replace it, or name another file", 2)
     d = GPU_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
     pick = lambda given, name: d[name] if given is None else given      # noqa: E731
     done: list[dict] = []
@@ -384,26 +387,6 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
     print("\n" + "\n".join(format_notes(rows)))
     print(f"wrote {a.json}", file=sys.stderr)
     return 0
-
-
-def claim_json(a) -> tuple[bool, int]:
-    """Take --json's name before anything runs: a new file (the default, results/bench-DATE-TIME.json, or a name
-    given without --overwrite) is created exclusively, never through a symlink, so no earlier report is replaced;
-    run_report then rewrites it atomically. (whether a placeholder was made, exit status: 0, or 2 if taken)."""
-    if a.json is None:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        a.json = str(Path("results") / f"bench-{stamp}.json")
-    elif a.overwrite:
-        return False, 0
-    path = Path(a.json)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
-    except FileExistsError:
-        return False, _fail(f"--json {path} already exists; pass --overwrite to replace it, or name another file", 2)
-    except OSError as e:
-        return False, _fail(f"cannot write --json {path} ({e.strerror or e})", 1)
-    return True, 0
 
 
 def _fail(message: str, code: int) -> int:

@@ -5,6 +5,7 @@ rewrites). In-process (click's parser), except one process for the help of every
 import json
 import re
 import runpy
+from importlib import metadata
 import shlex
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def test_dash_h_and_version_answer_everywhere():
         for flag in ("-h", "--help"):
             result = vidgan(*command, flag)
             assert result.stdout.lower().startswith("usage: vidgan"), (command, flag, result.stdout[:200])
-    assert vidgan("--version").stdout.strip() == f"vidgan {__import__('importlib.metadata').metadata.version('vidgan-fast')}"
+    assert vidgan("--version").stdout.strip() == f"vidgan {metadata.version('vidgan-fast')}"
 
 
 def test_help_shows_a_preset_value_only_where_the_presets_differ():

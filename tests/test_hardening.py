@@ -87,6 +87,10 @@ def test_planted_symlinks_leave_their_targets_untouched(run, tmp_path):
     assert f"holds .lock as a link to {target}" in last_line(proc.stderr)
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]            # nothing written beside it
     (folder / ".lock").unlink()
+    os.link(target, folder / ".lock")                                       # a hard link: the same file
+    assert "holds .lock as a link to another file" in one_error(vidgan("train", "frames", "--preset", "tiny",
+                                                                       "--steps", 1, "--out", folder, ok=False))
+    (folder / ".lock").unlink()
     (folder / "log.jsonl").symlink_to(target)
     assert "holds log.jsonl as a link" in one_error(vidgan("train", "frames", "--preset", "tiny", "--steps", 1,
                                                            "--out", folder, ok=False))

@@ -203,6 +203,15 @@ def write_numbered(folder: str | Path, files: list[tuple[str, Callable]], overwr
     return paths
 
 
+def claim_new(path: str | Path) -> bool:
+    """Create `path` empty and exclusively (its folders too), never through a symlink: FileExistsError if anything
+    is there. A name taken before a long job fills it (later writes replace it atomically); returns True."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o666))
+    return True
+
+
 def open_append(path: str | Path) -> int:
     """An O_APPEND descriptor of `path` (created if missing), never opened through a symlink (OSError ELOOP)."""
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | CLOEXEC, 0o666)

@@ -82,7 +82,8 @@ def write_samples(ckpt_path: str | Path, out: str | Path, n: int = 16, seed: int
     else:
         rows = x[:STRIP_ROWS, 0]                                        # [r, T, 30, 30]
         strip = rows.reshape(-1, 1, *rows.shape[-2:])                   # one row of T frames per video
-        files = [("videos.gif", media.gif_writer(x)), ("video_frames.png", media.strip_writer(strip, cols=rows.shape[1]))]
+        files = [("videos.gif", media.gif_writer(x)),
+                 ("video_frames.png", media.strip_writer(strip, cols=rows.shape[1]))]
     created = made(out)
     try:
         paths = write_numbered(out, files, overwrite=overwrite)
