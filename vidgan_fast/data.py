@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from vidgan_fast.errors import VidganError, os_reason
-from vidgan_fast.files import write_file
+from vidgan_fast.files import make_folders, remove_empty, write_file
 
 BOX = 10.0          # side of the square box
 RADIUS = 1.2        # ball radius
@@ -302,7 +302,7 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, frames: int = 30, siz
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     dataset = BouncingBalls(n=n, frames=frames, size=size, balls=balls, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = make_folders(path.parent)
 
     def writer(f):
         with tqdm(total=n, unit="video", desc=f"writing {path.name}", disable=not progress) as bar:
@@ -318,6 +318,8 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, frames: int = 30, siz
         return write_file(path, writer, replace=overwrite, kept="nothing was written", error=DataError)
     except FileExistsError:
         raise DataError(f"data file {path} already exists; pass overwrite=True to replace it") from None
+    finally:
+        remove_empty(created if not path.exists() else [])      # a failed write leaves no folder it made
 
 
 def load_videos(path: str | Path, frames: int = 30, size: int = 30) -> np.memmap:

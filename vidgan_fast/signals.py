@@ -7,6 +7,8 @@ that says what was saved.
 - `stop_requests()` (train.train_phase, around the loop): the first signal becomes a request to stop after the
   current step (train_phase saves and raises TrainingInterrupted; under torchrun distributed.stop_requests makes
   every rank agree); a second one more than `repeat_window_s` later raises `Stopped` at once.
+- Once a stop is under way (Stopped raised, or train_phase saved after a request: `stopping()`), further signals
+  are ignored, so that the cleanup and the one line complete (SIGKILL still ends the process).
 - `saved(note)`: what a stop now leaves behind, for that line ("runs/x/frames.ckpt (step 400) is saved; continue
   with --resume"); "nothing was saved" until a command says otherwise.
 
@@ -20,6 +22,7 @@ import time
 
 NOTHING = "nothing was saved"
 _note = [NOTHING]
+_stopping = [False]        # a stop is under way: later signals are ignored, so its cleanup and its line complete
 
 
 class Stopped(KeyboardInterrupt):
@@ -29,6 +32,11 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGINT):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
+
+
+def stopping() -> None:
+    """A stop is under way (a signal ended the command, or train_phase saved after one): ignore further signals."""
+    _stopping[0] = True
 
 
 def saved(note: str | None = None) -> str:
@@ -57,9 +65,11 @@ def _restore(previous: dict) -> None:
 def immediate_stops():
     """SIGINT/SIGTERM raise Stopped inside the block (see the module docstring); the note starts afresh."""
     def handler(signum, frame):
-        raise Stopped(signum)
+        if not _stopping[0]:
+            stopping()
+            raise Stopped(signum)
 
-    _note[0] = NOTHING
+    _note[0], _stopping[0] = NOTHING, False
     previous = _install(handler)
     try:
         yield
@@ -75,12 +85,16 @@ def stop_requests(repeat_window_s: float = 0.0):
     first: list[float] = []
 
     def handler(signum, frame):
+        if _stopping[0]:
+            return
         if caught and time.monotonic() - first[0] > repeat_window_s:
+            stopping()
             raise Stopped(signum)
         if not caught:
             caught.append(signum)
             first.append(time.monotonic())
 
+    _stopping[0] = False
     previous = _install(handler)
     try:
         yield caught

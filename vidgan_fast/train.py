@@ -28,7 +28,7 @@ from .limits import check_fits
 from .profiling import nvtx_range
 from .run_log import LossLog, cut_log, new_run_id
 from .sample import write_samples
-from .signals import saved
+from .signals import saved, stopping
 from .step import FRAMES, TrainState, build_frame_generator, build_state, resolve_device
 
 
@@ -174,6 +174,7 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
             if state.step % cfg.checkpoint_every == 0 or state.step == total or stop:
                 save()
             if stop:
+                stopping()                        # saved: a further signal must not cut the report short
                 raise TrainingInterrupted(f"{signal.Signals(stop[0]).name} at step {state.step} of phase "
                                           f"{phase.number}: checkpoint saved to {ckpt_path}; "
                                           f"continue with --resume", signum=stop[0])
