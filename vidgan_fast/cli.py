@@ -6,10 +6,11 @@
     vidgan train video --frames runs/paper/frames.ckpt --out runs/paper
     vidgan sample runs/tiny/video.ckpt --n 16
 
-Every TrainConfig field that a command uses is an option (generated from the dataclass; not given = the
-preset's value, or on --resume the saved run's value). Every project error and usage error ends as one
-`error: ...` line on stderr and a non-zero exit, never a traceback. Torch is imported only when a command runs,
-so every --help is quick.
+Every TrainConfig field that a command uses is an option (cli_options.py generates them from the dataclass; not
+given = the preset's value, or on --resume the saved run's value). Every project error and usage error ends as
+one `error: ...` line on stderr and a non-zero exit (2 for a command line wrong by itself, 130 / 143 for SIGINT /
+SIGTERM at any point), never a traceback. -h and --help everywhere; --version. Torch is imported only when a
+command runs, so every --help is quick.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import click
 
 from . import signals
-from .cli_options import (SEED, Device, config_options, configure, device_option, first_process, phase_aliases,
+from .cli_options import (SEED, config_options, configure, device_option, first_process, phase_aliases,
                           resolve_device, run_options)
 from .errors import ConfigError, TrainingInterrupted, VidganError, os_error_message
 from .run_folder import claim

@@ -16,6 +16,7 @@ import click
 from .config import CODE_MAPS, COMBINATIONS, MAX_SEED, PRESETS, TrainConfig, check_batch, option_name, parse_device
 from .config import preset as make_preset
 from .errors import ConfigError, OptionError
+from .signals import saved
 
 PHASE_ALIASES = {  # short options of `train frames` / `train video` -> the phase's config field
     "frames": {"batch": "frames_batch", "k": "frames_k", "lr": "frames_lr", "epochs": "frames_epochs"},
@@ -224,6 +225,7 @@ def configure(preset: str | None, kwargs: dict, resume: bool, command: str,
     preset = choose_preset(preset, overrides.get("device", "cpu"), resume)
     folder = Path(out) if out else Path("runs") / preset
     if resume:
+        saved(f"the checkpoints in {folder} are unchanged; continue with --resume")   # what a stop now leaves
         return None, overrides, folder
 
     def build():

@@ -5,10 +5,12 @@ are one line at start-up instead of an allocation failure, or minutes of silence
 The estimate is a floor, not a projection (vidgan_fast/memory_model.py projects the fast path's GPU memory): fp32
 weights, their gradients and RMSprop's state (3 x 4 bytes per trained parameter, 4 for a frozen one), and the
 activations of one forward and backward pass (2 x 4 bytes per value) of the generator and the K discriminators on
-one batch. Shapes come from the models built on the meta device (one discriminator, times K): nothing is
+one batch (under torchrun, each process's share of the K). Shapes come from the models built on the meta device (one discriminator, times K): nothing is
 allocated and no random number is drawn.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -45,6 +47,7 @@ def _parameters(module: torch.nn.Module) -> int:
 def needed_bytes(cfg: TrainConfig, phase: str) -> int:
     """The floor of the memory phase `phase` needs (see the module docstring)."""
     p = Phase.of(cfg, phase)
+    k = -(-p.k // max(1, int(os.environ.get("WORLD_SIZE", "1"))))     # torchrun: each process holds K / world
     with torch.device("meta"):
         frame_generator = build_frame_generator(cfg)
         z = torch.zeros(2, 100)
@@ -52,15 +55,15 @@ def needed_bytes(cfg: TrainConfig, phase: str) -> int:
         if not p.video:
             disc = frame_discriminators(1, cfg.df_widths)
             d_acts, _ = _activations(disc, frames)
-            trained, frozen, acts = _parameters(frame_generator) + p.k * _parameters(disc), 0, gf_acts + p.k * d_acts
+            trained, frozen, acts = _parameters(frame_generator) + k * _parameters(disc), 0, gf_acts + k * d_acts
         else:
             video_generator = build_video_generator(cfg)
             gv_acts, videos = _activations(video_generator, z, frame_generator)
             disc = video_discriminators(1, cfg.dv_widths)
             d_acts, _ = _activations(disc, videos)
             gf = _parameters(frame_generator)
-            trained = _parameters(video_generator) + p.k * _parameters(disc) + (gf if cfg.finetune_frames else 0)
-            frozen, acts = (0 if cfg.finetune_frames else gf), gv_acts + p.k * d_acts
+            trained = _parameters(video_generator) + k * _parameters(disc) + (gf if cfg.finetune_frames else 0)
+            frozen, acts = (0 if cfg.finetune_frames else gf), gv_acts + k * d_acts
     return 12 * trained + 4 * frozen + 8 * p.batch * acts
 
 
