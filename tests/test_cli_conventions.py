@@ -2,6 +2,8 @@
 help that shows each preset value once, --device auto said on stderr, --log-every N writing one line per N steps,
 and every command line in README.md's code blocks parsing (read from the README, so the test follows its
 rewrites). In-process (click's parser), except one process for the help of every command without torch."""
+import importlib
+import inspect
 import json
 import re
 import runpy
@@ -115,10 +117,14 @@ def readme_command_lines(text: str) -> list[list[str]]:
 def parse_only(args: list[str], monkeypatch) -> None:
     """Parse `vidgan ARGS` as the command would, without running it: click's parser and conversions for the click
     commands, the argparse parsers for bench and kernels, -h for other modules. A bad line raises."""
-    if args[:1] == ["-m"]:
-        monkeypatch.setattr(sys, "argv", [args[1], *args[2:], "-h"])
+    if args[:1] == ["-m"]:                       # another module's own parser: its main(ARGS + ['-h'])
+        module = importlib.import_module(args[1])
         with pytest.raises(SystemExit) as e:
-            runpy.run_module(args[1], run_name="__main__")
+            if hasattr(module, "main") and inspect.signature(module.main).parameters:
+                module.main([*args[2:], "-h"])
+            else:
+                monkeypatch.setattr(sys, "argv", [args[1], *args[2:], "-h"])
+                runpy.run_module(args[1], run_name="__main__")
         assert e.value.code in (0, None), args
         return
     command, ctx, name = main, None, "vidgan"
