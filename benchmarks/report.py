@@ -5,7 +5,7 @@ whole run (cuDNN, cuBLAS matmul and the Triton kernels alike: --tf32, the defaul
 in the header, the JSON meta and every cell.
 
     vidgan bench                                      # defaults chosen for the device, see below
-    vidgan bench --size tiny --repeats 5 --no-compile --json out.json
+    vidgan bench --size tiny --repeats 5 --no-compile --json out.json     # default: results/bench-DATE-TIME.json
     python -m vidgan_fast.benchmarks.report ...                   # the same command
 
 Defaults: on a GPU the paper sizes, 20 repeats after 3 warm-up calls, all three columns. On a CPU the tiny sizes,
@@ -194,10 +194,9 @@ def _save(out_json, meta: dict, rows: list[dict]) -> None:
     """Write meta and the rows so far (a temporary file, then a rename: never half a file)."""
     if out_json is None:
         return
-    out_json = Path(out_json)
-    tmp = out_json.with_name(f".{out_json.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    os.replace(tmp, out_json)
+    from vidgan_fast.files import write_file
+    text = json.dumps({"meta": meta, "rows": rows}, indent=1).encode()
+    write_file(Path(out_json), lambda f: f.write(text), replace=True, kept="the rows saved before are kept")
 
 
 def _cases(size, dev, what, compile_enabled, fast_tf32) -> list:
@@ -331,7 +330,9 @@ def build_parser(prog: str = "vidgan bench") -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (GPU 20, CPU 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (GPU 3, CPU 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU: 1; GPU: torch's default)")
-    p.add_argument("--json", default="bench.json", help="where to save meta and rows (default bench.json)")
+    p.add_argument("--json", default=None, help="where to save meta and rows (default: results/bench-DATE-TIME.json, "
+                                                "a new file); an existing file needs --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time the torch.compile column (GPU: yes; CPU: no, it compiles for minutes per case)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
@@ -345,11 +346,17 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
     a = build_parser(prog).parse_args(argv)
     if (a.repeats is not None and a.repeats < 1) or (a.warmup is not None and a.warmup < 0):
         return _fail("--repeats must be at least 1 and --warmup at least 0", 2)
-    from vidgan_fast.benchmarks.timing import resolve_device
-    try:
-        dev = resolve_device(a.device)
-    except RuntimeError:
+    from vidgan_fast.config import parse_device
+    if parse_device(a.device) is None:
         return _fail(f"invalid --device {a.device}: use auto, cpu, cuda or cuda:N", 2)
+    from vidgan_fast.benchmarks.timing import resolve_device
+    dev = resolve_device(a.device)
+    a.json = a.json or str(Path("results") / f"bench-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}.json")
+    from vidgan_fast.files import claim_new
+    try:                                         # a new name (never an earlier report replaced) unless --overwrite
+        placeholder = not a.overwrite and claim_new(a.json)
+    except FileExistsError:
+        return _fail(f"--json {a.json} already exists; pass --overwrite to replace it, or name another file", 2)
     d = GPU_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
     pick = lambda given, name: d[name] if given is None else given      # noqa: E731
     done: list[dict] = []
@@ -372,6 +379,8 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
                           pick(a.compile, "compile"), a.tf32, pick(a.threads, "threads"), progress=progress,
                           on_start=on_start, on_case=on_case, command=" ".join([prog, *(argv or [])]))
     except ValueError as e:
+        if placeholder:
+            Path(a.json).unlink(missing_ok=True)
         return _fail(str(e), 2)
     except KeyboardInterrupt:
         return _fail(f"interrupted after {len(done)} of {total[0]} rows; {a.json} holds them", 130)

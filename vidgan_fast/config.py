@@ -18,6 +18,30 @@ COMBINATIONS = ("mean", "sum", "hypervolume", "gman")   # --loss choices (losses
 CODE_MAPS = ("tanh", "sphere")                          # G_V's last step: --video-codes choices (models.py)
 
 
+# Ranges the code can honour (issue 28), checked before anything is built. Seeds: torch seeds each phase with
+# seed * 2 + phase - 1, which must stay below 2**64. K: one module per discriminator (4,096 tiny ones take a minute
+# to build). n_videos: every epoch draws a permutation of n_videos (16 bytes each). Widths: a bound on typing
+# errors; the memory a configuration needs is checked against the device at start-up (limits.py).
+MAX_SEED = 2 ** 63 - 1
+MAX_COUNT = 2 ** 40
+MAX_WIDTH = 65_536
+LIMITS = {"frames_k": 4096, "video_k": 4096, "n_videos": 10_000_000, "frames_batch": 65_536, "video_batch": 65_536,
+          "gv_lstm": MAX_WIDTH, "sample_n": 1024}
+LIMIT_WHY = {"frames_k": "discriminators", "video_k": "discriminators", "n_videos": "videos",
+             "frames_batch": "frames per batch", "video_batch": "videos per batch", "gv_lstm": "a width",
+             "sample_n": "one picture grid"}
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+def parse_device(text: str) -> str | None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' as given (N a non-negative integer), else None. Torch-free."""
+    text = str(text).strip()
+    if text in DEVICE_NAMES:
+        return text
+    kind, colon, index = text.partition(":")
+    return text if kind == "cuda" and colon and index.isdigit() and index.isascii() and len(index) < 6 else None
+
+
 def _opt(help: str, option: str | None = None, **kw):
     return field(metadata={"help": help, "option": option}, **kw)
 
@@ -65,9 +89,12 @@ class TrainConfig:
     max_steps: int | None = _opt("stop each phase after this many steps (default: all epochs)",
                                  option="--steps", default=None)
     checkpoint_every: int = _opt("save a checkpoint every N steps (and at the end)", default=500)
-    log_every: int = _opt("write losses to log.jsonl and check them for NaN every N steps", default=10)
+    log_every: int = _opt("one line in log.jsonl every N steps (and at each checkpoint): the mean d_loss and g_loss "
+                          "over its steps, and it_s over its own interval; every step's losses are checked for NaN",
+                          default=10)
     sample_n: int = _opt("videos / frames in the sample written at the end of `train all`", default=16)
-    device: str = _opt("torch device: cpu, cuda or cuda:N", default="cpu")
+    device: str = _opt("torch device: auto (a CUDA GPU if there is one, else the CPU; the command says which it "
+                       "picked), cpu, cuda or cuda:N", default="cpu")
     # execution (the mathematics is the same on both paths; checkpoints are interchangeable)
     fast: bool = _opt("fast path: Triton discriminator banks and frozen G_F, CUDA graphs, data on the GPU "
                       "(falls back to the reference path with a warning where Triton cannot run)", default=False)
@@ -228,6 +255,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not _is_int(v) or v <= 0:
             raise _bad(name, v, "must be a positive integer")
+        if v > LIMITS.get(name, MAX_COUNT):
+            raise _bad(name, v, f"must be at most {LIMITS.get(name, MAX_COUNT):,} ({LIMIT_WHY.get(name, 'a count')})")
     if not _is_number(cfg.gv_forget_bias):
         raise _bad("gv_forget_bias", cfg.gv_forget_bias, "must be a finite number")
     if not _is_number(cfg.gv_smoothing) or not 0 <= cfg.gv_smoothing <= 10:
@@ -240,19 +269,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not isinstance(v, tuple) or not all(_is_int(c) and c > 0 for c in v) or len(v) == 0:
             raise _bad(name, v, "must be a comma list of positive integers")
+        if max(v) > MAX_WIDTH:
+            raise _bad(name, v, f"each width must be at most {MAX_WIDTH:,}")
         if length is not None and len(v) != length:
             raise _bad(name, v, f"needs exactly {length} widths")
     if cfg.video_codes not in CODE_MAPS:
         raise _bad("video_codes", cfg.video_codes, f"choose one of {', '.join(CODE_MAPS)}")
     if cfg.loss not in COMBINATIONS:
         raise _bad("loss", cfg.loss, f"unknown loss combination; choose one of {', '.join(COMBINATIONS)}")
-    if cfg.max_steps is not None and (not _is_int(cfg.max_steps) or cfg.max_steps <= 0):
-        raise _bad("max_steps", cfg.max_steps, "must be a positive integer")
+    if cfg.max_steps is not None and (not _is_int(cfg.max_steps) or not 0 < cfg.max_steps <= MAX_COUNT):
+        raise _bad("max_steps", cfg.max_steps, f"must be a positive integer, at most {MAX_COUNT:,}")
     for name in ("seed", "data_seed"):
         v = getattr(cfg, name)
-        if not _is_int(v) or v < 0:
-            raise _bad(name, v, "must be a non-negative integer")
-    if not isinstance(cfg.device, str) or not (cfg.device in ("cpu", "cuda") or cfg.device.startswith("cuda:")):
+        if not _is_int(v) or not 0 <= v <= MAX_SEED:
+            raise _bad(name, v, f"must be an integer from 0 to 2**63 - 1 ({MAX_SEED})")
+    if not isinstance(cfg.device, str) or parse_device(cfg.device) is None or cfg.device == "auto":
         raise _bad("device", cfg.device, "must be cpu, cuda or cuda:N")
     for name in ("calibrate_codes", "finetune_frames", "fast", "graphs", "fast_check", "tf32", "bf16"):
         if not isinstance(getattr(cfg, name), bool):

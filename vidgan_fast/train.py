@@ -24,10 +24,12 @@ from .config import TrainConfig
 from .data import VideoSource, load_videos, to_model_range
 from .errors import ConfigError, TrainingError, TrainingInterrupted
 from .execution import plan
+from .limits import check_fits
 from .profiling import nvtx_range
 from .run_log import LossLog, cut_log, new_run_id
 from .sample import write_samples
-from .step import FRAMES, TrainState, build_frame_generator, build_state
+from .signals import saved, stopping
+from .step import FRAMES, TrainState, build_frame_generator, build_state, resolve_device
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -122,7 +124,8 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
     """Train `state` to the end of its phase, logging to out/log.jsonl and checkpointing to out/<phase>.ckpt.
 
     Losses stay on the device and are checked (NaN/inf) every log_every steps and before every save, so a
-    diverged model is never saved. SIGINT/SIGTERM: finish the step, save, raise TrainingInterrupted.
+    diverged model is never saved. SIGINT/SIGTERM: finish the step, save, raise TrainingInterrupted; a second
+    signal during that stops at once (signals.Stopped), the checkpoint on disk as it was.
     """
     cfg, out, phase = state.cfg, Path(out), state.phase
     state.run = state.run or new_run_id()       # made when a phase starts fresh; kept on --resume
@@ -135,6 +138,8 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
         cut_log(out / "log.jsonl", phase.name, state.step)
     log = LossLog(distributed.rank_path(out / "log.jsonl"), phase.name, phase.number, state.step, state.run)
     saved_step = state.step if ckpt_path.exists() else None        # the step of the checkpoint on disk
+    if saved_step is not None:                    # what a stop at any point leaves (signals.saved, the CLI's line)
+        saved(f"{ckpt_path} (step {saved_step}) is kept; continue with --resume")
     bar = tqdm(total=total, initial=state.step, desc=str(phase),
                unit="step", disable=not progress or not distributed.is_main(), dynamic_ncols=True)
 
@@ -150,6 +155,7 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
         flush()                                   # never save a model whose losses went NaN
         distributed.save_checkpoint(state, ckpt_path, checkpoint_payload(state, complete=state.step >= total))
         saved_step = state.step
+        saved(f"{ckpt_path} (step {saved_step}) is saved; continue with --resume")
 
     with distributed.stop_requests() as stop, bar:
         while state.step < total:
@@ -168,6 +174,7 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
             if state.step % cfg.checkpoint_every == 0 or state.step == total or stop:
                 save()
             if stop:
+                stopping()                        # saved: a further signal must not cut the report short
                 raise TrainingInterrupted(f"{signal.Signals(stop[0]).name} at step {state.step} of phase "
                                           f"{phase.number}: checkpoint saved to {ckpt_path}; "
                                           f"continue with --resume", signum=stop[0])
@@ -187,19 +194,24 @@ def open_phase(phase: str, out: str | Path, cfg: TrainConfig, resume: bool = Fal
         if not path.exists():
             raise TrainingError(f"nothing to resume: {path} does not exist")
         ckpt = load_checkpoint(path, expected_phase=phase)
-        open_source(saved_config(ckpt, path).replace(**(overrides or {})))   # bad --data: before any model
+        cfg = saved_config(ckpt, path).replace(**(overrides or {}))
+        open_source(cfg)                  # bad --data: before any model
+        check_fits(cfg, phase, resolve_device(cfg.device))
+        saved(f"{path} (step {ckpt['step']}) is kept; continue with --resume")
         return state_from_checkpoint(ckpt, path, overrides)
     if path.exists():
         raise TrainingError(f"{out} already holds {path.name}; pass --resume to continue that run "
                             f"or choose another --out")
     open_source(cfg)                      # a missing or malformed --data file is found before any model is built
     if phase == "frames":
+        check_fits(cfg, phase, resolve_device(cfg.device))      # absurd sizes: one line now, not a failed allocation
         return build_state(cfg, "frames")
     if frames is None:
         raise TrainingError("phase 2 needs a trained frame generator: pass --frames CKPT")
     generator_state, widths = frame_generator_of(frames, given_widths=(overrides or {}).get("gf_widths"))
     cfg = cfg.replace(gf_widths=widths)
     check_frame_generator(cfg, generator_state, frames)
+    check_fits(cfg, phase, resolve_device(cfg.device))
     return build_state(cfg, "video", generator_state)
 
 
