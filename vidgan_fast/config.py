@@ -29,6 +29,14 @@ class TrainConfig:
     frames_batch: int = _opt("frames per batch (phase 1)", default=64)
     frames_lr: float = _opt("RMSprop learning rate of G_F and the frame discriminators", default=3e-4)
     frames_epochs: int = _opt("epochs of phase 1 (one random frame per video per epoch)", default=50)
+    # phase 1: which G_F samples and goes to phase 2 (selection.py; off: the last weights, the paper's method)
+    frames_ema: float = _opt("phase 1: keep an exponential moving average of G_F's weights with this decay per "
+                             "step (e.g. 0.99), used to sample and as phase 2's G_F (0: off, the last weights)",
+                             default=0.0)
+    frames_select_every: int = _opt("phase 1: every N steps score G_F (its average with --frames-ema) by the share "
+                                    "of frames with exactly 3 blobs among --frames-select-n frames of fixed codes, "
+                                    "and sample and train phase 2 with the best snapshot (0: off)", default=0)
+    frames_select_n: int = _opt("frames scored per snapshot with --frames-select-every", default=1024)
     # phase 2: video generator G_V (through the frozen G_F) against K video discriminators
     video_k: int = _opt("number of video discriminators (phase 2)", default=16)
     video_batch: int = _opt("videos per batch (phase 2)", default=8)
@@ -228,6 +236,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not _is_int(v) or v <= 0:
             raise _bad(name, v, "must be a positive integer")
+    if not _is_number(cfg.frames_ema) or not 0 <= cfg.frames_ema < 1:
+        raise _bad("frames_ema", cfg.frames_ema, "must be a number from 0 (off) to below 1")
+    if not _is_int(cfg.frames_select_every) or cfg.frames_select_every < 0:
+        raise _bad("frames_select_every", cfg.frames_select_every, "must be a non-negative integer (0: off)")
+    if not _is_int(cfg.frames_select_n) or cfg.frames_select_n < 2:
+        raise _bad("frames_select_n", cfg.frames_select_n, "must be an integer of at least 2")
     if not _is_number(cfg.gv_forget_bias):
         raise _bad("gv_forget_bias", cfg.gv_forget_bias, "must be a finite number")
     if not _is_number(cfg.gv_smoothing) or not 0 <= cfg.gv_smoothing <= 10:

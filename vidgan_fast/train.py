@@ -77,6 +77,9 @@ def checkpoint_payload(state: TrainState, complete: bool) -> dict:
                        else portable_optimizer_state(state.f_opt.state_dict())},
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "complete": complete,
         "rng": rng_states(state.device), "losses": dict(state.last_losses), "run": state.run,
+        # phase 1 with --frames-ema / --frames-select-every (selection.py); absent keys read as None (older files)
+        "frame_average": None if state.frame_average is None else state.frame_average.state_dict(),
+        "selection": None if state.selection is None else state.selection.state_dict(),
     }
 
 
@@ -102,6 +105,15 @@ def state_from_checkpoint(ckpt: dict, path: str | Path, overrides: dict | None =
         for group in (opt.param_groups if opt is not None else ()):
             group["lr"] = rate
     state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    if state.frame_average is not None:          # a checkpoint without one (the option added on --resume): start
+        average = ckpt.get("frame_average")      # the average at the weights it resumes from
+        load_matching(state.frame_average.model, state.generator.state_dict() if average is None else average,
+                      "the frame generator's weight average", path)
+    if state.selection is not None and ckpt.get("selection") is not None:
+        best = ckpt["selection"]["best_state"]
+        if best is not None:
+            check_matching(state.generator, best, "the selected frame generator", path)
+        state.selection.load_state_dict(ckpt["selection"])
     state.last_losses = dict(ckpt.get("losses") or {})
     state.run = ckpt.get("run") or state.run
     restore_rng_states(ckpt["rng"], state.device)
@@ -162,6 +174,10 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
             if state.batch_in_epoch == per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             bar.update(1)
+            if state.frame_average is not None:
+                state.frame_average.update(state.generator)
+            if state.selection is not None and state.selection.due(state.step, per_epoch * phase.epochs):
+                state.selection.consider(state.sampling_generator, state.step)
             distributed.agree_stop(stop)          # torchrun: a signal to any rank stops every rank here
             if state.step % cfg.log_every == 0:
                 flush()
