@@ -190,8 +190,9 @@ PRESETS: dict[str, TrainConfig] = {
     # speed 0.60 / 0.63 / 0.57 px/frame, coherence 0.946 / 0.937 / 0.943, diversity 0.77 / 0.77 / 0.81, 3-blob
     # frames 3 / 10 / 13 points under G_F's; 496-552 s CPU per run.
     "small": TrainConfig(
-        frames_k=16, frames_batch=32, frames_epochs=50, frames_lr=4e-3,   # 32 steps per epoch, 1600 steps
-        video_k=4, video_batch=32, video_epochs=1, video_lr=5e-5,
+        frames_k=24, frames_batch=32, frames_epochs=50, frames_lr=4e-3,   # 32 steps per epoch, 1600 steps
+        frames_ema=0.99,
+        video_k=4, video_batch=32, video_epochs=1, video_lr=1e-5,
         gf_widths=(32, 32, 16, 64), df_widths=(16, 32, 64), gv_hidden=(32, 64, 64), gv_lstm=16,
         dv_widths=(8, 16, 16), n_videos=1024, video_codes="sphere", gv_forget_bias=3.0, calibrate_codes=True,
         gv_smoothing=4.0,
