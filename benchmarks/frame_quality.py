@@ -1,4 +1,6 @@
-"""G_F alone: the frame metrics of `vidgan eval` on frames from z ~ N(0, I) (eval mode), next to real frames.
+"""G_F alone: the frame metrics of `vidgan eval` on frames from z ~ N(0, I) (eval mode), next to real frames. The
+G_F is the one the checkpoint samples with and phase 2 renders with (checkpoint.sampling_frame_generator: with
+--frames-ema the weight average, with --frames-select-every the best snapshot).
 
     python -m vidgan_fast.benchmarks.frame_quality RUN/frames.ckpt [RUN2/frames.ckpt ...] [--n 2000]
 

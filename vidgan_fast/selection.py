@@ -1,10 +1,10 @@
 """Which G_F a phase-1 run samples with and hands to phase 2: the trained weights, their exponential moving
 average (`--frames-ema`), or the best snapshot by a frame-quality score (`--frames-select-every`).
 
-Both are off at the `paper` preset (the paper's method: phase 2 renders with the last G_F of phase 1) and on at
-`small`, where the small G_F's quality swings by about +-0.1 in 3-blob frames between checkpoints 100-200 steps
-apart (GAN dynamics) and the last step's G_F varies a lot with the seed and the thread count (config.py says what
-was measured).
+Both are off at the `paper` preset (the paper's method: phase 2 renders with the last G_F of phase 1). The `small`
+preset averages (decay 0.99) and does not select: at its 1,600 steps the small G_F's 3-blob fraction is still
+rising, and selection on a few hundred frames mostly picked an earlier, noisier snapshot (config.py and
+benchmarks/RESULTS.md, issue 27, say what was measured).
 
     average = WeightAverage(g_f, decay=0.99)      # phase 1, after every step: average.update(g_f)
     chosen = SnapshotSelection(every=100, n=1024)  # every 100 steps: chosen.consider(average.model, step)
