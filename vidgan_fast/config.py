@@ -209,10 +209,10 @@ PRESETS: dict[str, TrainConfig] = {
     #   accelerations are steps where the blob count changes (a speck or ghost ball appears or goes). Speed
     #   >= 0.79 px/frame (0.75x the data's) at coherence >= 0.95 needs k <= 0.08: a G_F that draws fewer specks,
     #   not another filter. On the K=24 seed-1 G_F with lr 1e-5: sigma 4: 0.755 / 0.901; sigma 5: 0.711 / 0.914.
-    # Measured on 3 seeds, the whole `train all` run (benchmarks/RESULTS.md, "Quality (issue 17), 2026-12-04"):
-    # G_F alone 3-blob frames 0.77 / 0.83 / 0.79 (target 0.70), radius 3.29-3.52 px, diversity 0.78-0.81; G_V
-    # speed 0.60 / 0.63 / 0.57 px/frame, coherence 0.946 / 0.937 / 0.943, diversity 0.77 / 0.77 / 0.81, 3-blob
-    # frames 3 / 10 / 13 points under G_F's; 496-552 s CPU per run.
+    # Measured, the whole `train all` run (benchmarks/RESULTS.md, "Quality (issue 27), 2026-12-07"), seeds 0-4, one
+    # thread: G_F alone 3-blob frames 0.741 / 0.774 / 0.830 / 0.811 / 0.627 (issue 27's target 0.75); G_V 3-blob
+    # frames 0.672 / 0.743 / 0.780 / 0.773 / 0.604, speed 0.63-0.74x the data's (target 0.75-1.33x), coherence
+    # 0.882-0.928 (target 0.95), diversity 0.90-0.96x; held-out seeds 25 / 28 / 89 alike; 313-379 s CPU per run.
     "small": TrainConfig(
         frames_k=24, frames_batch=32, frames_epochs=50, frames_lr=4e-3,   # 32 steps per epoch, 1600 steps
         frames_ema=0.99,

@@ -11,7 +11,7 @@ Phase 2 ("video"):  G_V against K video discriminators; G_F comes from a phase-1
 The steps only assume that `state.discriminators` maps x -> logits [K, B] and has .parameters(), and that
 `state.renderer` maps codes -> frames: `--fast` (execution.py, fast/engine.py) swaps those modules for a Triton
 bank and the folded Triton G_F, and may replay these two functions as CUDA graphs (fast/graphs.py). This module
-imports only models, losses, config, profiling, selection and errors: the loop, the runs and the fast path build on it.
+imports only models, losses, config, profiling and errors: the loop, the runs and the fast path build on it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from .errors import ConfigError, TrainingError
 from .models import (FRAME_SIZE, FrameGenerator, VideoGenerator, calibrate_codes, frame_discriminators,
                      video_discriminators)
 from .profiling import nvtx_range
-from .selection import SnapshotSelection, WeightAverage
 
 Z_DIM = 100
 FRAMES = 30
@@ -89,8 +88,8 @@ class TrainState:
     frame_generator: nn.Module | None = None      # phase 2: G_F (reference module; what checkpoints hold)
     f_opt: torch.optim.Optimizer | None = None    # phase 2 with finetune_frames
     renderer: nn.Module | None = None             # phase 2: what renders the codes (fast: the frozen Triton G_F)
-    frame_average: WeightAverage | None = None    # phase 1 with frames_ema: G_F's weight average (selection.py)
-    selection: SnapshotSelection | None = None    # phase 1 with frames_select_every: the best G_F snapshot
+    frame_average: object | None = None           # phase 1 with frames_ema: selection.WeightAverage of G_F
+    selection: object | None = None               # phase 1 with frames_select_every: selection.SnapshotSelection
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -162,16 +161,12 @@ def build_state(cfg: TrainConfig, phase: str, frame_generator_state: dict | None
             calibrate_codes(generator, seed=cfg.seed)
         discriminators = video_discriminators(phase.k, cfg.dv_widths, seed=1000 + cfg.seed * 100_000)
     generator, discriminators = generator.to(device).train(), discriminators.to(device).train()
-    average = WeightAverage(generator, cfg.frames_ema) if not phase.video and cfg.frames_ema else None
-    selection = (SnapshotSelection(cfg.frames_select_every, cfg.frames_select_n)
-                 if not phase.video and cfg.frames_select_every else None)
     if cfg.bf16 and not (device.type == "cuda" and torch.cuda.is_bf16_supported()):
         warnings.warn(f"--bf16 ignored: {device} does not support bf16 autocast", RuntimeWarning, stacklevel=2)
     return TrainState(phase, cfg, device, generator, discriminators,
                       g_opt=torch.optim.RMSprop(generator.parameters(), lr=phase.lr),
                       d_opt=torch.optim.RMSprop(discriminators.parameters(), lr=phase.lr),
-                      frame_generator=renderer, f_opt=f_opt, renderer=renderer, frame_average=average,
-                      selection=selection)
+                      frame_generator=renderer, f_opt=f_opt, renderer=renderer)
 
 
 # ----------------------------------------------------------------------------------------------- the step

@@ -27,6 +27,7 @@ from .execution import plan
 from .profiling import nvtx_range
 from .run_log import LossLog, cut_log, new_run_id
 from .sample import write_samples
+from .selection import SnapshotSelection, WeightAverage
 from .step import FRAMES, TrainState, build_frame_generator, build_state
 
 
@@ -83,6 +84,17 @@ def checkpoint_payload(state: TrainState, complete: bool) -> dict:
     }
 
 
+def with_frame_choice(state: TrainState) -> TrainState:
+    """Phase 1: attach G_F's weight average (cfg.frames_ema) and snapshot selection (cfg.frames_select_every) to a
+    state built by step.build_state (which stands on the model definitions only); in place, returns it."""
+    cfg = state.cfg
+    if not state.phase.video:
+        state.frame_average = WeightAverage(state.generator, cfg.frames_ema) if cfg.frames_ema else None
+        state.selection = (SnapshotSelection(cfg.frames_select_every, cfg.frames_select_n)
+                           if cfg.frames_select_every else None)
+    return state
+
+
 def state_from_checkpoint(ckpt: dict, path: str | Path, overrides: dict | None = None) -> TrainState:
     """Rebuild a run exactly where its checkpoint left it (models, optimizers, data position, RNGs).
 
@@ -92,7 +104,7 @@ def state_from_checkpoint(ckpt: dict, path: str | Path, overrides: dict | None =
     g_f = ckpt.get("frame_generator")
     if g_f is not None:
         check_frame_generator(cfg, g_f, path)
-    state = build_state(cfg, ckpt["phase"], g_f)
+    state = with_frame_choice(build_state(cfg, ckpt["phase"], g_f))
     load_matching(state.generator, ckpt["generator"], "the generator", path)
     load_matching(state.discriminators, ckpt["discriminators"], "the discriminators", path)
     opts = ckpt["optimizers"]
@@ -210,7 +222,7 @@ def open_phase(phase: str, out: str | Path, cfg: TrainConfig, resume: bool = Fal
                             f"or choose another --out")
     open_source(cfg)                      # a missing or malformed --data file is found before any model is built
     if phase == "frames":
-        return build_state(cfg, "frames")
+        return with_frame_choice(build_state(cfg, "frames"))
     if frames is None:
         raise TrainingError("phase 2 needs a trained frame generator: pass --frames CKPT")
     generator_state, widths = frame_generator_of(frames, given_widths=(overrides or {}).get("gf_widths"))
