@@ -36,7 +36,7 @@ def test_dash_h_and_version_answer_everywhere():
 def test_help_shows_a_preset_value_only_where_the_presets_differ():
     text = " ".join(vidgan("train", "all", "-h").stdout.split())
     assert "None" not in text and "[default: mean]" in text and "[default: auto]" in text
-    assert "[paper: 48; tiny: 8; small: 16]" in text                                   # --frames-k
+    assert "[paper: 48; tiny: 8; small: 24]" in text                                   # --frames-k
     assert "[paper: 1024,1024,512,256; tiny, small: 32,32,16,64]" in text              # --gf-widths
     assert len(vidgan("train", "all", "-h").stdout.splitlines()) < 130                  # was ~150
 

@@ -109,10 +109,12 @@ def test_one_step_stands_on_the_model_definitions_only():
 
 
 def test_kernels_import_no_model_and_no_autograd():
+    """kernels/ stands alone, except for the project's one way to write a file (the autotuner's tile cache)."""
     paths = modules()
+    helpers = {"vidgan_fast.files", "vidgan_fast.errors"}
     for name, targets in graph().items():
         if name.startswith("vidgan_fast.kernels"):
-            assert all(t.startswith("vidgan_fast.kernels") for t in targets), (name, targets)
+            assert all(t.startswith("vidgan_fast.kernels") or t in helpers for t in targets), (name, targets)
             assert "torch.autograd" not in paths[name].read_text() and "torch.nn" not in paths[name].read_text()
 
 

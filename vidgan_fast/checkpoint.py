@@ -12,6 +12,9 @@ A checkpoint is one `torch.save`d dict (readable with `weights_only=True`):
     rng                        torch CPU, CUDA (if used), numpy and python states
     losses                     {"d_loss": ..., "g_loss": ...} of the last logged step
     integrity                  SHA-256 of every tensor and of the rest (integrity_record); checked on load
+    frame_average, selection   phase 1 with --frames-ema / --frames-select-every (selection.py), else None or
+                               absent (files written before these options): G_F's weight average, and the
+                               snapshot selection's state (best_state: the best G_F, best_step, best_score, history)
 """
 from __future__ import annotations
 
@@ -197,16 +200,28 @@ def load_matching(module: torch.nn.Module, state: dict, what: str, path: str | P
     module.load_state_dict(state)
 
 
+def sampling_frame_generator(ckpt: dict) -> dict:
+    """The G_F state a checkpoint samples with: a video checkpoint's G_F; for a frames checkpoint the best
+    snapshot (--frames-select-every), else the weight average (--frames-ema), else the last weights."""
+    if ckpt["phase"] == "video":
+        return ckpt["frame_generator"]
+    best = (ckpt.get("selection") or {}).get("best_state")
+    if best is not None:
+        return best
+    return ckpt["frame_average"] if ckpt.get("frame_average") is not None else ckpt["generator"]
+
+
 def frame_generator_of(path: str | Path, given_widths: tuple | None = None) -> tuple[dict, tuple[int, ...]]:
     """(G_F state, G_F widths) of a phase-1 checkpoint: phase 2 builds its G_F with the widths the checkpoint
-    holds. `given_widths` (--gf-widths on the command line), if not None, must be the same: else ConfigError."""
+    holds, and renders with the G_F it samples with (sampling_frame_generator). `given_widths` (--gf-widths on the
+    command line), if not None, must be the same: else ConfigError."""
     ckpt = load_checkpoint(path, expected_phase="frames")
     widths = saved_config(ckpt, path).gf_widths
     if given_widths is not None and tuple(given_widths) != widths:
         shown = lambda w: ",".join(map(str, w))      # noqa: E731
         raise ConfigError(f"invalid --gf-widths {shown(given_widths)}: the frames checkpoint {path} holds a G_F of "
                           f"widths {shown(widths)}; leave --gf-widths out (phase 2 reads them from the checkpoint)")
-    return ckpt["generator"], widths
+    return sampling_frame_generator(ckpt), widths
 
 
 def saved_config(ckpt: dict, path: str | Path) -> TrainConfig:

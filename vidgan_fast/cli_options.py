@@ -107,7 +107,8 @@ def _click_type(f: dataclasses.Field):
 
 
 # Options that only one command uses (every other TrainConfig field is used by all three train commands).
-FRAMES_ONLY = {"frames_k", "frames_batch", "frames_lr", "frames_epochs", "df_widths"}
+FRAMES_ONLY = {"frames_k", "frames_batch", "frames_lr", "frames_epochs", "df_widths", "frames_ema",
+               "frames_select_every", "frames_select_n"}
 VIDEO_ONLY = {"video_k", "video_batch", "video_lr", "video_epochs", "gv_hidden", "gv_lstm", "dv_widths",
               "finetune_frames", "finetune_lr", "video_codes", "gv_forget_bias", "gv_smoothing", "calibrate_codes"}
 ALL_ONLY = {"sample_n"}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import media
-from .checkpoint import load_checkpoint, load_matching, saved_config
+from .checkpoint import load_checkpoint, load_matching, sampling_frame_generator, saved_config
 from .errors import ConfigError, VidganError, os_reason
 from .files import human, make_folders, remove_empty, write_file, write_numbered
 from .signals import saved
@@ -32,10 +32,9 @@ def load_generator(ckpt_path: str | Path, device: str = "cpu"):
     cfg = saved_config(ckpt, ckpt_path)
     dev = resolve_device(device)
     frame_generator = build_frame_generator(cfg)
+    load_matching(frame_generator, sampling_frame_generator(ckpt), "the frame generator", ckpt_path)
     if ckpt["phase"] == "frames":
-        load_matching(frame_generator, ckpt["generator"], "the frame generator", ckpt_path)
         return "frames", dev, frame_generator.to(dev).eval()
-    load_matching(frame_generator, ckpt["frame_generator"], "the frame generator", ckpt_path)
     video_generator = build_video_generator(cfg)
     load_matching(video_generator, ckpt["generator"], "the video generator", ckpt_path)
     video_generator, frame_generator = video_generator.to(dev).eval(), frame_generator.to(dev).eval()
