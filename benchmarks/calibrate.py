@@ -44,7 +44,14 @@ from pathlib import Path
 if __package__ in (None, ""):          # `python benchmarks/calibrate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidgan_fast.benchmarks.atomic import write_json
+from vidgan_fast.files import write_file
+
+
+def write_json(path, data) -> None:
+    """`data` as indented JSON, written whole (vidgan_fast.files: a temporary file, then a rename)."""
+    text = json.dumps(data, indent=1).encode()
+    write_file(path, lambda f: f.write(text), replace=True)
+
 
 PHASES = ("frames", "video")
 STEP_NAMES = {("frames", "D"): "phase 1 D step", ("frames", "G"): "phase 1 G step",

@@ -1,4 +1,6 @@
-"""G_F alone: the frame metrics of `vidgan eval` on frames from z ~ N(0, I) (eval mode), next to real frames.
+"""G_F alone: the frame metrics of `vidgan eval` on frames from z ~ N(0, I) (eval mode), next to real frames. The
+G_F is the one the checkpoint samples with and phase 2 renders with (checkpoint.sampling_frame_generator: with
+--frames-ema the weight average, with --frames-select-every the best snapshot).
 
     python -m vidgan_fast.benchmarks.frame_quality RUN/frames.ckpt [RUN2/frames.ckpt ...] [--n 2000]
 
@@ -12,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 
-from vidgan_fast.checkpoint import load_checkpoint, load_matching, saved_config
+from vidgan_fast.checkpoint import load_checkpoint, load_matching, sampling_frame_generator, saved_config
 from vidgan_fast.data import BouncingBalls
 from vidgan_fast.evaluate import EVAL_DATA_SEED
 from vidgan_fast.metrics import blob_radius, diversity, find_blobs
@@ -39,8 +41,7 @@ def real_frames(n: int) -> torch.Tensor:
 def generated_frames(ckpt_path: str, n: int, seed: int = 0) -> torch.Tensor:
     ckpt = load_checkpoint(ckpt_path)
     g = build_frame_generator(saved_config(ckpt, ckpt_path))
-    state = ckpt["generator"] if ckpt["phase"] == "frames" else ckpt["frame_generator"]
-    load_matching(g, state, "the frame generator", ckpt_path)
+    load_matching(g, sampling_frame_generator(ckpt), "the frame generator", ckpt_path)   # what phase 2 renders with
     z = torch.randn(n, Z_DIM, generator=torch.Generator().manual_seed(seed))
     return g.eval()(z)[:, 0]
 

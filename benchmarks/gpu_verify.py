@@ -64,8 +64,13 @@ from pathlib import Path
 if __package__ in (None, ""):          # `python benchmarks/gpu_verify.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidgan_fast.benchmarks.atomic import write_json, write_text
-from vidgan_fast.benchmarks.calibrate import DRY_SIZES
+from vidgan_fast.benchmarks.calibrate import DRY_SIZES, write_json
+from vidgan_fast.files import write_file
+
+
+def write_text(path, text: str) -> None:
+    """`text` written whole (vidgan_fast.files: a temporary file, then a rename)."""
+    write_file(path, lambda f: f.write(text.encode()), replace=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

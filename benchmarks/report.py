@@ -6,7 +6,7 @@ cuBLAS matmul and the Triton kernels alike: --tf32, the default, or --no-tf32) a
 meta and every cell.
 
     vidgan bench                                      # defaults chosen for the device, see below
-    vidgan bench --size tiny --repeats 5 --no-compile --json out.json
+    vidgan bench --size tiny --repeats 5 --no-compile --json out.json     # default: results/bench-DATE-TIME.json
     vidgan bench --projection auto                    # steps beside benchmarks/projections/<preset>-<gpu>-<prec>.json
     vidgan bench --what steps --rows phase1 --columns compile --compile --compile-mode reduce-overhead
     python -m vidgan_fast.benchmarks.report ...                   # the same command
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import json
 import os
 import sys
 import time
@@ -267,8 +268,9 @@ def _save(out_json, meta: dict, rows: list[dict]) -> None:
     """Write meta and the rows so far (a temporary file, then a rename: never half a file)."""
     if out_json is None:
         return
-    from vidgan_fast.benchmarks.atomic import write_json
-    write_json(out_json, {"meta": meta, "rows": rows})
+    from vidgan_fast.files import write_file
+    text = json.dumps({"meta": meta, "rows": rows}, indent=1).encode()
+    write_file(Path(out_json), lambda f: f.write(text), replace=True, kept="the rows saved before are kept")
 
 
 def _cases(size, dev, what, compile_enabled, fast_tf32, compile_mode=None, compile_backend=None) -> list:
@@ -423,7 +425,9 @@ def build_parser(prog: str = "vidgan bench") -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (GPU 20, CPU 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (GPU 3, CPU 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU: 1; GPU: torch's default)")
-    p.add_argument("--json", default="bench.json", help="where to save meta and rows (default bench.json)")
+    p.add_argument("--json", default=None, help="where to save meta and rows (default: results/bench-DATE-TIME.json, "
+                                                "a new file); an existing file needs --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time the torch.compile column (GPU: yes; CPU: no, it compiles for minutes per case)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
@@ -457,11 +461,17 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
         if unknown or not columns:
             return _fail(f"--columns: unknown column {unknown[0] if unknown else a.columns!r}; choose from "
                          f"{', '.join(COLUMNS)}", 2)
-    from vidgan_fast.benchmarks.timing import resolve_device
-    try:
-        dev = resolve_device(a.device)
-    except RuntimeError:
+    from vidgan_fast.config import parse_device
+    if parse_device(a.device) is None:
         return _fail(f"invalid --device {a.device}: use auto, cpu, cuda or cuda:N", 2)
+    from vidgan_fast.benchmarks.timing import resolve_device
+    dev = resolve_device(a.device)
+    a.json = a.json or str(Path("results") / f"bench-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}.json")
+    from vidgan_fast.files import claim_new
+    try:                                         # a new name (never an earlier report replaced) unless --overwrite
+        placeholder = not a.overwrite and claim_new(a.json)
+    except FileExistsError:
+        return _fail(f"--json {a.json} already exists; pass --overwrite to replace it, or name another file", 2)
     d = GPU_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
     pick = lambda given, name: d[name] if given is None else given      # noqa: E731
     done: list[dict] = []
@@ -487,6 +497,8 @@ def main(argv=None, prog: str = "vidgan bench") -> int:
                           projection=a.projection, rows=a.rows, columns=columns, compile_mode=a.compile_mode,
                           compile_backend=a.compile_backend)
     except ValueError as e:
+        if placeholder:
+            Path(a.json).unlink(missing_ok=True)
         return _fail(str(e), 2)
     except KeyboardInterrupt:
         return _fail(f"interrupted after {len(done)} of {total[0]} rows; {a.json} holds them", 130)

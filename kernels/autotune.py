@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -85,12 +84,13 @@ class Tuner:
         return self.table
 
     def _save(self) -> None:
+        from vidgan_fast.errors import VidganError
+        from vidgan_fast.files import write_file
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as f:
-                json.dump(self.table, f, indent=1, sort_keys=True)
-            os.replace(f.name, self.path)            # atomic: a concurrent reader sees the old or the new file
-        except OSError as e:
+            text = json.dumps(self.table, indent=1, sort_keys=True).encode()
+            write_file(self.path, lambda f: f.write(text), replace=True)   # a reader sees the old or the new file
+        except (OSError, VidganError) as e:
             warnings.warn(f"autotune: could not write the tile cache {self.path} ({e})", RuntimeWarning,
                           stacklevel=3)
 

@@ -146,7 +146,8 @@ def test_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(checkpoint.torch, "save", broken_save)
-    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*frames.ckpt \(disk full\)"):
+    with pytest.raises(CheckpointError, match=r"cannot write .*frames.ckpt \(disk full\); the previous checkpoint is "
+                                              r"unchanged"):
         save_checkpoint(path, {"phase": "frames", "x": torch.arange(4)})
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["frames.ckpt"]      # no temporary file left behind

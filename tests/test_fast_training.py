@@ -291,7 +291,7 @@ def test_cli_fast_refuses_to_train_when_an_op_disagrees(tmp_path, monkeypatch):
     monkeypatch.setattr(projection, "project_forward", lambda *a, **kw: original(*a, **kw) + 1e-3)
     (tmp_path / "keep.txt").write_text("x")
     result = CliRunner().invoke(main, ["train", "frames", "--preset", "tiny", "--fast", "--steps", "2",
-                                       "--out", str(tmp_path)])
+                                       "--device", "cpu", "--out", str(tmp_path)])     # no 'device: ...' line
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and result.output.startswith("error: fast path check failed: "
                                                                          "project_frames forward")

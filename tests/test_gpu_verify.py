@@ -164,10 +164,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 
 def test_files_are_written_whole(tmp_path, monkeypatch):
     """gpu_verify.json and .md go through a temporary file and a rename (a reader never sees half of one)."""
-    from vidgan_fast.benchmarks import atomic
+    from vidgan_fast import files
     renamed = []
-    real = atomic.os.replace
-    monkeypatch.setattr(atomic.os, "replace", lambda a, b: renamed.append((Path(a).name, Path(b).name)) or real(a, b))
+    real = files.os.replace
+    monkeypatch.setattr(files.os, "replace", lambda a, b: renamed.append((Path(a).name, Path(b).name)) or real(a, b))
     gpu_verify.write({"date": "2026-12-01T00:00", "dry_run": True, "command": "c", "budget_s": 1}, [], tmp_path)
     assert [b for _, b in renamed] == ["gpu_verify.json", "gpu_verify.md"]
     assert all(a != b and a.endswith(".tmp") for a, b in renamed)

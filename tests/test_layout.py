@@ -1,8 +1,8 @@
 """The layout rules (ARCHITECTURE.md), read from the source: no import cycle anywhere (imports inside functions
-count), nothing imports the training loop to get a model or a step, step.py stands on models/losses/config only,
-the kernels import nothing but each other, the product reaches no lab code (models of cost and memory, the compile
-gate, the benchmarks: the lab reads the product, never the reverse), and no module reaches a sibling through
-importlib (but the lab's replay of recorded launches, which finds kernels by name).
+count), nothing imports the training loop to get a model or a step, step.py stands on models/losses/config only, the
+kernels import nothing but each other and the errors and files modules, the product reaches no lab code (models of
+cost and memory, the compile gate, the benchmarks: the lab reads the product, never the reverse), and no module
+reaches a sibling through importlib (but the lab's replay of recorded launches, which finds kernels by name).
 
 The import graph is built statically with `ast` over vidgan_fast/, kernels/ and benchmarks/ (installed as
 vidgan_fast.kernels and vidgan_fast.benchmarks), so a cycle is found even where a lazy import hides it at run time.
@@ -109,10 +109,12 @@ def test_one_step_stands_on_the_model_definitions_only():
 
 
 def test_kernels_import_no_model_and_no_autograd():
+    """kernels/ stands alone, except for the project's one way to write a file (the autotuner's tile cache)."""
     paths = modules()
+    helpers = {"vidgan_fast.files", "vidgan_fast.errors"}
     for name, targets in graph().items():
         if name.startswith("vidgan_fast.kernels"):
-            assert all(t.startswith("vidgan_fast.kernels") for t in targets), (name, targets)
+            assert all(t.startswith("vidgan_fast.kernels") or t in helpers for t in targets), (name, targets)
             assert "torch.autograd" not in paths[name].read_text() and "torch.nn" not in paths[name].read_text()
 
 

@@ -169,8 +169,8 @@ def test_checkpoints_follow_the_umask_and_a_failed_write_names_the_file(tmp_path
     with pytest.raises(CheckpointError) as e:
         save_checkpoint(tmp_path / "frames.ckpt", {"phase": "frames", "x": 1})
     monkeypatch.setattr(os, "replace", real)
-    assert str(e.value) == (f"cannot write checkpoint {tmp_path / 'frames.ckpt'} (no space left on the device); "
-                            f"the file already there, if any, is unchanged")
+    assert str(e.value) == (f"no space left on the device while writing {tmp_path / 'frames.ckpt'}; "
+                            f"the previous checkpoint is unchanged")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.ckpt", "private.ckpt"]
 
 

@@ -49,7 +49,8 @@ HELPS = [[], ["train"], ["train", "frames"], ["train", "video"], ["train", "all"
 def test_every_help_answers_without_importing_torch():
     code = ("import sys\nfrom vidgan_fast.cli import main\n"
             f"for args in {HELPS!r}:\n"
-            "    try:\n        main(args + ['--help'], prog_name='vidgan')\n"
+            "  for flag in ('--help', '-h'):\n"
+            "    try:\n        main(args + [flag], prog_name='vidgan')\n"
             "    except SystemExit as e:\n        assert e.code in (0, None), (args, e.code)\n"
             "heavy = [m for m in ('torch', 'numpy', 'triton') if m in sys.modules]\n"
             "assert not heavy, heavy\nprint('ok')\n")
@@ -76,7 +77,7 @@ def test_each_train_command_lists_only_the_options_it_uses():
     assert "read from the --frames checkpoint" in " ".join(helps["video"].split())
     for text in helps.values():
         assert "--seed" in text and "--steps" in text and "--device" in text
-        assert "[default: paper with --device cuda, else tiny" in " ".join(text.split())
+        assert "[default: paper on a GPU (--device auto with a GPU, or cuda), else tiny" in " ".join(text.split())
 
 
 # ----------------------------------------------------------------------------------------------- defaults
@@ -89,10 +90,12 @@ def test_no_preset_on_a_cpu_trains_tiny(tmp_path):
 
 
 def test_paper_on_a_cpu_warns(tmp_path):
-    proc = cli("train", "frames", "--preset", "paper", "--k", 0, "--out", tmp_path / "run", timeout=60)
-    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+    proc = cli("train", "frames", "--preset", "paper", "--device", "cpu", "--n-videos", 10, "--out",
+               tmp_path / "run", timeout=60)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
         "warning: --preset paper on a CPU takes minutes per step and writes checkpoints of several GB; pass "
-        "--device cuda, or --preset tiny for a quick run", "error: invalid --k 0: must be a positive integer"]
+        "--device cuda, or --preset tiny for a quick run",
+        "error: invalid --frames-batch 64: is larger than --n-videos 10"]
     assert not (tmp_path / "run").exists()
 
 
@@ -284,15 +287,20 @@ def test_bench_prints_the_header_first_and_saves_every_row(tmp_path, monkeypatch
     assert saved["meta"]["command"].startswith("vidgan bench")
 
 
-def test_bench_defaults_follow_the_device(monkeypatch):
+def test_bench_defaults_follow_the_device(monkeypatch, tmp_path):
     from vidgan_fast.benchmarks import report
     seen = {}
     monkeypatch.setattr(report, "run_report", lambda *a, **kw: seen.update(args=a) or [])
-    assert report.main(["--device", "cpu", "--json", os.devnull]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--device", "cpu"]) == 0       # the JSON goes to a new file in results/, never ./bench.json
+    [made] = (tmp_path / "results").iterdir()
+    assert seen["args"][2] == str(Path("results") / made.name) and made.name.startswith("bench-")
+    assert report.main(["--device", "cpu", "--json", str(made)]) == 2              # taken: needs --overwrite
+    assert report.main(["--device", "cpu", "--json", os.devnull, "--overwrite"]) == 0
     size, device, _, repeats, warmup, what, compile_enabled, _, threads = seen["args"]
     assert (size, device, repeats, warmup, compile_enabled, threads) == ("auto", "cpu", 3, 1, False, 1)
-    assert report.main(["--device", "cpu", "--compile", "--repeats", "7", "--json", os.devnull]) == 0
+    assert report.main(["--device", "cpu", "--compile", "--repeats", "7", "--json", os.devnull, "--overwrite"]) == 0
     assert seen["args"][3] == 7 and seen["args"][6] is True
     assert seen["args"][7] is True                  # TF32 on by default, as training
-    assert report.main(["--device", "cpu", "--no-tf32", "--json", os.devnull]) == 0 and seen["args"][7] is False
+    assert report.main(["--device", "cpu", "--no-tf32", "--json", os.devnull, "--overwrite"]) == 0 and seen["args"][7] is False
     assert report.COLUMNS == __import__("vidgan_fast.benchmarks.timing", fromlist=["COLUMNS"]).COLUMNS

@@ -108,9 +108,10 @@ def format_table(results: list[CheckResult], header: dict[str, str] | None = Non
     return "\n".join(o for o in out if o is not None)
 
 
-def write_json(path, results: list[CheckResult], header: dict[str, str], status: int) -> None:
-    """The rows, the header and the summary (with the exit status) as JSON."""
+def write_json(path, results: list[CheckResult], header: dict[str, str], status: int, replace: bool = False) -> None:
+    """The rows, the header and the summary (with the exit status) as JSON (files.write_file: complete or absent)."""
+    from .files import write_file
     rows = [dict(asdict(r), status=r.status) for r in results]
-    with open(path, "w") as f:
-        json.dump({"environment": header, "results": rows,
-                   "summary": {k: len(v) for k, v in tally(results).items()} | {"exit_status": status}}, f, indent=1)
+    text = json.dumps({"environment": header, "results": rows,
+                       "summary": {k: len(v) for k, v in tally(results).items()} | {"exit_status": status}}, indent=1)
+    write_file(path, lambda f: f.write(text.encode()), replace=replace)

@@ -6,15 +6,16 @@
     vidgan train video --frames runs/paper/frames.ckpt --out runs/paper
     vidgan sample runs/tiny/video.ckpt --n 16
 
-Every TrainConfig field that a command uses is an option (generated from the dataclass; not given = the
-preset's value, or on --resume the saved run's value). Every project error and usage error ends as one
-`error: ...` line on stderr and a non-zero exit, never a traceback. Torch is imported only when a command runs,
-so every --help is quick.
+Every TrainConfig field that a command uses is an option (cli_options.py generates them from the dataclass; not
+given = the preset's value, or on --resume the saved run's value). Every project error and usage error ends as
+one `error: ...` line on stderr and a non-zero exit (2 for a command line wrong by itself, 130 / 143 for SIGINT /
+SIGTERM at any point), never a traceback. -h and --help everywhere; --version. Torch is imported only when a
+command runs, so every --help is quick.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
+import signal
 import sys
 import time
 import warnings
@@ -22,142 +23,14 @@ from pathlib import Path
 
 import click
 
-from .config import PRESETS, TrainConfig, check_batch, option_name
-from .config import preset as make_preset
+from . import signals
+from .cli_options import (SEED, config_options, configure, device_option, first_process, phase_aliases,
+                          resolve_device, run_options)
 from .errors import ConfigError, TrainingInterrupted, VidganError, os_error_message
 from .run_folder import claim
 
-PHASE_ALIASES = {  # short options of `train frames` / `train video` -> the phase's config field
-    "frames": {"batch": "frames_batch", "k": "frames_k", "lr": "frames_lr", "epochs": "frames_epochs"},
-    "video": {"batch": "video_batch", "k": "video_k", "lr": "video_lr", "epochs": "video_epochs"},
-}
-
-
-class Widths(click.ParamType):
-    """A comma list of integers, e.g. 32,32,16,8."""
-    name = "W1,W2,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return tuple(int(part) for part in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not a comma list of integers", param, ctx)
-
-
-def _click_type(f: dataclasses.Field):
-    default = f.default
-    if isinstance(default, tuple):
-        return Widths()
-    if f.name == "max_steps":
-        return int
-    if f.name == "data":
-        return click.Path(dir_okay=False)
-    return type(default)
-
-
-# Options that only one command uses (every other TrainConfig field is used by all three train commands).
-FRAMES_ONLY = {"frames_k", "frames_batch", "frames_lr", "frames_epochs", "df_widths"}
-VIDEO_ONLY = {"video_k", "video_batch", "video_lr", "video_epochs", "gv_hidden", "gv_lstm", "dv_widths",
-              "finetune_frames", "finetune_lr", "video_codes", "gv_forget_bias", "gv_smoothing", "calibrate_codes"}
-ALL_ONLY = {"sample_n"}
-NOT_IN = {"frames": VIDEO_ONLY | ALL_ONLY, "video": FRAMES_ONLY | ALL_ONLY, "all": set()}
-HELP_IN = {("video", "gf_widths"): "G_F channel widths: read from the --frames checkpoint (if given, they must "
-                                   "match it)"}
-
-
-def command_fields(command: str) -> list[dataclasses.Field]:
-    """The TrainConfig fields that `train COMMAND` uses, as options."""
-    return [f for f in dataclasses.fields(TrainConfig) if f.name not in NOT_IN[command]]
-
-
-def config_options(command: str):
-    """One option per TrainConfig field that `train COMMAND` uses; each defaults to None, meaning 'not given'."""
-    def decorate(func):
-        for f in reversed(command_fields(command)):
-            name = option_name(f.name)
-            values = "; ".join(f"{p}: {_shown(getattr(c, f.name))}" for p, c in PRESETS.items())
-            help = HELP_IN.get((command, f.name)) or f"{f.metadata['help']}  [{values}]"
-            if isinstance(f.default, bool):
-                func = click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=help)(func)
-            else:
-                func = click.option(name, f.name, type=_click_type(f), default=None, help=help)(func)
-        return func
-    return decorate
-
-
-def _shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def run_options(func):
-    func = click.option("--resume", is_flag=True, help="continue the run saved in --out (its config, plus the "
-                                                       "options given again)")(func)
-    func = click.option("--out", type=click.Path(file_okay=False), default=None,
-                        help="run folder (default runs/PRESET); one run at a time owns it")(func)
-    func = click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-                        help="starting values of every option  [default: paper with --device cuda, else tiny: "
-                             "on a CPU the paper's sizes take minutes per step and write GB checkpoints]")(func)
-    return func
-
-
-def choose_preset(preset: str | None, kwargs: dict, resume: bool) -> str:
-    """--preset as given, else paper on a GPU (--device cuda[:N]) and tiny otherwise (said on stderr)."""
-    device = kwargs.get("device") or PRESETS["paper"].device
-    if preset is None:
-        preset = "paper" if device.startswith("cuda") else "tiny"
-        if not resume and first_process():
-            click.echo(f"preset: {preset} (no --preset given; the default "
-                       f"{'with --device cuda' if preset == 'paper' else 'without --device cuda'})", err=True)
-    elif preset == "paper" and not resume and not device.startswith("cuda") and first_process():
-        warnings.warn("--preset paper on a CPU takes minutes per step and writes checkpoints of several GB; "
-                      "pass --device cuda, or --preset tiny for a quick run", RuntimeWarning, stacklevel=2)
-    return preset
-
-
-def phase_aliases(phase: str):
-    def decorate(func):
-        for alias, field in reversed(PHASE_ALIASES[phase].items()):
-            kind = float if alias == "lr" else int
-            func = click.option(f"--{alias}", f"alias_{alias}", type=kind, default=None,
-                                help=f"same as {option_name(field)}")(func)
-        return func
-    return decorate
-
-
-def configure(preset: str | None, kwargs: dict, resume: bool, command: str,
-              out: str | None) -> tuple[TrainConfig | None, dict, Path]:
-    """(config, overrides, run folder): the preset with the options given (None = not given) applied and
-    validated. With --resume the config is the saved run's (the overrides are applied to it later): None here.
-    """
-    preset = choose_preset(preset, kwargs, resume)
-    overrides = {f.name: kwargs.pop(f.name, None) for f in dataclasses.fields(TrainConfig)}
-    used = {}
-    for alias, field in PHASE_ALIASES.get(command, {}).items():
-        value = kwargs.pop(f"alias_{alias}")
-        if value is not None:
-            overrides[field], used[field] = value, alias
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    folder = Path(out) if out else Path("runs") / preset
-    try:
-        if resume:
-            return None, overrides, folder
-        cfg = make_preset(preset, **overrides)
-        for name in ([command] if command in PHASE_ALIASES else ["frames", "video"]):
-            check_batch(cfg, name)
-        return cfg, overrides, folder
-    except ConfigError as e:     # name the option as the user typed it
-        message = str(e)
-        for field, alias in used.items():
-            message = message.replace(f"invalid {option_name(field)} ", f"invalid --{alias} ")
-        raise ConfigError(message) from None
-
-
-def first_process() -> bool:
-    """A one-process run, or rank 0 under torchrun (read from torchrun's environment, without importing torch):
-    the process that owns the run folder and writes to it."""
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+DATA_LIMIT = 10_000_000        # vidgan data --n: 270 GB of videos
 
 
 def summary(state) -> str:
@@ -167,37 +40,45 @@ def summary(state) -> str:
 
 
 class Main(click.Group):
-    """A click group that reports errors as one `error: ...` line (exit 1; usage errors exit 2; a run stopped by
-    a signal exits 128 + the signal number: 130 for SIGINT, 143 for SIGTERM)."""
+    """A click group that reports errors as one `error: ...` line: exit 1; 2 for a command line that is wrong by
+    itself (unknown option, a value out of its range or not in its list); 128 + the signal's number when SIGINT
+    (130) or SIGTERM (143) stopped the command, at any point (signals.py), the line saying what was saved."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         warnings.formatwarning = one_line_warning
-        try:
-            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            # click returns ctx.exit(N)'s N here (standalone_mode=False), e.g. `vidgan check` with a failed op
-            code = result if isinstance(result, int) and not isinstance(result, bool) else 0
-            if not standalone_mode:
-                return result
-        except click.exceptions.Exit as e:
-            code = e.exit_code
-        except click.UsageError as e:
-            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            code = fail(e.format_message() + hint, e.exit_code)
-        except click.ClickException as e:
-            code = fail(e.format_message(), e.exit_code)
-        except click.Abort:
-            code = fail("aborted", 1)
-        except TrainingInterrupted as e:
-            code = fail(f"interrupted by {e}", 128 + e.signum)
-        except VidganError as e:
-            code = fail(str(e), 1)
-        except OSError as e:
-            code = fail(os_error_message(e), 1)
-        except KeyboardInterrupt:
-            code = fail("interrupted; nothing was saved since the last checkpoint", 130)
+        with signals.immediate_stops():
+            try:
+                result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+                # click returns ctx.exit(N)'s N here (standalone_mode=False), e.g. `vidgan check` with a failed op
+                code = result if isinstance(result, int) and not isinstance(result, bool) else 0
+                if not standalone_mode:
+                    return result
+            except click.exceptions.Exit as e:
+                code = e.exit_code
+            except click.UsageError as e:
+                hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+                code = fail(e.format_message() + hint, e.exit_code)
+            except click.ClickException as e:
+                code = fail(e.format_message(), e.exit_code)
+            except click.Abort as e:      # click turns a KeyboardInterrupt (our signals.Stopped) into Abort
+                cause = e.__cause__ or e.__context__
+                code = stopped(cause) if isinstance(cause, KeyboardInterrupt) else fail("aborted", 1)
+            except TrainingInterrupted as e:
+                code = fail(f"interrupted by {e}", 128 + e.signum)
+            except VidganError as e:
+                code = fail(str(e), e.exit_code)
+            except OSError as e:
+                code = fail(os_error_message(e), 1)
+            except KeyboardInterrupt as e:
+                code = stopped(e)
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def stopped(e: KeyboardInterrupt) -> int:
+    signum = getattr(e, "signum", signal.SIGINT)
+    return fail(f"interrupted by {signal.Signals(signum).name}; {signals.saved()}", 128 + signum)
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -210,21 +91,29 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-@click.group(cls=Main)
+@click.group(cls=Main, context_settings=CONTEXT)
+@click.version_option(package_name="vidgan-fast", prog_name="vidgan", message="%(prog)s %(version)s")
 def main():
-    """vidgan: a two-phase video GAN (frame generator, then an LSTM that walks its manifold)."""
+    """vidgan: a two-phase video GAN (frame generator, then an LSTM that walks its manifold).
+
+    \b
+    Exit status: 0 done; 1 an error; 2 a wrong command line; 130 / 143 stopped by SIGINT / SIGTERM.
+    """
 
 
 @main.command()
-@click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True, help="number of videos")
+@click.option("--n", "n", type=click.IntRange(1, DATA_LIMIT), default=100_000, show_default=True,
+              help=f"number of videos (27,000 bytes each; at most {DATA_LIMIT:,})")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="output .npy file")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an existing file")
 def data(n, out, seed, overwrite):
     """Write N bouncing-balls videos as a uint8 [N, 30, 30, 30] .npy file."""
-    if Path(out).exists() and not overwrite:
+    if os.path.lexists(out) and not overwrite:
         raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
     from .data import write_dataset
+    from .sample import check_space
+    check_space(Path(out), n * 27_000)
     path = write_dataset(out, n, seed=seed, overwrite=overwrite)
     click.echo(f"wrote {n} videos to {path}")
 
@@ -286,7 +175,8 @@ def train_all_command(preset, out, resume, **kwargs):
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="samples")
+@click.option("--n", "n", type=click.IntRange(1, 100_000), default=16, show_default=True,
+              help="samples: at most 1,024 in the picture files (one grid), 100,000 with --npy")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="output folder (default: CHECKPOINT's folder/samples); files already there are kept, the new "
                    "ones get the next free name (videos-2.gif, ...)")
@@ -294,18 +184,22 @@ def train_all_command(preset, out, resume, **kwargs):
               help="write the samples instead as a uint8 .npy array, videos [N, 30, 30, 30] or frames [N, 30, 30], "
                    "quantised like `vidgan data` (for outside metrics)")
 @click.option("--overwrite", is_flag=True, help="replace existing sample files (and an existing --npy file)")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@device_option
 def sample(checkpoint, n, out, npy, overwrite, seed, device):
     """A video checkpoint -> GIF grid + PNG strip; a frames checkpoint -> PNG grid of frames (or, with --npy,
     the samples as an array)."""
-    if npy is not None and Path(npy).exists() and not overwrite:
+    if npy is not None and os.path.lexists(npy) and not overwrite:
         raise click.UsageError(f"--npy {npy} already exists; pass --overwrite to replace it, or name another file")
     if npy is not None and not npy.endswith(".npy"):
         raise click.UsageError(f"--npy {npy} must end in .npy")
+    if npy is None and n > 1024:
+        raise click.BadParameter(f"{n}: the picture files hold at most 1,024 samples (one grid); use --npy for "
+                                 f"up to 100,000", param_hint="'--n'")
+    device = resolve_device(device)
     from .sample import write_array, write_samples
     if npy is not None:
-        path, shape = write_array(checkpoint, npy, n=n, seed=seed, device=device)
+        path, shape = write_array(checkpoint, npy, n=n, seed=seed, device=device, overwrite=overwrite)
         click.echo(f"wrote {path} (uint8 {list(shape)})")
         return
     folder = Path(out) if out else Path(checkpoint).parent / "samples"
@@ -314,8 +208,7 @@ def sample(checkpoint, n, out, npy, overwrite, seed, device):
 
 
 @main.command("check")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
-              help="where to run  [default: cuda if PyTorch sees a GPU, else cpu]")
+@device_option
 @click.option("--paper-size", is_flag=True, help="paper widths, K and batch sizes (GPU only)")
 @click.option("--op", "ops", multiple=True, help="only this check (repeatable); the op column of the table "
                                                  "names them")
@@ -325,9 +218,11 @@ def sample(checkpoint, n, out, npy, overwrite, seed, device):
 @click.option("--allow-skip", is_flag=True,
               help="exit 0 although rows were not checked (e.g. the CUDA-graph rows on a CPU); they still print "
                    "as NOT CHECKED")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the rows here")
-def check(device, paper_size, ops, allow_fallback, tf32, allow_skip, seed, json_path):
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="also write the rows here (a new file; an existing one needs --overwrite)")
+@click.option("--overwrite", is_flag=True, help="replace an existing --json file")
+def check(device, paper_size, ops, allow_fallback, tf32, allow_skip, seed, json_path, overwrite):
     """Check every fast op against its reference twin on this machine (and, on a GPU, the CUDA-graph steps
     against eager steps).
 
@@ -336,11 +231,11 @@ def check(device, paper_size, ops, allow_fallback, tf32, allow_skip, seed, json_
     3 nothing failed but rows were NOT CHECKED (skipped: the CUDA-graph rows on a CPU).
     A row that was not checked is not a pass: pass --allow-skip to accept that (exit 0), or --op to choose rows.
     """
-    import torch
-
+    if json_path and os.path.lexists(json_path) and not overwrite:
+        raise click.UsageError(f"--json {json_path} already exists; pass --overwrite to replace it, or name another file")
+    device = resolve_device(device)
     from .check_report import exit_status, format_table, write_json
     from .checks import check_header, run_checks, use_interpreter_on_cpu
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     interpret_note = use_interpreter_on_cpu() if device == "cpu" else None
     try:
         results = run_checks(device, paper_size=paper_size, seed=seed, ops=ops or None,
@@ -351,24 +246,27 @@ def check(device, paper_size, ops, allow_fallback, tf32, allow_skip, seed, json_
     click.echo(format_table(results, header))
     status = exit_status(results, allow_skip)
     if json_path:
-        write_json(json_path, results, header, status)
+        write_json(json_path, results, header, status, replace=overwrite)
     if status:
         raise click.exceptions.Exit(status)
 
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--n", "n", type=click.IntRange(min=2), default=1000, show_default=True,
-              help="videos per set (real, generated, baseline)")
+@click.option("--n", "n", type=click.IntRange(2, 10_000), default=1000, show_default=True,
+              help="videos per set (real, generated, baseline), at most 10,000")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="output folder (default: CHECKPOINT's folder/eval)")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def eval_(checkpoint, n, out, seed, device):
+              help="output folder (default: CHECKPOINT's folder/eval); an earlier eval's files there are kept, the "
+                   "new ones get the next free number (eval-2.json, eval-2.png, samples-2.gif)")
+@click.option("--overwrite", is_flag=True, help="replace eval.json, eval.png and samples.gif")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@device_option
+def eval_(checkpoint, n, out, overwrite, seed, device):
     """A video checkpoint -> metrics table (real, generated, random-code baseline), eval.json, eval.png, samples.gif."""
+    device = resolve_device(device)
     from .evaluate import evaluate_checkpoint, format_table
     results, files = evaluate_checkpoint(checkpoint, Path(out) if out else Path(checkpoint).parent / "eval",
-                                         n=n, seed=seed, device=device)
+                                         n=n, seed=seed, device=device, overwrite=overwrite)
     click.echo(format_table(results))
     for path in files:
         click.echo(f"wrote {path}")

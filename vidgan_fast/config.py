@@ -18,6 +18,30 @@ COMBINATIONS = ("mean", "sum", "hypervolume", "gman")   # --loss choices (losses
 CODE_MAPS = ("tanh", "sphere")                          # G_V's last step: --video-codes choices (models.py)
 
 
+# Ranges the code can honour (issue 28), checked before anything is built. Seeds: torch seeds each phase with
+# seed * 2 + phase - 1, which must stay below 2**64. K: one module per discriminator (4,096 tiny ones take a minute
+# to build). n_videos: every epoch draws a permutation of n_videos (16 bytes each). Widths: a bound on typing
+# errors; the memory a configuration needs is checked against the device at start-up (limits.py).
+MAX_SEED = 2 ** 63 - 1
+MAX_COUNT = 2 ** 40
+MAX_WIDTH = 65_536
+LIMITS = {"frames_k": 4096, "video_k": 4096, "n_videos": 10_000_000, "frames_batch": 65_536, "video_batch": 65_536,
+          "gv_lstm": MAX_WIDTH, "sample_n": 1024, "frames_select_n": 65_536}
+LIMIT_WHY = {"frames_k": "discriminators", "video_k": "discriminators", "n_videos": "videos",
+             "frames_batch": "frames per batch", "video_batch": "videos per batch", "gv_lstm": "a width",
+             "sample_n": "one picture grid", "frames_select_n": "frames scored per snapshot"}
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+def parse_device(text: str) -> str | None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' as given (N a non-negative integer), else None. Torch-free."""
+    text = str(text).strip()
+    if text in DEVICE_NAMES:
+        return text
+    kind, colon, index = text.partition(":")
+    return text if kind == "cuda" and colon and index.isdigit() and index.isascii() and len(index) < 6 else None
+
+
 def _opt(help: str, option: str | None = None, **kw):
     return field(metadata={"help": help, "option": option}, **kw)
 
@@ -29,6 +53,14 @@ class TrainConfig:
     frames_batch: int = _opt("frames per batch (phase 1)", default=64)
     frames_lr: float = _opt("RMSprop learning rate of G_F and the frame discriminators", default=3e-4)
     frames_epochs: int = _opt("epochs of phase 1 (one random frame per video per epoch)", default=50)
+    # phase 1: which G_F samples and goes to phase 2 (selection.py; off: the last weights, the paper's method)
+    frames_ema: float = _opt("phase 1: keep an exponential moving average of G_F's weights with this decay per "
+                             "step (e.g. 0.99), used to sample and as phase 2's G_F (0: off, the last weights)",
+                             default=0.0)
+    frames_select_every: int = _opt("phase 1: every N steps score G_F (its average with --frames-ema) by the share "
+                                    "of frames with exactly 3 blobs among --frames-select-n frames of fixed codes, "
+                                    "and sample and train phase 2 with the best snapshot (0: off)", default=0)
+    frames_select_n: int = _opt("frames scored per snapshot with --frames-select-every", default=1024)
     # phase 2: video generator G_V (through the frozen G_F) against K video discriminators
     video_k: int = _opt("number of video discriminators (phase 2)", default=16)
     video_batch: int = _opt("videos per batch (phase 2)", default=8)
@@ -65,9 +97,12 @@ class TrainConfig:
     max_steps: int | None = _opt("stop each phase after this many steps (default: all epochs)",
                                  option="--steps", default=None)
     checkpoint_every: int = _opt("save a checkpoint every N steps (and at the end)", default=500)
-    log_every: int = _opt("write losses to log.jsonl and check them for NaN every N steps", default=10)
+    log_every: int = _opt("one line in log.jsonl every N steps (and at each checkpoint): the mean d_loss and g_loss "
+                          "over its steps, and it_s over its own interval; every step's losses are checked for NaN",
+                          default=10)
     sample_n: int = _opt("videos / frames in the sample written at the end of `train all`", default=16)
-    device: str = _opt("torch device: cpu, cuda or cuda:N", default="cpu")
+    device: str = _opt("torch device: auto (a CUDA GPU if there is one, else the CPU; the command says which it "
+                       "picked), cpu, cuda or cuda:N", default="cpu")
     # execution (the mathematics is the same on both paths; checkpoints are interchangeable)
     fast: bool = _opt("fast path: Triton discriminator banks and frozen G_F, CUDA graphs, data on the GPU "
                       "(falls back to the reference path with a warning where Triton cannot run)", default=False)
@@ -148,6 +183,10 @@ PRESETS: dict[str, TrainConfig] = {
     #   step and per CPU second (measured at 300 steps, seed 0: frames with exactly 3 blobs 0.38 with K=16 against
     #   0.18-0.21 with K=8 at 200-400 steps, 0.28 with K=8 and batch 64; wider G_F/D_F: 0.17 and half the diversity).
     #   K=16 also conditions the projections' joint view of period-2 (checkerboard) detail better than K=8.
+    #   frames_k = 24 (issue 27; was 16): G_F's misses are mostly extra specks and ghost balls (seed 1, 2,000
+    #   frames: 214 frames with 4+ blobs, 282 with 2, against 0 and 303 in the data), detail that more projections
+    #   see. K=24 seed 1 at 1600 steps: 0.781 3-blob frames (average 0.775) against 0.731 (0.744) with K=16; a
+    #   phase-1 step costs 1.2-1.3x the CPU of K=16 (0.21 against 0.16 s, one thread).
     # - n_videos = 1024 (tiny: 256): 32 steps per epoch; frames_epochs = 50: 1600 phase-1 steps.
     # - frames_lr = 4e-3, 1600 steps (was 1e-3, 416 steps: 21-33% 3-blob frames, radius 2.4-3.0 px on 3 seeds).
     #   At this size G_F is limited by optimisation (steps x rate), not width (measured with the same G_F/D_F,
@@ -155,6 +194,16 @@ PRESETS: dict[str, TrainConfig] = {
     #   lr 2e-3: 0.52/0.51/0.52/0.76 (radius 3.50 px, diversity 0.81); lr 4e-3: 0.44/0.52/0.68/0.78. G_F widths
     #   64,64,32,64 at lr 1e-3: 0.50 at 1600 (no better than 32,32,16,64); hypervolume loss at lr 1e-3: 0.42.
     #   The 3-blob fraction oscillates by about +-0.1 between checkpoints 200 steps apart (GAN dynamics).
+    #   lr 8e-3 (issue 27, seed 0): 0.43/0.52/0.53 at 400/800/1200 steps against 0.45/0.60/0.66 at 4e-3: slower.
+    # - frames_ema = 0.99 (issue 27; selection.py): phase 2 and the samples use an exponential moving average of
+    #   G_F's weights (and batch-norm statistics) instead of the last step's. Over steps 1000-1600 (3 runs, every
+    #   100 steps, 2,000 frames) the average's 3-blob fraction was 0.009-0.020 above the last weights' on average
+    #   and never fell between two checkpoints (the last weights dropped by up to 0.019); at step 1600 it was
+    #   +0.007 / +0.013 / -0.006. Decay 0.995: the same within 0.01; 0.998: 0.02-0.03 lower (the average lags the
+    #   still-rising curve); batch-norm statistics recomputed for the average instead of averaged: no better.
+    #   Along great circles of the code sphere the average walked with 0.004-0.007 higher coherence at the same
+    #   speed. Best-snapshot selection (frames_select_every; 512 frames every 100 steps) is not used: with the
+    #   curve still rising at 1600 steps it picked an earlier snapshot on 2 of 3 runs, 0.013 and 0.030 worse.
     # - phase 2 (measured on one K=16 G_F after 600 steps, 200 generated videos; tiny's tanh codes at
     #   lr 1e-3 collapse): G_V must start on G_F's code distribution and stay there. With tanh codes every run
     #   saturated (mean |c| > 0.9) within 50 steps, calibrated or not, and drew black or 1-2-blob frames.
@@ -165,7 +214,10 @@ PRESETS: dict[str, TrainConfig] = {
     #   Longer phase 2 at this G_F quality drifts to codes where G_F draws few or no blobs (50 steps: 0.02-0.16
     #   3-blob frames at lr 2e-4 and 5e-5, with the discriminators near chance, d loss 1.1-1.4): RMSprop's
     #   normalised steps random-walk G_V when the gradients are mostly noise. Hence a short phase 2: one epoch
-    #   of batch 32 (32 steps, less gradient noise per step), lr 5e-5, video_k = 4.
+    #   of batch 32 (32 steps, less gradient noise per step), video_k = 4, lr 1e-5 (issue 27; was 5e-5): on the
+    #   K=24 seed-1 G_F (500 videos) the calibrated, untrained G_V drew 3-blob frames as often as G_F alone
+    #   (0.763 against 0.775) at speed 0.81 px/frame and coherence 0.891; 32 steps at 5e-5 slowed it to 0.60 /
+    #   0.937 and cost 7 points of 3-blob frames (0.689); at 1e-5: 0.755 / 0.901, 3-blob frames 0.748.
     # - calibrate_codes: G_V's codes start centred with std 2.5 per code dimension across z and time (before
     #   the time filter and the sphere), and its
     #   batch norms start with the statistics of a real batch: after a 32-step phase 2 the running variances
@@ -177,13 +229,21 @@ PRESETS: dict[str, TrainConfig] = {
     #   with coherence 0.90-0.97 (seeds 0-2), so the codes need smooth paths, not a better G_F. Phase 2 with the
     #   low-pass, 1,000 videos, seeds 0/1/2: sigma 3: speed 0.69/0.73/0.60, coherence 0.920/0.896/0.940;
     #   sigma 4: speed 0.63/0.69/0.59, coherence 0.934/0.916/0.942, diversity 0.76, 3-blob frames 0.75/0.82/0.72.
-    # Measured on 3 seeds, the whole `train all` run (benchmarks/RESULTS.md, "Quality (issue 17), 2026-12-04"):
-    # G_F alone 3-blob frames 0.77 / 0.83 / 0.79 (target 0.70), radius 3.29-3.52 px, diversity 0.78-0.81; G_V
-    # speed 0.60 / 0.63 / 0.57 px/frame, coherence 0.946 / 0.937 / 0.943, diversity 0.77 / 0.77 / 0.81, 3-blob
-    # frames 3 / 10 / 13 points under G_F's; 496-552 s CPU per run.
+    #   Issue 27: the smoothing only chooses a point on a curve that G_F sets. Along great circles (the
+    #   smoothest paths) coherence falls as about 1 - k v^2 with the speed v in px/frame, k = 0.12-0.15 for the
+    #   G_F measured (K=16 seed 1 average: 0.68 / 0.945 at 4 degrees a frame, 0.98 / 0.888 at 6; K=24 seed 1:
+    #   0.68 / 0.931 at 5), and the trained G_V's paths sit a little below (k 0.17). About half the unexplained
+    #   accelerations are steps where the blob count changes (a speck or ghost ball appears or goes). Speed
+    #   >= 0.79 px/frame (0.75x the data's) at coherence >= 0.95 needs k <= 0.08: a G_F that draws fewer specks,
+    #   not another filter. On the K=24 seed-1 G_F with lr 1e-5: sigma 4: 0.755 / 0.901; sigma 5: 0.711 / 0.914.
+    # Measured, the whole `train all` run (benchmarks/RESULTS.md, "Quality (issue 27), 2026-12-07"), seeds 0-4, one
+    # thread: G_F alone 3-blob frames 0.741 / 0.774 / 0.830 / 0.811 / 0.627 (issue 27's target 0.75); G_V 3-blob
+    # frames 0.672 / 0.743 / 0.780 / 0.773 / 0.604, speed 0.63-0.74x the data's (target 0.75-1.33x), coherence
+    # 0.882-0.928 (target 0.95), diversity 0.90-0.96x; held-out seeds 25 / 28 / 89 alike; 313-379 s CPU per run.
     "small": TrainConfig(
-        frames_k=16, frames_batch=32, frames_epochs=50, frames_lr=4e-3,   # 32 steps per epoch, 1600 steps
-        video_k=4, video_batch=32, video_epochs=1, video_lr=5e-5,
+        frames_k=24, frames_batch=32, frames_epochs=50, frames_lr=4e-3,   # 32 steps per epoch, 1600 steps
+        frames_ema=0.99,
+        video_k=4, video_batch=32, video_epochs=1, video_lr=1e-5,
         gf_widths=(32, 32, 16, 64), df_widths=(16, 32, 64), gv_hidden=(32, 64, 64), gv_lstm=16,
         dv_widths=(8, 16, 16), n_videos=1024, video_codes="sphere", gv_forget_bias=3.0, calibrate_codes=True,
         gv_smoothing=4.0,
@@ -228,6 +288,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not _is_int(v) or v <= 0:
             raise _bad(name, v, "must be a positive integer")
+        if v > LIMITS.get(name, MAX_COUNT):
+            raise _bad(name, v, f"must be at most {LIMITS.get(name, MAX_COUNT):,} ({LIMIT_WHY.get(name, 'a count')})")
+    if not _is_number(cfg.frames_ema) or not 0 <= cfg.frames_ema < 1:
+        raise _bad("frames_ema", cfg.frames_ema, "must be a number from 0 (off) to below 1")
+    if not _is_int(cfg.frames_select_every) or cfg.frames_select_every < 0:
+        raise _bad("frames_select_every", cfg.frames_select_every, "must be a non-negative integer (0: off)")
+    if not _is_int(cfg.frames_select_n) or not 2 <= cfg.frames_select_n <= LIMITS["frames_select_n"]:
+        raise _bad("frames_select_n", cfg.frames_select_n,
+                   f"must be an integer from 2 to {LIMITS['frames_select_n']:,}")
     if not _is_number(cfg.gv_forget_bias):
         raise _bad("gv_forget_bias", cfg.gv_forget_bias, "must be a finite number")
     if not _is_number(cfg.gv_smoothing) or not 0 <= cfg.gv_smoothing <= 10:
@@ -240,19 +309,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if not isinstance(v, tuple) or not all(_is_int(c) and c > 0 for c in v) or len(v) == 0:
             raise _bad(name, v, "must be a comma list of positive integers")
+        if max(v) > MAX_WIDTH:
+            raise _bad(name, v, f"each width must be at most {MAX_WIDTH:,}")
         if length is not None and len(v) != length:
             raise _bad(name, v, f"needs exactly {length} widths")
     if cfg.video_codes not in CODE_MAPS:
         raise _bad("video_codes", cfg.video_codes, f"choose one of {', '.join(CODE_MAPS)}")
     if cfg.loss not in COMBINATIONS:
         raise _bad("loss", cfg.loss, f"unknown loss combination; choose one of {', '.join(COMBINATIONS)}")
-    if cfg.max_steps is not None and (not _is_int(cfg.max_steps) or cfg.max_steps <= 0):
-        raise _bad("max_steps", cfg.max_steps, "must be a positive integer")
+    if cfg.max_steps is not None and (not _is_int(cfg.max_steps) or not 0 < cfg.max_steps <= MAX_COUNT):
+        raise _bad("max_steps", cfg.max_steps, f"must be a positive integer, at most {MAX_COUNT:,}")
     for name in ("seed", "data_seed"):
         v = getattr(cfg, name)
-        if not _is_int(v) or v < 0:
-            raise _bad(name, v, "must be a non-negative integer")
-    if not isinstance(cfg.device, str) or not (cfg.device in ("cpu", "cuda") or cfg.device.startswith("cuda:")):
+        if not _is_int(v) or not 0 <= v <= MAX_SEED:
+            raise _bad(name, v, f"must be an integer from 0 to 2**63 - 1 ({MAX_SEED})")
+    if not isinstance(cfg.device, str) or parse_device(cfg.device) is None or cfg.device == "auto":
         raise _bad("device", cfg.device, "must be cpu, cuda or cuda:N")
     for name in ("calibrate_codes", "finetune_frames", "fast", "graphs", "fast_check", "tf32", "bf16"):
         if not isinstance(getattr(cfg, name), bool):

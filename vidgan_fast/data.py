@@ -14,7 +14,6 @@ it is generated alone or in any batch, and no Python loop runs per video.
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from vidgan_fast.errors import VidganError, os_reason
+from vidgan_fast.files import make_folders, remove_empty, write_file
 
 BOX = 10.0          # side of the square box
 RADIUS = 1.2        # ball radius
@@ -291,7 +291,8 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, frames: int = 30, siz
                   chunk: int = 2000, progress: bool = True, overwrite: bool = False) -> Path:
     """Write n videos as a uint8 .npy array [n, frames, size, size] (round(x * 255)); load_videos maps it.
 
-    Writes a temporary file in the same folder and renames it when complete, so `path` never holds half a file.
+    Complete or absent (files.write_file: a temporary file in the same folder, then a link, or with overwrite a
+    rename); never written over an existing file or through a symlink unless overwrite.
     """
     path = Path(path)
     if path.suffix != ".npy":
@@ -301,12 +302,10 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, frames: int = 30, siz
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     dataset = BouncingBalls(n=n, frames=frames, size=size, balls=balls, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f, \
-                tqdm(total=n, unit="video", desc=f"writing {path.name}", disable=not progress) as bar:
+    created = make_folders(path.parent)
+
+    def writer(f):
+        with tqdm(total=n, unit="video", desc=f"writing {path.name}", disable=not progress) as bar:
             header = {"descr": "|u1", "fortran_order": False, "shape": (n, frames, size, size)}
             np.lib.format.write_array_header_1_0(f, header)
             block = torch.empty(min(chunk, n), frames, size, size, dtype=torch.uint8)
@@ -315,13 +314,12 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, frames: int = 30, siz
                 positions = dataset.trajectories(np.arange(start, stop))[0]
                 f.write(render(positions, size, out=block[:stop - start]).numpy().data)
                 bar.update(stop - start)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    try:
+        return write_file(path, writer, replace=overwrite, kept="nothing was written", error=DataError)
+    except FileExistsError:
+        raise DataError(f"data file {path} already exists; pass overwrite=True to replace it") from None
+    finally:
+        remove_empty(created if not path.exists() else [])      # a failed write leaves no folder it made
 
 
 def load_videos(path: str | Path, frames: int = 30, size: int = 30) -> np.memmap:

@@ -10,7 +10,8 @@ import signal
 
 
 class VidganError(Exception):
-    """Base class: a problem the user can act on (bad option, bad file, failed run)."""
+    """Base class: a problem the user can act on (bad option, bad file, failed run). The CLI exits `exit_code`."""
+    exit_code = 1
 
     def prefixed(self, prefix: str) -> "VidganError":
         """The same error (same class and attributes) with `prefix` in front of its message."""
@@ -23,6 +24,11 @@ class VidganError(Exception):
 
 class ConfigError(VidganError):
     """An impossible option value, e.g. a negative batch size or an unknown loss combination."""
+
+
+class OptionError(ConfigError):
+    """A command line that is wrong by itself: an option value out of its range (a usage error: exit 2)."""
+    exit_code = 2
 
 
 class CheckpointError(VidganError):

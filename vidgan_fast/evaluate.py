@@ -6,7 +6,8 @@
   z ~ N(0, I), the distribution G_F was trained on in phase 1 (G_V's own codes are tanh outputs in (-1, 1)).
 
 `run_eval` writes eval.json (the table), eval.png (the distributions side by side, drawn with Pillow) and
-samples.gif (real, generated and baseline videos, one row each).
+samples.gif (real, generated and baseline videos, one row each); a second eval into the same folder writes
+eval-2.json, eval-2.png and samples-2.gif (nothing is replaced without overwrite=True).
 """
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import media
 from .errors import ConfigError
+from .files import make_folders, remove_empty, write_file, write_numbered
 from .metrics import as_videos, video_statistics
+from .signals import saved
 
 EVAL_DATA_SEED = 2_000_003
 SETS = ("real", "generated", "baseline")
 COLOURS = {"real": (40, 110, 220), "generated": (235, 120, 20), "baseline": (140, 140, 140)}
 GENERATION_BATCH = 32            # videos per generator call (32 x 30 frames through G_F)
+EVAL_LIMIT = 10_000              # videos per set: 3 sets of float32 [n, 30, 30, 30] are 3.2 GB at the limit
 
 # (distribution, title, low, high, bins); values outside [low, high] go to the end bins
 HISTOGRAMS = [
@@ -145,8 +149,16 @@ def _json_value(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def draw_histograms(distributions: dict[str, dict[str, torch.Tensor]], path: str | Path) -> Path:
-    """One PNG: a panel per distribution, the sets' normalised histograms as grouped bars."""
+def draw_histograms(distributions: dict[str, dict[str, torch.Tensor]], path: str | Path, replace: bool = False) -> Path:
+    """One PNG at `path` (files.write_file: complete or absent; an existing file only with replace=True)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = histogram_image(distributions)
+    return write_file(path, lambda f: image.save(f, format="PNG"), replace=replace)
+
+
+def histogram_image(distributions: dict[str, dict[str, torch.Tensor]]) -> Image.Image:
+    """A panel per distribution, the sets' normalised histograms as grouped bars."""
     pw, ph, margin = 330, 210, 28
     cols = 3
     rows = math.ceil(len(HISTOGRAMS) / cols)
@@ -189,37 +201,42 @@ def draw_histograms(distributions: dict[str, dict[str, torch.Tensor]], path: str
                     x0 = left + b * slot + k * bar
                     draw.rectangle([x0, bottom - (bottom - top) * value / peak, x0 + max(1.0, bar - 1), bottom],
                                    fill=COLOURS[s])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return image
 
 
 def write_report(results: dict, out_dir: str | Path, generated_videos: torch.Tensor, real_videos: torch.Tensor,
                  baseline_videos: torch.Tensor | None = None, distributions: dict | None = None,
-                 info: dict | None = None, samples: int = 8) -> list[Path]:
+                 info: dict | None = None, samples: int = 8, overwrite: bool = False) -> list[Path]:
     """Write eval.json (results plus `info`), eval.png (distributions; computed from the videos when not
-    given) and samples.gif (up to `samples` videos per set, one row per set). Returns the paths."""
+    given) and samples.gif (up to `samples` videos per set, one row per set). Returns the paths. Like `vidgan
+    sample`, the three share the first free number (eval-2.json, eval-2.png, samples-2.gif, ...), taken
+    atomically; overwrite=True replaces the unnumbered names (files.write_numbered)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     videos = {"real": real_videos, "generated": generated_videos, "baseline": baseline_videos}
     videos = {k: as_videos(v) for k, v in videos.items() if v is not None}
     if distributions is None:
         distributions = _evaluate_sets(videos)[1]
     payload = {"metrics": {m: {s: _json_value(v) for s, v in sets.items()} for m, sets in results.items()},
                **(info or {})}
-    json_path = out / "eval.json"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    png_path = draw_histograms(distributions, out / "eval.png")
+    text = (json.dumps(payload, indent=2) + "\n").encode()
+    image = histogram_image(distributions)
     k = min(samples, *(v.shape[0] for v in videos.values()))
     grid = torch.cat([videos[s][:k] for s in SETS if s in videos])                  # one row per set
-    gif_path = media.save_gif(grid, out / "samples.gif", cols=k)
-    return [json_path, png_path, gif_path]
+    files = [("eval.json", lambda f: f.write(text)), ("eval.png", lambda f: image.save(f, format="PNG")),
+             ("samples.gif", media.gif_writer(grid, cols=k))]
+    created = make_folders(out)
+    try:
+        paths = write_numbered(out, files, overwrite=overwrite)
+    except BaseException:
+        remove_empty(created)
+        raise
+    saved(f"{', '.join(map(str, paths))} are written")
+    return paths
 
 
 def run_eval(frame_generator: torch.nn.Module, video_generator: torch.nn.Module, out_dir: str | Path,
-             n: int = 1000, seed: int = 0, device: str | torch.device = "cpu", real_source=None
-             ) -> tuple[dict, list[Path]]:
+             n: int = 1000, seed: int = 0, device: str | torch.device = "cpu", real_source=None,
+             overwrite: bool = False) -> tuple[dict, list[Path]]:
     """Evaluate already-loaded models and write the report; returns (results, files written)."""
     start = time.perf_counter()
     results, distributions, videos = evaluate_models(frame_generator, video_generator, n, seed, device,
@@ -227,7 +244,8 @@ def run_eval(frame_generator: torch.nn.Module, video_generator: torch.nn.Module,
     info = {"n": n, "seed": seed, "real_data_seed": EVAL_DATA_SEED if real_source is None else None,
             "baseline": "30 independent codes z ~ N(0, I) through G_F",
             "seconds": round(time.perf_counter() - start, 2)}
-    files = write_report(results, out_dir, videos["generated"], videos["real"], videos["baseline"], distributions, info)
+    files = write_report(results, out_dir, videos["generated"], videos["real"], videos["baseline"], distributions, info,
+                         overwrite=overwrite)
     return results, files
 
 
@@ -245,7 +263,9 @@ def load_models(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.M
 
 
 def evaluate_checkpoint(checkpoint: str | Path, folder: str | Path, n: int = 1000, seed: int = 0,
-                        device: str = "cpu") -> tuple[dict, list[Path]]:
+                        device: str = "cpu", overwrite: bool = False) -> tuple[dict, list[Path]]:
     """`vidgan eval`: a video checkpoint's metrics (real, generated, random-code baseline) and report files."""
+    if not 2 <= n <= EVAL_LIMIT:
+        raise ConfigError(f"invalid --n {n}: evaluation takes 2 to {EVAL_LIMIT:,} videos per set")
     frame_generator, video_generator = load_models(checkpoint, device)
-    return run_eval(frame_generator, video_generator, Path(folder), n=n, seed=seed, device=device)
+    return run_eval(frame_generator, video_generator, Path(folder), n=n, seed=seed, device=device, overwrite=overwrite)

@@ -1,4 +1,5 @@
-"""Writing videos as a GIF grid and frames as a PNG strip (imageio + Pillow)."""
+"""Writing videos as a GIF grid and frames as a PNG strip (Pillow), through files.py (complete or absent, never
+over a file unless asked)."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import write_file
 
 
 def to_uint8(x: torch.Tensor | np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -28,9 +31,10 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 1, scale: int =
     return np.kron(out, np.ones((scale, scale), np.uint8)) if scale > 1 else out
 
 
-def save_gif(videos: torch.Tensor | np.ndarray, path: str | Path, value_range=(-1.0, 1.0),
-             fps: int = 10, cols: int | None = None, scale: int = 2) -> Path:
-    """Videos [N, T, H, W] (or [N, 1, T, H, W]) as one looping GIF with the N videos in a grid."""
+def gif_writer(videos: torch.Tensor | np.ndarray, value_range=(-1.0, 1.0), fps: int = 10, cols: int | None = None,
+               scale: int = 2):
+    """writer(f) that writes videos [N, T, H, W] (or [N, 1, T, H, W]) as one looping GIF with the N videos in a
+    grid (for files.write_file / write_numbered)."""
     v = to_uint8(videos, value_range)
     if v.ndim == 5:
         v = v[:, 0]
@@ -41,19 +45,32 @@ def save_gif(videos: torch.Tensor | np.ndarray, path: str | Path, value_range=(-
         # (Pillow merges identical consecutive frames, so a static video would lose its frame count)
         g[-1, : max(1, round((t + 1) / v.shape[1] * g.shape[1]))] = 255
         frames.append(Image.fromarray(g))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    return path
+    return lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                    duration=int(1000 / fps), loop=0)
 
 
-def save_strip(frames: torch.Tensor | np.ndarray, path: str | Path, value_range=(-1.0, 1.0),
-               cols: int | None = None, scale: int = 2) -> Path:
-    """Frames [N, H, W] (or [N, 1, H, W]) as one PNG grid; cols defaults to one row."""
+def strip_writer(frames: torch.Tensor | np.ndarray, value_range=(-1.0, 1.0), cols: int | None = None,
+                 scale: int = 2):
+    """writer(f) that writes frames [N, H, W] (or [N, 1, H, W]) as one PNG grid; cols defaults to one row."""
     f = to_uint8(frames, value_range)
     if f.ndim == 4:
         f = f[:, 0]
+    image = Image.fromarray(grid(f, cols or f.shape[0], scale=scale))
+    return lambda out: image.save(out, format="PNG")
+
+
+def save_gif(videos: torch.Tensor | np.ndarray, path: str | Path, value_range=(-1.0, 1.0),
+             fps: int = 10, cols: int | None = None, scale: int = 2, replace: bool = False) -> Path:
+    """Videos as one GIF grid at `path` (files.write_file: complete or absent; an existing file is replaced
+    only with replace=True, else FileExistsError)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid(f, cols or f.shape[0], scale=scale)).save(path)
-    return path
+    return write_file(path, gif_writer(videos, value_range, fps, cols, scale), replace=replace)
+
+
+def save_strip(frames: torch.Tensor | np.ndarray, path: str | Path, value_range=(-1.0, 1.0),
+               cols: int | None = None, scale: int = 2, replace: bool = False) -> Path:
+    """Frames as one PNG grid at `path` (as save_gif)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_file(path, strip_writer(frames, value_range, cols, scale), replace=replace)

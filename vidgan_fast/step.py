@@ -88,6 +88,8 @@ class TrainState:
     frame_generator: nn.Module | None = None      # phase 2: G_F (reference module; what checkpoints hold)
     f_opt: torch.optim.Optimizer | None = None    # phase 2 with finetune_frames
     renderer: nn.Module | None = None             # phase 2: what renders the codes (fast: the frozen Triton G_F)
+    frame_average: object | None = None           # phase 1 with frames_ema: selection.WeightAverage of G_F
+    selection: object | None = None               # phase 1 with frames_select_every: selection.SnapshotSelection
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -101,6 +103,11 @@ class TrainState:
     def autocast(self):
         """bf16 autocast of the forward passes when cfg.bf16 holds on this device, else a no-op."""
         return torch.autocast(self.device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """Phase 1: the G_F that selection scores: the weight average with frames_ema, else G_F itself."""
+        return self.frame_average.model if self.frame_average is not None else self.generator
 
     @property
     def bf16(self) -> bool:

@@ -24,10 +24,13 @@ from .config import TrainConfig
 from .data import VideoSource, load_videos, to_model_range
 from .errors import ConfigError, TrainingError, TrainingInterrupted
 from .execution import plan
+from .limits import check_fits
 from .profiling import nvtx_range
 from .run_log import LossLog, cut_log, new_run_id
 from .sample import write_samples
-from .step import FRAMES, TrainState, build_frame_generator, build_state
+from .selection import SnapshotSelection, WeightAverage
+from .signals import saved, stopping
+from .step import FRAMES, TrainState, build_frame_generator, build_state, resolve_device
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -77,7 +80,21 @@ def checkpoint_payload(state: TrainState, complete: bool) -> dict:
                        else portable_optimizer_state(state.f_opt.state_dict())},
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "complete": complete,
         "rng": rng_states(state.device), "losses": dict(state.last_losses), "run": state.run,
+        # phase 1 with --frames-ema / --frames-select-every (selection.py); absent keys read as None (older files)
+        "frame_average": None if state.frame_average is None else state.frame_average.state_dict(),
+        "selection": None if state.selection is None else state.selection.state_dict(),
     }
+
+
+def with_frame_choice(state: TrainState) -> TrainState:
+    """Phase 1: attach G_F's weight average (cfg.frames_ema) and snapshot selection (cfg.frames_select_every) to a
+    state built by step.build_state (which stands on the model definitions only); in place, returns it."""
+    cfg = state.cfg
+    if not state.phase.video:
+        state.frame_average = WeightAverage(state.generator, cfg.frames_ema) if cfg.frames_ema else None
+        state.selection = (SnapshotSelection(cfg.frames_select_every, cfg.frames_select_n)
+                           if cfg.frames_select_every else None)
+    return state
 
 
 def state_from_checkpoint(ckpt: dict, path: str | Path, overrides: dict | None = None) -> TrainState:
@@ -89,7 +106,7 @@ def state_from_checkpoint(ckpt: dict, path: str | Path, overrides: dict | None =
     g_f = ckpt.get("frame_generator")
     if g_f is not None:
         check_frame_generator(cfg, g_f, path)
-    state = build_state(cfg, ckpt["phase"], g_f)
+    state = with_frame_choice(build_state(cfg, ckpt["phase"], g_f))
     load_matching(state.generator, ckpt["generator"], "the generator", path)
     load_matching(state.discriminators, ckpt["discriminators"], "the discriminators", path)
     opts = ckpt["optimizers"]
@@ -102,6 +119,15 @@ def state_from_checkpoint(ckpt: dict, path: str | Path, overrides: dict | None =
         for group in (opt.param_groups if opt is not None else ()):
             group["lr"] = rate
     state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    if state.frame_average is not None:          # a checkpoint without one (the option added on --resume): start
+        average = ckpt.get("frame_average")      # the average at the weights it resumes from
+        load_matching(state.frame_average.model, state.generator.state_dict() if average is None else average,
+                      "the frame generator's weight average", path)
+    if state.selection is not None and ckpt.get("selection") is not None:
+        best = ckpt["selection"]["best_state"]
+        if best is not None:
+            check_matching(state.generator, best, "the selected frame generator", path)
+        state.selection.load_state_dict(ckpt["selection"])
     state.last_losses = dict(ckpt.get("losses") or {})
     state.run = ckpt.get("run") or state.run
     restore_rng_states(ckpt["rng"], state.device)
@@ -122,7 +148,8 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
     """Train `state` to the end of its phase, logging to out/log.jsonl and checkpointing to out/<phase>.ckpt.
 
     Losses stay on the device and are checked (NaN/inf) every log_every steps and before every save, so a
-    diverged model is never saved. SIGINT/SIGTERM: finish the step, save, raise TrainingInterrupted.
+    diverged model is never saved. SIGINT/SIGTERM: finish the step, save, raise TrainingInterrupted; a second
+    signal during that stops at once (signals.Stopped), the checkpoint on disk as it was.
     """
     cfg, out, phase = state.cfg, Path(out), state.phase
     state.run = state.run or new_run_id()       # made when a phase starts fresh; kept on --resume
@@ -135,6 +162,8 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
         cut_log(out / "log.jsonl", phase.name, state.step)
     log = LossLog(distributed.rank_path(out / "log.jsonl"), phase.name, phase.number, state.step, state.run)
     saved_step = state.step if ckpt_path.exists() else None        # the step of the checkpoint on disk
+    if saved_step is not None:                    # what a stop at any point leaves (signals.saved, the CLI's line)
+        saved(f"{ckpt_path} (step {saved_step}) is kept; continue with --resume")
     bar = tqdm(total=total, initial=state.step, desc=str(phase),
                unit="step", disable=not progress or not distributed.is_main(), dynamic_ncols=True)
 
@@ -150,6 +179,7 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
         flush()                                   # never save a model whose losses went NaN
         distributed.save_checkpoint(state, ckpt_path, checkpoint_payload(state, complete=state.step >= total))
         saved_step = state.step
+        saved(f"{ckpt_path} (step {saved_step}) is saved; continue with --resume")
 
     with distributed.stop_requests() as stop, bar:
         while state.step < total:
@@ -162,12 +192,17 @@ def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> Tr
             if state.batch_in_epoch == per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             bar.update(1)
+            if state.frame_average is not None:
+                state.frame_average.update(state.generator)
+            if state.selection is not None and state.selection.due(state.step, per_epoch * phase.epochs):
+                state.selection.consider(state.sampling_generator, state.step)
             distributed.agree_stop(stop)          # torchrun: a signal to any rank stops every rank here
             if state.step % cfg.log_every == 0:
                 flush()
             if state.step % cfg.checkpoint_every == 0 or state.step == total or stop:
                 save()
             if stop:
+                stopping()                        # saved: a further signal must not cut the report short
                 raise TrainingInterrupted(f"{signal.Signals(stop[0]).name} at step {state.step} of phase "
                                           f"{phase.number}: checkpoint saved to {ckpt_path}; "
                                           f"continue with --resume", signum=stop[0])
@@ -187,19 +222,24 @@ def open_phase(phase: str, out: str | Path, cfg: TrainConfig, resume: bool = Fal
         if not path.exists():
             raise TrainingError(f"nothing to resume: {path} does not exist")
         ckpt = load_checkpoint(path, expected_phase=phase)
-        open_source(saved_config(ckpt, path).replace(**(overrides or {})))   # bad --data: before any model
+        cfg = saved_config(ckpt, path).replace(**(overrides or {}))
+        open_source(cfg)                  # bad --data: before any model
+        check_fits(cfg, phase, resolve_device(cfg.device))
+        saved(f"{path} (step {ckpt['step']}) is kept; continue with --resume")
         return state_from_checkpoint(ckpt, path, overrides)
     if path.exists():
         raise TrainingError(f"{out} already holds {path.name}; pass --resume to continue that run "
                             f"or choose another --out")
     open_source(cfg)                      # a missing or malformed --data file is found before any model is built
     if phase == "frames":
-        return build_state(cfg, "frames")
+        check_fits(cfg, phase, resolve_device(cfg.device))      # absurd sizes: one line now, not a failed allocation
+        return with_frame_choice(build_state(cfg, "frames"))
     if frames is None:
         raise TrainingError("phase 2 needs a trained frame generator: pass --frames CKPT")
     generator_state, widths = frame_generator_of(frames, given_widths=(overrides or {}).get("gf_widths"))
     cfg = cfg.replace(gf_widths=widths)
     check_frame_generator(cfg, generator_state, frames)
+    check_fits(cfg, phase, resolve_device(cfg.device))
     return build_state(cfg, "video", generator_state)
 
 

@@ -256,17 +256,21 @@ def main(argv=None) -> int:
     p.add_argument("--sm", type=int, action="append", choices=TARGETS,
                    help="target(s) (default: all of 80 86 89 90)")
     p.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
-    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--json", help="write the rows here (a new file; an existing one needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     a = p.parse_args(argv)
+    if a.json and os.path.lexists(a.json) and not a.overwrite:
+        p.error(f"--json {a.json} already exists; pass --overwrite to replace it, or name another file")
     rows = run(tuple(a.config or CONFIGS), tuple(a.precision or PRECISIONS), tuple(a.sm or TARGETS), a.jobs)
     print(format_table(rows, markdown=a.markdown))
     failures = gate_failures(rows)
     print(f"\n{len(rows)} compiles, {len({(r.kernel, r.spec) for r in rows})} specializations; "
           + (f"{len(failures)} gate failures:\n" + "\n".join(failures) if failures else "the gate passes"))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"rows": rows_to_json(rows), "failures": failures}, f, indent=1)
+        from vidgan_fast.files import write_file
+        text = json.dumps({"rows": rows_to_json(rows), "failures": failures}, indent=1).encode()
+        write_file(a.json, lambda f: f.write(text), replace=a.overwrite)
     return 1 if failures else 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 
 from vidgan_fast.config import PRESETS, preset
@@ -107,21 +108,27 @@ def build_parser(prog: str = "vidgan bench --static") -> argparse.ArgumentParser
     p.add_argument("--preset", choices=list(PRESETS), default="paper", help="model sizes, K and batches (paper)")
     p.add_argument("--precision", choices=PRECISIONS, nargs="+", default=None,
                    help="precision(s) of the products (default: the preset's, tf32)")
-    p.add_argument("--gpu", "--device-model", dest="gpu", nargs="+", choices=list(GPUS), default=None,
-                   metavar="GPU", help=f"one or more of {', '.join(GPUS)} (default: h100 a100)")
+    p.add_argument("--gpu", "--device-model", dest="gpu", nargs="+", choices=[*GPUS, "all"], default=None,
+                   metavar="GPU", help=f"one or more of {', '.join(GPUS)}, or all (default: h100 a100)")
     p.add_argument("--per-launch", action="store_true", help="also every launch of every step with its limits")
     p.add_argument("--samples", type=int, default=8, help="programs traced per launch (default 8)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory projection")
-    p.add_argument("--json", default=None, help="also write everything here")
+    p.add_argument("--json", default=None, help="also write everything here (a new file; an existing one needs "
+                   "--overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p
 
 
 def main(argv=None, prog: str = "vidgan bench --static") -> int:
     a = build_parser(prog).parse_args(argv)
+    if a.json and os.path.lexists(a.json) and not a.overwrite:
+        print(f"error: --json {a.json} already exists; pass --overwrite to replace it, or name another file",
+              file=sys.stderr)
+        return 2
     from vidgan_fast.lab import cost, memory
     cfg = preset(a.preset)
     precisions = a.precision or [cfg.precision]
-    gpus = a.gpu or ["h100", "a100"]
+    gpus = list(GPUS) if a.gpu and "all" in a.gpu else a.gpu or ["h100", "a100"]
     print(f"Per-launch projection (static, no GPU): preset {a.preset}, {datetime.date.today().isoformat()}\n")
     record = {"preset": a.preset, "command": " ".join([prog, *(argv or [])]), "steps": [], "memory": []}
     for precision in precisions:
@@ -145,8 +152,9 @@ def main(argv=None, prog: str = "vidgan bench --static") -> int:
     for key in gpus:
         print(f"  - {GPUS[key].name}: {GPUS[key].source}")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(record, f, indent=1)
+        from vidgan_fast.files import write_file
+        text = json.dumps(record, indent=1).encode()
+        write_file(a.json, lambda f: f.write(text), replace=a.overwrite)
         print(f"wrote {a.json}", file=sys.stderr)
     return 0
 
