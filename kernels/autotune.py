@@ -6,7 +6,7 @@ once per problem (kernel, shapes, precision) and the fastest is cached, per devi
 
 The first candidate of every list is the launcher's fixed GPU tile: what runs where nothing is timed (under the
 interpreter, on the CPU or meta device, with VIDGAN_AUTOTUNE=0, inside CUDA-graph capture without a cached
-winner) and what the roofline model and the compile gate's paper rows assume.
+winner) and what the per-launch cost model (lab/cost.py) and the compile gate's paper rows assume.
 - Timing happens outside capture only: the fast path's eager warm-up (fast/graphs.py) and first-step check run
   every launch before any capture, so capture finds every winner cached. Called while the current stream is
   capturing, choose() returns the cached winner or the fixed tile and never times.

@@ -4,13 +4,13 @@ Precision (the `precision` argument of every launch wrapper that multiplies):
     "fp32"  exact fp32 products (tl.dot input_precision "ieee": FMA, no tensor core)
     "tf32"  TF32 tensor-core products (10-bit mantissa), fp32 accumulation
     "bf16"  operands rounded to bf16 (round-to-nearest-even), bf16 tensor-core products, fp32 accumulation
-Storage is separate from precision: the kernels that carry activations (batched_conv, frame_generator) read fp32
+Storage is separate from precision: the kernels that carry activations (conv, col2im, frame_generator) read fp32
 or bf16 tensors (the dtype of each pointer), compute in fp32 registers, and write their activation / input-gradient
 outputs in the dtype of the output tensor the wrapper allocates (`cast_for_store`); weight gradients are fp32.
 The interpreter ignores input_precision and mishandles bf16 dots, so there "bf16" rounds the operands with
 integer bit operations and multiplies them exactly: the same products the tensor cores form. Its fp32 -> bf16
 cast truncates, so `cast_for_store` rounds first there (the compiled cast rounds to nearest even itself). (TF32 cannot be
-seen under the interpreter; tests read the compiled PTX for it, see kernels/aot.py.)
+seen under the interpreter; tests read the compiled PTX for it, see vidgan_fast/lab/aot.py.)
 
 Tiles: each launcher has GPU tiles (what a GPU runs; what the compile gate checks for registers and spills)
 and larger interpreter tiles (the same code in fewer, larger numpy steps). `tiles="auto"` takes the GPU tiles

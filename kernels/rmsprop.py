@@ -10,7 +10,7 @@ Per element, exactly torch.optim.RMSprop without momentum, centering, weight dec
 is rounded once on the host from the Python float, as torch does. Each of w, g and v is read once and w, v written
 once: 20 bytes per fp32 parameter (torch's foreach RMSprop makes about 13 weight-sized passes).
 
-copies (optional, one per tensor): a low-precision copy of each updated w (bf16 storage, fast/weight_copy.py) written
+copies (optional, one per tensor): a low-precision copy of each updated w (bf16 storage, owned by fast/bank.py) written
 in the same pass, w_new rounded to the copy's dtype (round to nearest even, as torch's .to()): 2 more bytes per
 parameter, where a separate cast before the next forward would read 4 B and write 2 B.
 

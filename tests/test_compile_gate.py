@@ -138,7 +138,7 @@ def test_precision_is_real_in_the_ptx(gate):
 
 
 def _compile_source(tmp_path, source: str, arch: int = 80):
-    """Compile a one-kernel module (written to tmp_path) with kernels.aot in a compiled-mode subprocess."""
+    """Compile a one-kernel module (written to tmp_path) with lab.aot in a compiled-mode subprocess."""
     (tmp_path / "probe_kernel.py").write_text(source)
     script = (
         "import sys, json, torch\n"

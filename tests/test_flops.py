@@ -1,4 +1,4 @@
-"""The FLOP model (vidgan_fast/flops.py): hand counts of single layers, the paper configuration's per-step figures, and
+"""The FLOP model (vidgan_fast/lab/flops.py): hand counts of single layers, the paper configuration's per-step figures, and
 cross-checks of whole models and whole reference training steps against torch.utils.flop_counter.
 
 FlopCounterMode counts matmuls and convolutions (transposed ones as input pixels x kernel, as we do) but gives

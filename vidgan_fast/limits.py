@@ -2,7 +2,7 @@
 built (train.open_phase), so that absurd sizes (--gf-widths 100000,..., --frames-k 4000 at the paper's widths)
 are one line at start-up instead of an allocation failure, or minutes of silence, after it.
 
-The estimate is a floor, not a projection (vidgan_fast/memory_model.py projects the fast path's GPU memory): fp32
+The estimate is a floor, not a projection (vidgan_fast/lab/memory.py projects the fast path's GPU memory): fp32
 weights, their gradients and RMSprop's state (3 x 4 bytes per trained parameter, 4 for a frozen one), and the
 activations of one forward and backward pass (2 x 4 bytes per value) of the generator and the K discriminators on
 one batch (under torchrun, each process's share of the K). Shapes come from the models built on the meta device (one discriminator, times K): nothing is

@@ -4,7 +4,7 @@ Per-SM figures are what the per-launch model needs (vidgan_fast/lab/cost.py): a 
 `sms` multiprocessors, and each multiprocessor issues at most `issue_per_clk` warp instructions per clock (one per
 scheduler, four schedulers per SM on Volta and newer: NVIDIA's architecture whitepapers) and retires matrix FLOPs
 at `mma_flops_per_clk[(instruction, dtype)]`. The device-wide peaks (`peak_flops`) are these per-clock figures
-times SMs times clock: they reproduce the datasheet numbers the roofline always used.
+times SMs times clock: they reproduce the datasheet numbers.
 
 Projections at the datasheet clock (`clock_ghz`, the clock at which the vendor's dense peak rates are computed) are
 lower bounds in time only at that clock: a GPU boosting higher (an H100 SXM to 1.98 GHz) is up to that ratio faster
@@ -44,11 +44,11 @@ class GPU:
                           default=self.fma_flops_per_clk)
         return per_clk * self.sms * self.clock_ghz * 1e9
 
-    def rate(self, unit: str, precision: str) -> float:     # the roofline's name for peak_flops
+    def rate(self, unit: str, precision: str) -> float:     # peak FLOP/s of a unit at a precision
         return self.peak_flops(unit, precision)
 
     @property
-    def bandwidth(self) -> float:                           # GB/s of DRAM, the roofline's name
+    def bandwidth(self) -> float:                           # GB/s of DRAM
         return self.hbm_gbps
 
     @property
