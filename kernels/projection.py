@@ -16,7 +16,7 @@ import triton.language as tl
 
 from vidgan_fast.kernels.col2im import col2im
 from vidgan_fast.kernels.common import dot_precision, mma, target_family
-from vidgan_fast.kernels.tiles import PROJECTION_TILES
+from vidgan_fast.kernels.tiles import PROJECTION_FP32_MAX_K, PROJECTION_TILES
 
 
 @triton.jit
@@ -76,6 +76,8 @@ def project_forward(images: torch.Tensor, filters: torch.Tensor, stride: int, pa
     OH, OW = (H + 2 * padding - KS) // stride + 1, (W + 2 * padding - KS) // stride + 1
     out = torch.empty((K, N, OH, OW), device=images.device, dtype=torch.float32)
     block_p, max_k, _ = _tiles(images.device)
+    if precision == "fp32" and target_family(images.device) != "interpreter":
+        max_k = min(max_k, PROJECTION_FP32_MAX_K)                 # an FMA dot: wider blocks spill
     block_k = max(16, min(max_k, triton.next_power_of_2(K)))     # tl.dot needs blocks of at least 16
     grid = (triton.cdiv(N * OH * OW, block_p), triton.cdiv(K, block_k))
     _project_fwd_kernel[grid](images, filters, out, N, K, H=H, W=W, OH=OH, OW=OW, STRIDE=stride, PAD=padding, KS=KS,

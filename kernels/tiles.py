@@ -61,6 +61,11 @@ CONV_TILES = {
                     "dgrad": (Tile(128, 128, 64, 8), Tile(64, 128, 64, 4)),
                     "wgrad": (Tile(128, 128, 64, 8), Tile(64, 128, 64, 4))},
 }
+# Exact fp32 products (--no-tf32: an FMA dot, no tensor cores) on any GPU: Triton holds an FMA dot's operand slices
+# per thread, and the tensor-core tiles above spill there (sm_90's 128 x 256: 300-1,300 bytes; sm_86/89's 128 x 128:
+# 8-56 bytes; Triton 3.6 and 3.9). The FMA rate, not L2, bounds these launches, so a smaller tile costs nothing.
+FMA_CONV_TILES = {"forward": (Tile(64, 64, 16, 4),), "dgrad": (Tile(64, 64, 16, 4),),
+                  "wgrad": (Tile(64, 64, 16, 4),)}
 INTERPRETER_CONV_TILE = Tile(256, 64, 64, 4, 1)     # the interpreter: the same code in fewer, larger numpy steps
 PACKED_BLOCK_K = 16                                  # a reduction over taps of a 1-channel input (conv1): taps x 1
 
@@ -69,6 +74,8 @@ def conv_tiles(kernel: str, fam: str, precision: str) -> tuple:
     """The candidate tiles of a bank convolution pass ('forward', 'dgrad', 'wgrad'), the fixed one first."""
     if fam == "interpreter":
         return (INTERPRETER_CONV_TILE,)
+    if precision == "fp32":
+        return FMA_CONV_TILES[kernel]
     return CONV_TILES[(fam, operand_bytes(precision))][kernel]
 
 
@@ -85,6 +92,10 @@ def logit_tile(kernel: str, fam: str) -> Tile:
 # The projections (kernels/projection.py): (pixels per program, projections per program in the forward, projections
 # per reduction step in the backward); index: interpreted or not.
 PROJECTION_TILES = {False: (128, 64, 1), True: (512, 64, 4)}
+# Exact fp32 products (FMA, no tensor cores): at most 16 projections per program on a GPU. Triton lowers a
+# [128 x 64] @ [64 x 64] FMA dot with every operand held per thread: 10-24 KB of spills per thread at 32 or 64
+# (Triton 3.6 and 3.9, sm_80/90); at 16, 80 registers and none.
+PROJECTION_FP32_MAX_K = 16
 
 
 # The frozen G_F (kernels/frame_generator.py): BLOCK_M rows, output channels up to block_n, reduction steps of
@@ -92,12 +103,15 @@ PROJECTION_TILES = {False: (128, 64, 1), True: (512, 64, 4)}
 GENERATOR_TILES = {("hopper", 4): Tile(128, 128, 32, 8), ("hopper", 2): Tile(128, 128, 64, 8),
                    ("ampere", 4): Tile(128, 128, 32, 8), ("ampere", 2): Tile(128, 128, 64, 8)}
 INTERPRETER_GENERATOR_TILE = Tile(256, 128, 128, 4, 1)
+FMA_GENERATOR_TILE = Tile(64, 64, 16, 4)     # exact fp32 (FMA dot), as FMA_CONV_TILES: sm_90's dense spilled at 128
 
 
 def generator_tile(fam: str, precision: str, widest: int = 4) -> Tile:
     """The tile for products at `precision` whose widest operand, as stored, has `widest` bytes per element."""
     if fam == "interpreter":
         return INTERPRETER_GENERATOR_TILE
+    if precision == "fp32":
+        return FMA_GENERATOR_TILE
     return GENERATOR_TILES[(fam, max(operand_bytes(precision), widest))]
 
 
