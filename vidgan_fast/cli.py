@@ -97,7 +97,8 @@ def main():
     """vidgan: a two-phase video GAN (frame generator, then an LSTM that walks its manifold).
 
     \b
-    Exit status: 0 done; 1 an error; 2 a wrong command line; 130 / 143 stopped by SIGINT / SIGTERM.
+    Exit status: 0 done; 1 an error; 2 a wrong command line; 3 `check` with rows not checked; 130 / 143 stopped by
+    SIGINT / SIGTERM.
     """
 
 
