@@ -173,6 +173,7 @@ def test_bad_inputs_are_found_before_any_model_is_built_and_leave_no_folder(tmp_
     short = tmp_path / "short.npy"
     np.save(short, np.zeros((3, 30, 30, 30), np.uint8))
     cases = [(["--data", text], "is not a readable .npy array (it has no NumPy header"),
+             (["--data", text], "write one with `vidgan data --n N --out NEW.npy` (or `--out"),   # never the taken name alone
              (["--data", pickled], "truncated, damaged, or an array of Python objects"),
              (["--data", short], "holds only 3 videos; pass --n-videos 3 or fewer"),
              (["--data", tmp_path / "missing.npy"], "does not exist")]

@@ -328,7 +328,10 @@ def load_videos(path: str | Path, frames: int = 30, size: int = 30) -> np.memmap
     if not path.is_file():
         raise DataError(f"data file {path} does not exist" if not path.exists() else
                         f"data file {path} is not a file; pass the .npy file written by `vidgan data`")
-    write_one = f"write one with `vidgan data --n N --out {path.with_suffix('.npy')}`"
+    target = path.with_suffix(".npy")
+    write_one = (f"write one with `vidgan data --n N --out {target}`" if not target.exists() else   # never a hint
+                 f"write one with `vidgan data --n N --out NEW.npy` (or `--out {target} --overwrite`, which "   # that fails
+                 f"replaces this file)")
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
