@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from .errors import RunFolderError, os_reason
-from .files import CLOEXEC, NOFOLLOW, stale_temps, write_error
+from .files import CLOEXEC, NOFOLLOW, make_folders, remove_empty, stale_temps, write_error
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("frames.ckpt", "video.ckpt", "log.jsonl", "samples")     # what a run writes (and --resume reads)
@@ -56,36 +56,21 @@ def describe_owner(text: str) -> str:
 
 
 def make_folder(folder: Path) -> list[Path]:
-    """mkdir -p `folder`; returns the folders this call created, deepest first."""
-    missing, p = [], folder
+    """mkdir -p `folder` (files.make_folders) with a run folder's one-line errors; returns the folders this call
+    created, deepest first."""
+    p = folder
     while not p.exists() and not p.is_symlink() and p != p.parent:
-        missing.append(p)
         p = p.parent
     if p.exists() and not p.is_dir():
         raise RunFolderError(f"cannot create run folder {folder}: {p} is a file; choose another --out")
-    created = []
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-            created.append(d)
-        except FileExistsError:
-            if not d.is_dir():
-                raise RunFolderError(f"cannot use {folder} as run folder: {d} is a file; choose another --out") \
-                    from None
-        except OSError as e:
-            remove_empty(created[::-1])
-            raise RunFolderError(f"cannot create run folder {folder} ({os_reason(e)} at {d}); choose another "
-                                 f"--out or fix the permissions") from None
-    return created[::-1]
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """rmdir each of `folders` (deepest first) that is empty; stop at the first that is not."""
-    for d in folders:
-        try:
-            d.rmdir()
-        except OSError:
-            return
+    try:
+        return make_folders(folder)
+    except FileExistsError as e:           # a file appeared at one of the names meanwhile
+        raise RunFolderError(f"cannot use {folder} as run folder: {e.filename} is a file; choose another --out") \
+            from None
+    except OSError as e:
+        raise RunFolderError(f"cannot create run folder {folder} ({os_reason(e)} at {e.filename}); choose another "
+                             f"--out or fix the permissions") from None
 
 
 def _alive(pid: int) -> bool:
