@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import media
 from .errors import ConfigError
-from .files import make_folders, remove_empty, write_file, write_numbered
+from .files import write_file, write_numbered
 from .metrics import as_videos, video_statistics
 from .signals import saved
 
@@ -224,12 +224,7 @@ def write_report(results: dict, out_dir: str | Path, generated_videos: torch.Ten
     grid = torch.cat([videos[s][:k] for s in SETS if s in videos])                  # one row per set
     files = [("eval.json", lambda f: f.write(text)), ("eval.png", lambda f: image.save(f, format="PNG")),
              ("samples.gif", media.gif_writer(grid, cols=k))]
-    created = make_folders(out)
-    try:
-        paths = write_numbered(out, files, overwrite=overwrite)
-    except BaseException:
-        remove_empty(created)
-        raise
+    paths = write_numbered(out, files, overwrite=overwrite)       # creates out; a failed write leaves none of it
     saved(f"{', '.join(map(str, paths))} are written")
     return paths
 

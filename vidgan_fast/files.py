@@ -176,10 +176,24 @@ def write_numbered(folder: str | Path, files: list[tuple[str, Callable]], overwr
     """Write a set of files that share a number into `folder`: the names as given, or the first k = 2, 3, ...
     at which every name-k.ext is free. Each name is taken by link(2), so processes that write into the same
     folder at the same time get distinct numbers and never replace a file (a dangling symlink counts as taken).
-    overwrite=True: the names as given, each replaced atomically (a symlink there is replaced, not followed)."""
+    overwrite=True: the names as given, each replaced atomically (a symlink there is replaced, not followed).
+    The folder is created if needed; a write that fails removes the folders it created (if still empty)."""
     folder = Path(folder)
+    try:
+        created = make_folders(folder)
+    except OSError as e:
+        raise error(f"cannot create the output folder {folder} ({os_reason(e)}); choose another --out") from None
+    try:
+        paths = _write_set(folder, files, overwrite, error)
+    except BaseException:
+        remove_empty(created)
+        raise
+    fsync_folder(folder)
+    return paths
+
+
+def _write_set(folder: Path, files: list[tuple[str, Callable]], overwrite: bool, error: type[VidganError]):
     with _guarded([folder / files[0][0]], "nothing was written", error):
-        folder.mkdir(parents=True, exist_ok=True)
         temps = []
         try:
             for name, writer in files:
@@ -199,7 +213,6 @@ def write_numbered(folder: str | Path, files: list[tuple[str, Callable]], overwr
         finally:
             for tmp in temps:
                 tmp.unlink(missing_ok=True)
-    fsync_folder(folder)
     return paths
 
 

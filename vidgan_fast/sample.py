@@ -83,12 +83,7 @@ def write_samples(ckpt_path: str | Path, out: str | Path, n: int = 16, seed: int
         strip = rows.reshape(-1, 1, *rows.shape[-2:])                   # one row of T frames per video
         files = [("videos.gif", media.gif_writer(x)),
                  ("video_frames.png", media.strip_writer(strip, cols=rows.shape[1]))]
-    created = made(out)
-    try:
-        paths = write_numbered(out, files, overwrite=overwrite)
-    except BaseException:
-        remove_empty(created)
-        raise
+    paths = write_numbered(out, files, overwrite=overwrite)       # creates out; a failed write leaves none of it
     saved(f"{', '.join(map(str, paths))} {'is' if len(paths) == 1 else 'are'} written")
     return paths
 
