@@ -129,6 +129,16 @@ def _describe_args(value):
     return value
 
 
+def described_call(grid, bound: dict, args: tuple, kwargs: dict) -> tuple:
+    """What both launch recorders (here and sectors.record_specs) keep of a `kernel[grid](*args, **kwargs)`: the
+    grid as three ints (a callable grid called with the bound arguments), the positional arguments and the keyword
+    arguments described (tensors as TensorArg)."""
+    if callable(grid):
+        grid = grid(bound)
+    grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+    return grid, _describe_args(tuple(args)), {k: _describe_args(v) for k, v in kwargs.items()}
+
+
 @contextlib.contextmanager
 def record_calls():
     """Inside: every `kernel[grid](...)` of a compiled-mode kernel appends its Call to the yielded list and returns
@@ -146,11 +156,7 @@ def record_calls():
                         tuple(sorted((k, tuple(map(tuple, v))) for k, v in attrs.items())),
                         tuple((k, kwargs[k]) for k in LAUNCH_OPTIONS if k in kwargs))
         launch = launches.setdefault(launch, launch)
-        if callable(grid):
-            grid = grid(dict(bound))
-        grid = tuple(grid) + (1,) * (3 - len(grid))
-        calls.append(Call(launch, self.fn.__module__, tuple(int(g) for g in grid), _describe_args(tuple(args)),
-                          {k: _describe_args(v) for k, v in kwargs.items()}))
+        calls.append(Call(launch, self.fn.__module__, *described_call(grid, dict(bound), args, kwargs)))
 
     JITFunction.run = record
     try:

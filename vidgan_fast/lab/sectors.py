@@ -221,16 +221,13 @@ def record_specs():
     """Inside, under the interpreter: every `kernel[grid](...)` appends its CallSpec to the yielded list and runs
     nothing (the interpreted twin of lab/aot.record_calls, for tests and for tracing in one process)."""
     from triton.runtime.interpreter import InterpretedFunction
-    from vidgan_fast.lab.aot import _describe_args
+    from vidgan_fast.lab.aot import described_call
     specs: list[CallSpec] = []
     run = InterpretedFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
-        if callable(grid):
-            grid = grid({**dict(zip(self.arg_names, args)), **kwargs})
-        grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
-        specs.append(CallSpec(self.fn.__module__, self.fn.__name__, grid, _describe_args(tuple(args)),
-                              {k: _describe_args(v) for k, v in kwargs.items()}))
+        bound = {**dict(zip(self.arg_names, args)), **kwargs}
+        specs.append(CallSpec(self.fn.__module__, self.fn.__name__, *described_call(grid, bound, args, kwargs)))
 
     InterpretedFunction.run = record
     try:
