@@ -185,11 +185,24 @@ def _conv_dgrad_kernel(d_ptr, w_ptr, x_ptr, dx_ptr, B, CIN, COUT,
             wt = tl.load(w_rows, mask=n_ok[None, :] & c_ok[:, None], other=0.0)
         acc = mma(a, wt, acc, PRECISION)
     pos = ((b * D + i_d) * H + i_h) * W + i_w
-    io = k * B * D * H * W * CIN + pos[:, None] * CIN + offs_n[None, :]
-    io_ok = m_ok[:, None] & n_ok[None, :]
-    if ACT_IN:                                      # LeakyReLU' of the layer below, from the sign of its output x
-        xv = tl.load(x_ptr + io, mask=io_ok, other=0.0)
-        acc = tl.where(xv > 0, acc, acc * NEGATIVE_SLOPE)
+    if ACT_IN:      # in two column halves, so the x tile read for LeakyReLU' is never all live beside acc
+        HALF: tl.constexpr = BLOCK_N // 2
+        acc_lo, acc_hi = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+        cols_lo = tl.program_id(1) * BLOCK_N + tl.arange(0, HALF)
+        _store_dgrad_half(acc_lo, cols_lo, pos, m_ok, x_ptr, dx_ptr, k, B * D * H * W, CIN)
+        _store_dgrad_half(acc_hi, cols_lo + HALF, pos, m_ok, x_ptr, dx_ptr, k, B * D * H * W, CIN)
+    else:
+        io = k * B * D * H * W * CIN + pos[:, None] * CIN + offs_n[None, :]
+        tl.store(dx_ptr + io, cast_for_store(acc, dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _store_dgrad_half(acc, cols, pos, m_ok, x_ptr, dx_ptr, k, POSITIONS, CIN):
+    """dx[k, pos, cols] = acc times LeakyReLU' of the layer below, read from the sign of its output x."""
+    io = k * POSITIONS * CIN + pos[:, None] * CIN + cols[None, :]
+    io_ok = m_ok[:, None] & (cols < CIN)[None, :]
+    xv = tl.load(x_ptr + io, mask=io_ok, other=0.0)
+    acc = tl.where(xv > 0, acc, acc * NEGATIVE_SLOPE)
     tl.store(dx_ptr + io, cast_for_store(acc, dx_ptr.dtype.element_ty), mask=io_ok)
 
 

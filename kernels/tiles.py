@@ -8,10 +8,11 @@ and what the lab's per-launch model projects); kernels/autotune.py may time the 
 
 Families: "hopper" (sm_90: wgmma, 228 KB of shared memory per SM), "ampere" (sm_80 to sm_89: mma.sync; sm_86/89
 have 100 KB per SM, so tiles stay under about 96 KB), "interpreter" (Triton's CPU interpreter: large blocks, fewer
-numpy steps). Why these sizes: a 128 x 128 tile's loads carry 2 x 128 x 128 x BLOCK_K MMA FLOPs over
-(128 + 128) x BLOCK_K elements, 64 FLOPs per fp32 element loaded (32 per byte), which keeps the L2 -> SM traffic
-under the L2's bandwidth at the tensor cores' rate; 64 x 64 tiles carry half that and were L2-bound (the lab's
-per-launch model, benchmarks/RESULTS.md). BLOCK_K 32 at 4-byte operands and 64 at 2-byte ones is 128 bytes of
+numpy steps). Why these sizes: a BLOCK_M x BLOCK_N tile's loads carry 2 BLOCK_M BLOCK_N BLOCK_K MMA FLOPs over
+(BLOCK_M + BLOCK_N) BLOCK_K elements: 64 FLOPs per element loaded at 128 x 128, 85 at 128 x 256. On sm_90 the
+tensor cores outrun the L2 at 128 x 128 (the lab's per-launch model: D_F conv2's input gradient L2-bound at 2.3x
+its floor on H100, 1.8x at 128 x 256), so every bank pass there takes 128 x 256 with two warpgroups; 64 x 64 tiles
+were L2-bound on every GPU (benchmarks/RESULTS.md). BLOCK_K 32 at 4-byte operands and 64 at 2-byte ones is 128 bytes of
 contiguous channels per row: a full 128-byte line per row of a tile load.
 """
 from __future__ import annotations
@@ -49,10 +50,10 @@ def operand_bytes(precision: str) -> int:
 # (family, operand bytes) -> {pass: (fixed tile, other candidates...)}
 CONV_TILES = {
     ("hopper", 4): {"forward": (Tile(128, 256, 32, 8), Tile(128, 128, 32, 8), Tile(64, 128, 32, 4, 4)),
-                    "dgrad": (Tile(128, 128, 32, 8), Tile(64, 128, 32, 4, 4)),
+                    "dgrad": (Tile(128, 256, 32, 8), Tile(128, 128, 32, 8), Tile(64, 128, 32, 4, 4)),
                     "wgrad": (Tile(128, 256, 32, 8), Tile(128, 128, 32, 8), Tile(64, 128, 32, 4, 4))},
     ("hopper", 2): {"forward": (Tile(128, 256, 64, 8), Tile(128, 128, 64, 8), Tile(64, 128, 64, 4, 4)),
-                    "dgrad": (Tile(128, 128, 64, 8), Tile(64, 128, 64, 4, 4)),
+                    "dgrad": (Tile(128, 256, 64, 8), Tile(128, 128, 64, 8), Tile(64, 128, 64, 4, 4)),
                     "wgrad": (Tile(128, 256, 64, 8), Tile(128, 128, 64, 8), Tile(64, 128, 64, 4, 4))},
     ("ampere", 4): {"forward": (Tile(128, 128, 32, 8), Tile(64, 128, 32, 4)),
                     "dgrad": (Tile(128, 128, 32, 8), Tile(64, 128, 32, 4)),

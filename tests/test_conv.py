@@ -36,6 +36,7 @@ CASES = {
     "D_F conv3 wide": (1, 2, 80, 130, (1, 4, 4), (1, 4, 4), (1, 2, 2), (0, 1, 1)),
     "D_V conv2": (2, 2, 20, 40, (5, 4, 5), (4, 4, 4), (2, 1, 1), (1, 1, 1)),
     "D_V conv3 wide": (1, 2, 33, 130, (4, 3, 3), (4, 4, 4), (1, 1, 1), (0, 1, 1)),
+    "D_F conv3 many inputs": (1, 2, 400, 24, (1, 4, 4), (1, 4, 4), (1, 2, 2), (0, 1, 1)),   # 2 input-channel tiles of 256
 }
 ONE_CHANNEL = {     # conv1: the projection's one channel in (the forward packs taps; the input gradient is col2im)
     "D_F conv1": (2, 3, 1, 16, (1, 15, 15), (1, 4, 4), (1, 2, 2), (0, 2, 2)),
