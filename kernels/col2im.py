@@ -92,7 +92,7 @@ def _col2im_kernel(src_ptr, f_ptr, bias_ptr, dst_ptr, NB, KS,
 
 
 def col2im(src, strides, dst, in_size, out_size, kernel, stride, padding, filters=None, bias=None,
-           tanh_out: bool = False, interpreted: bool = False) -> None:
+           tanh_out: bool = False) -> None:
     """dst [G, NB, *in_size] (contiguous, any float dtype) = the tap sums of src (module docstring); `strides`:
     (stride_g, stride_ks, stride_t, stride_b, stride_o) of src in elements (o: the flat output position); filters
     [KS, taps] (WEIGHTED, summed over KS) or None (KS = 1); bias [1] with tanh_out."""
@@ -100,7 +100,7 @@ def col2im(src, strides, dst, in_size, out_size, kernel, stride, padding, filter
     KS = 1 if filters is None else filters.shape[0]
     (D, H, W), (OD, OH, OW), (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = in_size, out_size, kernel, stride, padding
     rows = NB * -(-D // SD) * -(-H // SH) * -(-W // SW)
-    block_p = 512 if interpreted else 128
+    block_p = 512       # 4 positions per thread (4 warps): at 128 the per-tap scalar work made it issue-bound (2x)
     block_k = 16 if KS > 1 else 1
     _col2im_kernel[(SD * SH * SW * triton.cdiv(rows, block_p), G)](
         src, src if filters is None else filters, src if bias is None else bias, dst, NB, KS, *strides,

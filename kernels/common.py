@@ -133,6 +133,14 @@ def mma(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def column_halves(acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc[:, :BLOCK_N // 2], acc[:, BLOCK_N // 2:]. An epilogue that reads a saved activation per output element
+    (an activation's derivative) stores in two halves, so the tile it reads is never all live beside the whole
+    accumulator: at 128 x 256 on sm_90 that is what spilled."""
+    return tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+
+
+@triton.jit
 def cast_for_store(x, dtype: tl.constexpr):
     """fp32 x as `dtype` (a store's element type) rounded to nearest even: the compiled fp32 -> bf16 cast rounds
     so; the interpreter's truncates, so there x is rounded first with integer bit operations (the cast is then

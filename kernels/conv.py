@@ -38,7 +38,8 @@ import triton.language as tl
 
 from vidgan_fast.kernels.autotune import choose
 from vidgan_fast.kernels.col2im import col2im
-from vidgan_fast.kernels.common import cast_for_store, dot_precision, mma, target_family, target_sms
+from vidgan_fast.kernels.common import (cast_for_store, column_halves, dot_precision, mma, target_family,
+                                       target_sms)
 from vidgan_fast.kernels.tiles import PACKED_BLOCK_K, Tile, conv_tiles
 
 NEGATIVE_SLOPE = tl.constexpr(0.2)     # the discriminators' LeakyReLU (models.LEAKY_SLOPE; a test checks they agree)
@@ -186,11 +187,10 @@ def _conv_dgrad_kernel(d_ptr, w_ptr, x_ptr, dx_ptr, B, CIN, COUT,
         acc = mma(a, wt, acc, PRECISION)
     pos = ((b * D + i_d) * H + i_h) * W + i_w
     if ACT_IN:      # in two column halves, so the x tile read for LeakyReLU' is never all live beside acc
-        HALF: tl.constexpr = BLOCK_N // 2
-        acc_lo, acc_hi = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
-        cols_lo = tl.program_id(1) * BLOCK_N + tl.arange(0, HALF)
+        acc_lo, acc_hi = column_halves(acc, BLOCK_M, BLOCK_N)
+        cols_lo = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N // 2)
         _store_dgrad_half(acc_lo, cols_lo, pos, m_ok, x_ptr, dx_ptr, k, B * D * H * W, CIN)
-        _store_dgrad_half(acc_hi, cols_lo + HALF, pos, m_ok, x_ptr, dx_ptr, k, B * D * H * W, CIN)
+        _store_dgrad_half(acc_hi, cols_lo + BLOCK_N // 2, pos, m_ok, x_ptr, dx_ptr, k, B * D * H * W, CIN)
     else:
         io = k * B * D * H * W * CIN + pos[:, None] * CIN + offs_n[None, :]
         tl.store(dx_ptr + io, cast_for_store(acc, dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -363,6 +363,12 @@ def conv_dgrad(d, w, x, kernel, stride, padding, act_in: bool, precision: str = 
     return dx
 
 
+def _splits(programs: int, sms: int, most: int) -> int:
+    """The split of a reduction (at most `most`) that gives the busiest SM the least of it: programs x splits
+    programs take ceil(programs x splits / sms) rounds of 1 / splits each (the smallest split among equals)."""
+    return min(range(1, max(1, most) + 1), key=lambda s: (math.ceil(programs * s / sms) / s, s))
+
+
 def conv_wgrad(d, x, kernel, stride, padding, cout: int, precision: str = "fp32", tile: Tile | None = None,
                sms: int | None = None) -> torch.Tensor:
     """dw [K, COUT, KD, KH, KW, CIN] (fp32) of conv_forward given d = dL/d(pre-activation output). The reduction
@@ -383,7 +389,7 @@ def conv_wgrad(d, x, kernel, stride, padding, cout: int, precision: str = "fp32"
         bn = _block(taps * CIN, t.block_n) if packed else _block(CIN, t.block_n)
         columns = triton.cdiv(taps * CIN, bn) if packed else taps * triton.cdiv(CIN, bn)
         programs = triton.cdiv(cout, bm) * columns * K
-        splits = max(1, min(triton.cdiv(2 * sms, programs), Q // (4 * t.block_k)))
+        splits = _splits(programs, sms, min(triton.cdiv(2 * sms, programs), Q // (4 * t.block_k)))
         q_split = triton.cdiv(triton.cdiv(Q, splits), t.block_k) * t.block_k
         splits = triton.cdiv(Q, q_split)
         out = torch.empty((K, splits, cout, *kernel, CIN), device=x.device, dtype=torch.float32)
@@ -414,6 +420,5 @@ def conv_input_grad(d, w, x, kernel, stride, padding, act_in: bool, precision: s
                      torch.float32, tile, transpose_out=True)                   # e[k, t, (b, o)]
     dx = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     col2im(e, (taps * B * P, 0, B * P, P, 1), dx.view(K, B, D, H, W), (D, H, W),
-           (geo["OD"], geo["OH"], geo["OW"]), kernel, stride, padding,
-           interpreted=target_family(x.device) == "interpreter")
+           (geo["OD"], geo["OH"], geo["OW"]), kernel, stride, padding)
     return dx

@@ -18,7 +18,8 @@ Backward (input gradient only; the frozen weights need none)
                      convolution of the output gradient with the same weights: an implicit GEMM with
                      rows = M*H*W input positions, N = Cin, reduction = 16 taps * Cout (gather form, no
                      atomics). Optional fused prologue tanh' = 1 - y^2 (last layer) and fused epilogue ReLU
-                     mask (saved activation > 0) of the layer below.
+                     mask (saved activation > 0) of the layer below. Where the output tiles are fewer than the
+                     SMs (the first layer: 32 tiles at paper size), the reduction is split (fp32 partials).
     dense (again)    grad_codes = grad @ w_fc
 
 precision: "fp32" (exact products), "tf32" or "bf16" (tensor cores, fp32 accumulation): kernels/common.py.
@@ -32,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from vidgan_fast.kernels.common import cast_for_store, dot_precision, mma, target_family, target_sms
+from vidgan_fast.kernels.common import (cast_for_store, column_halves, dot_precision, mma, target_family,
+                                       target_sms)
 from vidgan_fast.kernels.tiles import generator_tile
 
 
@@ -113,9 +115,11 @@ def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, re
     M, K = x.shape
     N = w.shape[1]
     t = _tiles(x.device, precision, x, w)
-    bm, bn, bk = tile(M, t["BLOCK_M"]), tile(N, t["MAX_BLOCK_N"]), tile(K, t["MAX_BLOCK_K"])
+    # at most 128 columns: converting an fp32 operand for bf16 products in registers spilled 496 bytes at 256
+    # (sm_90); the dense launches sit at the launch minimum either way (the lab's per-launch model)
+    bm, bn, bk = tile(M, t["BLOCK_M"]), tile(N, min(t["MAX_BLOCK_N"], 128)), tile(K, t["MAX_BLOCK_K"])
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    splits = 1 if bias is not None or relu else max(1, min(target_sms(x.device) // tiles, K // (8 * bk)))
+    splits = 1 if bias is not None or relu else max(1, min(target_sms(x.device) // tiles, K // (2 * bk)))
     k_split = triton.cdiv(triton.cdiv(K, splits), bk) * bk
     splits = triton.cdiv(K, k_split)
     out = torch.empty(M, N, device=x.device, dtype=out_dtype) if splits == 1 else \
@@ -250,7 +254,7 @@ def conv_transpose_tanh(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tenso
                      (1, 1, 1), (0, 0, 0), False, precision, torch.float32, transpose_out=True)   # e[tap, m, position]
     y = torch.empty(M, OH, OW, device=x.device, dtype=torch.float32)
     col2im(e, (0, 0, M * H * W, H * W, 1), y.view(1, M, 1, OH, OW), (1, OH, OW), (1, H, W), (1, 4, 4), (1, 2, 2),
-           (0, pad, pad), bias=bias, tanh_out=True, interpreted=target_family(x.device) == "interpreter")
+           (0, pad, pad), bias=bias, tanh_out=True)
     return y
 
 
@@ -264,12 +268,14 @@ def pack_backward_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
+def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M, K_SPLIT,
                                       H: tl.constexpr, W: tl.constexpr, CIN, COUT,
                                       PAD: tl.constexpr,
                                       TANH_GRAD: tl.constexpr, RELU_MASK: tl.constexpr,
                                       PRECISION: tl.constexpr,
                                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # program axis 2: split s reduces k in [s * K_SPLIT, (s + 1) * K_SPLIT) into its own slab dx_ptr[s] (fp32
+    # partials, the ReLU mask applied to each, summed in a fixed order by the wrapper)
     OH: tl.constexpr = 2 * H + 2 - 2 * PAD
     OW: tl.constexpr = 2 * W + 2 - 2 * PAD
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)       # input positions (m, iy, ix)
@@ -277,8 +283,9 @@ def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
     iy = (rows // W) % H
     ix = rows % W
     ci = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(2)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, 16 * COUT, BLOCK_K):
+    for k0 in range(split * K_SPLIT, tl.minimum((split + 1) * K_SPLIT, 16 * COUT), BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         tap = k // COUT
         co = k % COUT
@@ -294,18 +301,34 @@ def _conv_transpose_input_grad_kernel(g_ptr, y_ptr, w_ptr, h_ptr, dx_ptr, M,
         wb = tl.load(w_ptr + k[:, None] * CIN + ci[None, :],
                      mask=(k[:, None] < 16 * COUT) & (ci[None, :] < CIN), other=0.0)
         acc = mma(ga, wb, acc, PRECISION)
+    slab = dx_ptr + split.to(tl.int64) * M * H * W * CIN
+    if RELU_MASK:       # ReLU' of the layer below (saved h > 0), in two column halves (kernels/common.py)
+        acc_lo, acc_hi = column_halves(acc, BLOCK_M, BLOCK_N)
+        ci_lo = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _store_relu_masked(acc_lo, rows, ci_lo, M * H * W, CIN, h_ptr, slab)
+        _store_relu_masked(acc_hi, rows, ci_lo + BLOCK_N // 2, M * H * W, CIN, h_ptr, slab)
+    else:
+        io = rows[:, None] * CIN + ci[None, :]
+        tl.store(slab + io, cast_for_store(acc, dx_ptr.dtype.element_ty),
+                 mask=(rows[:, None] < M * H * W) & (ci[None, :] < CIN))
+
+
+@triton.jit
+def _store_relu_masked(acc, rows, ci, ROWS, CIN, h_ptr, out_ptr):
+    """out[rows, ci] = acc where the saved ReLU output h[rows, ci] > 0, else 0."""
     io = rows[:, None] * CIN + ci[None, :]
-    io_ok = (rows[:, None] < M * H * W) & (ci[None, :] < CIN)
-    if RELU_MASK:                                                    # ReLU' of the layer below: saved h > 0
-        h = tl.load(h_ptr + io, mask=io_ok, other=0.0).to(tl.float32)
-        acc = tl.where(h > 0, acc, 0.0)
-    tl.store(dx_ptr + io, cast_for_store(acc, dx_ptr.dtype.element_ty), mask=io_ok)
+    io_ok = (rows[:, None] < ROWS) & (ci[None, :] < CIN)
+    h = tl.load(h_ptr + io, mask=io_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + io, cast_for_store(tl.where(h > 0, acc, 0.0), out_ptr.dtype.element_ty), mask=io_ok)
 
 
 def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pad: int,
                               relu_input: torch.Tensor | None = None, tanh_out: torch.Tensor | None = None,
-                              precision: str = "fp32", out_dtype=torch.float32) -> torch.Tensor:
+                              precision: str = "fp32", out_dtype=torch.float32, sms: int | None = None
+                              ) -> torch.Tensor:
     """Gradient (in out_dtype) of a k4 s2 transposed convolution with respect to its NHWC input [M, H, W, Cin].
+    When the output tiles alone would leave SMs idle (`sms`: the GPU's; default the device's), the reduction is
+    split over several programs (fp32 partials summed in a fixed order: deterministic), as in dense().
 
     grad_out: NHWC [M, OH, OW, Cout], the gradient of the layer's output (of tanh's output when tanh_out, the
     saved tanh output, is given: then 1 - y^2 is applied on the fly). relu_input: the saved NHWC input h of
@@ -325,14 +348,18 @@ def conv_transpose_input_grad(grad_out: torch.Tensor, w_packed: torch.Tensor, pa
         if t is not None and (tuple(t.shape) != want or not t.is_contiguous() or t.dtype not in STORAGE_DTYPES):
             raise ValueError(f"conv_transpose_input_grad: {name} {tuple(t.shape)} {t.dtype} should be contiguous "
                              f"{want} float32 or bfloat16")
-    dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=out_dtype)
-    _check(dx, "conv_transpose_input_grad output", 4)
     t = _tiles(grad_out.device, precision, grad_out, w_packed)
     bn, bk = tile(cin, t["MAX_BLOCK_N"]), tile(16 * cout, t["MAX_BLOCK_K"])
-    grid = (triton.cdiv(M * H * W, t["BLOCK_M"]), triton.cdiv(cin, bn))
-    _conv_transpose_input_grad_kernel[grid](
+    tiles = triton.cdiv(M * H * W, t["BLOCK_M"]) * triton.cdiv(cin, bn)
+    splits = max(1, min((sms or target_sms(grad_out.device)) // tiles, 16 * cout // (8 * bk)))
+    k_split = triton.cdiv(triton.cdiv(16 * cout, splits), bk) * bk
+    splits = triton.cdiv(16 * cout, k_split)
+    dx = torch.empty(M, H, W, cin, device=grad_out.device, dtype=out_dtype) if splits == 1 else \
+        torch.empty(splits, M, H, W, cin, device=grad_out.device, dtype=torch.float32)
+    _check(dx, "conv_transpose_input_grad output", dx.dim())
+    _conv_transpose_input_grad_kernel[(triton.cdiv(M * H * W, t["BLOCK_M"]), triton.cdiv(cin, bn), splits)](
         grad_out, tanh_out if tanh_out is not None else grad_out, w_packed,
-        relu_input if relu_input is not None else dx, dx, M, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
+        relu_input if relu_input is not None else dx, dx, M, k_split, H=H, W=W, CIN=cin, COUT=cout, PAD=pad,
         TANH_GRAD=tanh_out is not None, RELU_MASK=relu_input is not None, PRECISION=dot_precision(precision),
         BLOCK_M=t["BLOCK_M"], BLOCK_N=bn, BLOCK_K=bk, num_warps=t["NUM_WARPS"], num_stages=t["NUM_STAGES"])
-    return dx
+    return dx if splits == 1 else dx.sum(0).to(out_dtype)

@@ -101,7 +101,7 @@ PROJECTION_FP32_MAX_K = 16
 
 # The frozen G_F (kernels/frame_generator.py): BLOCK_M rows, output channels up to block_n, reduction steps of
 # block_k, per family and operand width (the same reasoning as CONV_TILES).
-GENERATOR_TILES = {("hopper", 4): Tile(128, 128, 32, 8), ("hopper", 2): Tile(128, 128, 64, 8),
+GENERATOR_TILES = {("hopper", 4): Tile(128, 256, 32, 8), ("hopper", 2): Tile(128, 256, 64, 8),
                    ("ampere", 4): Tile(128, 128, 32, 8), ("ampere", 2): Tile(128, 128, 64, 8)}
 INTERPRETER_GENERATOR_TILE = Tile(256, 128, 128, 4, 1)
 FMA_GENERATOR_TILE = Tile(64, 64, 16, 4)     # exact fp32 (FMA dot), as FMA_CONV_TILES: sm_90's dense spilled at 128

@@ -120,6 +120,15 @@ def test_split_weight_gradient_equals_unsplit(sms):
     assert relative_error(split, whole.double()) <= bounds(case)[2]
 
 
+def test_split_count_evens_the_rounds():
+    """The wgrad's split gives the busiest SM the least of the reduction: phase 2's conv1 (32 weight tiles on 132
+    SMs, up to 9 splits) takes 4 (128 programs, one round) where 9 would give some SMs 3 programs of 1/9."""
+    assert C._splits(32, 132, 9) == 4
+    assert C._splits(96, 132, 3) == 1            # 2 or 3 splits: the busiest SM still does the whole reduction
+    assert C._splits(4096, 132, 1) == 1
+    assert C._splits(1, 132, 0) == 1
+
+
 @pytest.mark.parametrize("name", ["D_F conv2", "D_V conv3 wide"])
 def test_bf16_is_bf16_operands_with_fp32_accumulation(name):
     case = CASES[name]

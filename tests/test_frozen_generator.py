@@ -108,9 +108,11 @@ def test_gpu_tile_sizes(device):
     assert rel_err(y, y64) < FP32_TOL and rel_err(dz, dz64) < FP32_TOL
 
 
+@pytest.mark.parametrize("sms", [1, 132])
 @pytest.mark.parametrize("cin,cout,size,pad", [(256, 1, 16, 2), (512, 256, 8, 1)])
-def test_paper_width_layer(cin, cout, size, pad, device):
-    """One paper-width transposed convolution at M = 1: forward, and input gradient with the fused masks."""
+def test_paper_width_layer(cin, cout, size, pad, sms, device):
+    """One paper-width transposed convolution at M = 1: forward, and input gradient with the fused masks, its
+    reduction in one program per output tile (sms=1) or split over several (132 SMs: fp32 partials)."""
     torch.manual_seed(cin)
     w = torch.randn(cin, cout, 4, 4, device=device, dtype=torch.float64) * (4 * cin) ** -0.5
     b = torch.randn(cout, device=device, dtype=torch.float64) * 0.1
@@ -126,11 +128,11 @@ def test_paper_width_layer(cin, cout, size, pad, device):
     if cout == 1:
         y = K.conv_transpose_tanh(nhwc(x), wf, b.float(), pad)[:, None]
         dx = K.conv_transpose_input_grad(nhwc(grad), K.pack_backward_weight(w.float()), pad,
-                                         relu_input=nhwc(x), tanh_out=y.permute(0, 2, 3, 1).contiguous())
+                                         relu_input=nhwc(x), tanh_out=y.permute(0, 2, 3, 1).contiguous(), sms=sms)
     else:
         y = K.conv_transpose_relu(nhwc(x), wf, b.float(), pad).permute(0, 3, 1, 2)
         dx = K.conv_transpose_input_grad(nhwc(grad * (y64 > 0)), K.pack_backward_weight(w.float()), pad,
-                                         relu_input=nhwc(x))
+                                         relu_input=nhwc(x), sms=sms)
     assert rel_err(y, y64) < FP32_TOL
     assert rel_err(dx.permute(0, 3, 1, 2), dx64) < FP32_TOL
 

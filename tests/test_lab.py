@@ -8,6 +8,7 @@ sectors; ignoring the mask) fails these.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -153,3 +154,11 @@ def test_the_report_tables_say_what_binds():
     row = step_table([step])[2]
     assert "**1.2**" in row and "l2 1.2" in row and "H100" in row
     assert "| _conv_fwd_kernel | B=128 | 1536 | 8 x 1 |" in "\n".join(launch_table(step))
+    assert "Launches over 2x their floor: 0, 0 of them" in "\n".join(launch_table(step))
+    small = dataclasses.replace(launch, kernel="_rmsprop_kernel", limits={**launch.limits, "l2": 0, "tensor": 0,
+                                "issue": 0, "dram": 0}, floor_s=1e-7)                  # at the 2 us minimum
+    slow = dataclasses.replace(launch, floor_s=5e-4)                                  # 2.4x, L2-bound
+    summary = next(line for line in launch_table(dataclasses.replace(step, launches=[launch, small, slow]))
+                   if line.startswith("Launches over 2x"))
+    assert summary == ("Launches over 2x their floor: 2, 1 of them at the 2 us launch minimum; the others: "
+                       "_conv_fwd_kernel B=128 2.4x (l2)."), summary

@@ -65,6 +65,11 @@ def launch_table(step) -> list[str]:
                      f"{_us(lim['tensor'])} | {_us(lim['l2'])}-{_us(c.l2_pessimistic_s)} | {_us(lim['dram'])} | "
                      f"**{_us(c.projected_s)}** | {c.binding} | {_us(c.floor_s)} | {c.over_floor:.1f} | "
                      f"{c.read_efficiency:.2f} / {c.write_efficiency:.2f} |")
+    over = [c for c in step.launches if c.over_floor > 2]
+    others = [c for c in over if c.binding != "launch"]
+    lines += ["", f"Launches over 2x their floor: {len(over)}, {len(over) - len(others)} of them at the "
+              f"{KERNEL_MIN_US:g} us launch minimum" + ("; the others: " + "; ".join(
+                  f"{c.kernel} {c.label} {c.over_floor:.1f}x ({c.binding})" for c in others) if others else "") + "."]
     torch_s = sum(c.projected_s for c in step.torch_ops)
     heavy = sorted(step.torch_ops, key=lambda c: -c.projected_s)[:5]
     lines.append("")
