@@ -16,7 +16,8 @@ scalar offset to fixed row addresses and recomputes a per-row bounds mask, nothi
              reduction = (the class's taps inside the tile's tap box) x COUT; `d` is already dL/d(pre-activation)
     wgrad    dw = d^T patches(x)                      M = COUT, N = taps x CIN, reduction B x output positions,
              split into SPLIT chunks (fp32 partials, summed in a fixed order: deterministic) when the weight tiles
-             alone would leave SMs idle
+             alone would leave SMs idle; or, given an RMSprop step (`update=`, unsplit), dw is not stored: each
+             program applies the step to its weight tile in its epilogue (kernels/rmsprop.py's math)
 The LeakyReLU derivative is applied once, where an input gradient is written (dgrad's `ACT_IN`: the slope of the
 layer below, read from the sign of its output x); the bias gradient is the column sum of `d` (the caller's). In the
 dgrad, an input position i of stride class c (i = c + s u per dimension) is reached by the taps kk = r + s j with
@@ -40,6 +41,7 @@ from vidgan_fast.kernels.autotune import choose
 from vidgan_fast.kernels.col2im import col2im
 from vidgan_fast.kernels.common import (cast_for_store, column_halves, dot_precision, mma, target_family,
                                        target_sms)
+from vidgan_fast.kernels.rmsprop import RMSpropStep, rmsprop_math
 from vidgan_fast.kernels.tiles import PACKED_BLOCK_K, Tile, conv_tiles
 
 NEGATIVE_SLOPE = tl.constexpr(0.2)     # the discriminators' LeakyReLU (models.LEAKY_SLOPE; a test checks they agree)
@@ -208,17 +210,20 @@ def _store_dgrad_half(acc, cols, pos, m_ok, x_ptr, dx_ptr, k, POSITIONS, CIN):
 
 @triton.jit
 def _conv_wgrad_kernel(d_ptr, x_ptr, dw_ptr, B, CIN, COUT, Q_SPLIT, SPLITS,
+                       w_ptr, v_ptr, c_ptr, step_ptr, lr, lr_ptr, alpha, one_minus_alpha, eps,
                        D: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                        OD: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
                        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                        SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                        PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                        PRECISION: tl.constexpr, PACKED: tl.constexpr, EVEN_N: tl.constexpr,
+                       UPDATE: tl.constexpr, LR_FROM_PTR: tl.constexpr, COPY: tl.constexpr, STEP: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # dw[co, (tap, ci)] = sum over q = (b, output position) of d[q, co] x[q's patch at the tap, ci]. Program axis 2
     # is k * SPLITS + s: split s reduces q in [s * Q_SPLIT, (s + 1) * Q_SPLIT) into its own slab dw_ptr[k, s].
     # Program axis 1: a block of columns inside one tap (tap-major, BLOCK_N input channels; PACKED: CIN < 16, a
-    # block of consecutive (tap, ci) columns).
+    # block of consecutive (tap, ci) columns). UPDATE (SPLITS = 1): no dw; one RMSprop step of the weight w_ptr
+    # (square average v_ptr, bf16 copy c_ptr if COPY, step counter step_ptr if STEP) with the tile's dw.
     k = (tl.program_id(2) // SPLITS).to(tl.int64)
     split = tl.program_id(2) % SPLITS
     TAPS: tl.constexpr = KD * KH * KW
@@ -235,7 +240,8 @@ def _conv_wgrad_kernel(d_ptr, x_ptr, dw_ptr, B, CIN, COUT, Q_SPLIT, SPLITS,
     else:
         CB = tl.cdiv(CIN, BLOCK_N)
         t = tl.program_id(1) // CB                                          # one tap for the whole block
-        ci = (tl.program_id(1) - t * CB) * BLOCK_N + tl.arange(0, BLOCK_N)
+        ci0 = (tl.program_id(1) - t * CB) * BLOCK_N
+        ci = ci0 + tl.arange(0, BLOCK_N)
         n_ok = ci < CIN
         offs_n = t * CIN + ci
     kd, kh, kw = _unravel(t, KD, KH, KW)
@@ -263,8 +269,65 @@ def _conv_wgrad_kernel(d_ptr, x_ptr, dw_ptr, B, CIN, COUT, Q_SPLIT, SPLITS,
                 ok = ok & n_ok[None, :]
         xs = tl.load(x_k + row[:, None] + shift[None, :], mask=ok, other=0.0)
         acc = mma(g, xs, acc, PRECISION)
-    out = dw_ptr + tl.program_id(2).to(tl.int64) * COUT * N + offs_m[:, None] * N + offs_n[None, :]
-    tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
+    if UPDATE:
+        # In column eighths (two halves, each in quarters), so the w and v tiles read are never all live beside the
+        # accumulator: at 128 x 256 on sm_90 halves spilled 744-1,048 bytes and quarters 430-520, eighths none
+        # (222-242 registers, Triton 3.6 and 3.9; tests/test_compile_gate.py).
+        if LR_FROM_PTR:
+            rate = tl.load(lr_ptr).to(tl.float32)
+        else:
+            rate = lr
+        if PACKED:
+            col0, col_end = tl.program_id(1) * BLOCK_N, N
+        else:
+            col0, col_end = t * CIN + ci0, t * CIN + CIN
+        at_k = k * COUT * N                        # this discriminator's weight; 32-bit offsets inside it
+        rows = offs_m * N
+        lo, hi = column_halves(acc, BLOCK_M, BLOCK_N)
+        w_k, v_k, c_k = w_ptr + at_k, v_ptr + at_k, c_ptr + at_k
+        _rmsprop_store_quarters(lo, rows, m_ok, col0, col_end, w_k, v_k, c_k, rate, alpha, one_minus_alpha, eps,
+                                COPY, BLOCK_M, BLOCK_N // 2)
+        _rmsprop_store_quarters(hi, rows, m_ok, col0 + BLOCK_N // 2, col_end, w_k, v_k, c_k, rate, alpha,
+                                one_minus_alpha, eps, COPY, BLOCK_M, BLOCK_N // 2)
+        if STEP:
+            if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
+                tl.store(step_ptr, tl.load(step_ptr) + 1)
+    else:
+        out = dw_ptr + tl.program_id(2).to(tl.int64) * COUT * N + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _rmsprop_store_quarters(g, rows, m_ok, col0, col_end, w_ptr, v_ptr, c_ptr, rate, alpha, one_minus_alpha, eps,
+                            COPY: tl.constexpr, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """_rmsprop_store of the tile g (WIDTH columns from col0) in four column quarters."""
+    lo, hi = column_halves(g, BLOCK_M, WIDTH)
+    q0, q1 = column_halves(lo, BLOCK_M, WIDTH // 2)
+    q2, q3 = column_halves(hi, BLOCK_M, WIDTH // 2)
+    QUARTER: tl.constexpr = WIDTH // 4
+    cols = col0 + tl.arange(0, QUARTER)
+    _rmsprop_store(q0, rows, m_ok, cols, col_end, w_ptr, v_ptr, c_ptr, rate, alpha, one_minus_alpha, eps, COPY)
+    _rmsprop_store(q1, rows, m_ok, cols + QUARTER, col_end, w_ptr, v_ptr, c_ptr, rate, alpha, one_minus_alpha, eps,
+                   COPY)
+    _rmsprop_store(q2, rows, m_ok, cols + 2 * QUARTER, col_end, w_ptr, v_ptr, c_ptr, rate, alpha, one_minus_alpha,
+                   eps, COPY)
+    _rmsprop_store(q3, rows, m_ok, cols + 3 * QUARTER, col_end, w_ptr, v_ptr, c_ptr, rate, alpha, one_minus_alpha,
+                   eps, COPY)
+
+
+@triton.jit
+def _rmsprop_store(g, rows, m_ok, cols, col_end, w_ptr, v_ptr, c_ptr, rate, alpha, one_minus_alpha, eps,
+                   COPY: tl.constexpr):
+    """One RMSprop step of w[rows, cols] with the gradient tile g (kernels/rmsprop.py's math), and its copy. The copy
+    is stored first: stored last, Triton 3.6 kept more of the tile live and spilled 16 bytes on sm_80 in bf16."""
+    at = rows[:, None] + cols[None, :]
+    ok = m_ok[:, None] & (cols < col_end)[None, :]
+    w, v = rmsprop_math(tl.load(w_ptr + at, mask=ok, other=0.0), g, tl.load(v_ptr + at, mask=ok, other=0.0),
+                        rate, alpha, one_minus_alpha, eps)
+    if COPY:
+        tl.store(c_ptr + at, cast_for_store(w, c_ptr.dtype.element_ty), mask=ok)
+    tl.store(w_ptr + at, w, mask=ok)
+    tl.store(v_ptr + at, v, mask=ok)
 
 
 # ------------------------------------------------------------------------------------------- launch wrappers
@@ -302,13 +365,15 @@ def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
-def _launch(kernel: str, precision: str, device, tile: Tile | None, problem, launch) -> None:
+def _launch(kernel: str, precision: str, device, tile: Tile | None, problem, launch, final=None) -> None:
     """launch(tile) at `tile`, or at the tile kernels/autotune.py picks for this layer among kernels/tiles.py's
-    candidates (the fixed first one off a GPU, under the interpreter, during capture without a cached winner)."""
+    candidates (the fixed first one off a GPU, under the interpreter, during capture without a cached winner).
+    `final`: what runs at the chosen tile instead of `launch` (which alone is timed: a launch with side effects
+    beyond its outputs, such as an optimizer step, must not run once per candidate)."""
     if tile is None:
         tile = choose(kernel, problem, precision, conv_tiles(kernel, target_family(device), precision), launch,
                       device)
-    launch(tile)
+    (final or launch)(tile)
 
 
 def conv_forward(x, w, bias, kernel, stride, padding, leaky: bool, precision: str = "fp32",
@@ -370,21 +435,28 @@ def _splits(programs: int, sms: int, most: int) -> int:
 
 
 def conv_wgrad(d, x, kernel, stride, padding, cout: int, precision: str = "fp32", tile: Tile | None = None,
-               sms: int | None = None) -> torch.Tensor:
+               sms: int | None = None, update: RMSpropStep | None = None) -> torch.Tensor | None:
     """dw [K, COUT, KD, KH, KW, CIN] (fp32) of conv_forward given d = dL/d(pre-activation output). The reduction
     over batch x output positions is split into chunks (fp32 partials, summed in a fixed order) when the weight
-    tiles alone would give fewer than two programs per SM (`sms`: the GPU's; default the device's)."""
+    tiles alone would give fewer than two programs per SM (`sms`: the GPU's; default the device's).
+
+    update: instead of returning dw, apply this RMSprop step with it (update.weight [K, COUT, KD, KH, KW, CIN],
+    fp32, laid out like dw) and return None. Unsplit, each program applies the step to its weight tile in its
+    epilogue, so dw is never stored; split, the summed dw goes to kernels/rmsprop.py's launch."""
     K, B, D, H, W, CIN = x.shape
     geo = _constexprs((D, H, W), kernel, stride, padding)
     _check("x", x, x.shape)
     _check("d", d, (K, B, geo["OD"], geo["OH"], geo["OW"], cout))
+    if update is not None:
+        _check("the updated weight", update.weight, (K, cout, *kernel, CIN), (torch.float32,))
+        update.check()
     taps = math.prod(kernel)
     packed = CIN < 16
     Q = B * geo["OD"] * geo["OH"] * geo["OW"]
     sms = sms or target_sms(x.device)
     result = {}
 
-    def launch(t: Tile):
+    def launch(t: Tile, step: RMSpropStep | None = None):
         bm = _block(cout, t.block_m)
         bn = _block(taps * CIN, t.block_n) if packed else _block(CIN, t.block_n)
         columns = triton.cdiv(taps * CIN, bn) if packed else taps * triton.cdiv(CIN, bn)
@@ -392,13 +464,19 @@ def conv_wgrad(d, x, kernel, stride, padding, cout: int, precision: str = "fp32"
         splits = _splits(programs, sms, min(triton.cdiv(2 * sms, programs), Q // (4 * t.block_k)))
         q_split = triton.cdiv(triton.cdiv(Q, splits), t.block_k) * t.block_k
         splits = triton.cdiv(Q, q_split)
-        out = torch.empty((K, splits, cout, *kernel, CIN), device=x.device, dtype=torch.float32)
+        fused = step is not None and splits == 1
+        out = x if fused else torch.empty((K, splits, cout, *kernel, CIN), device=x.device, dtype=torch.float32)
         _conv_wgrad_kernel[(triton.cdiv(cout, bm), columns, K * splits)](
-            d, x, out, B, CIN, cout, q_split, splits, **geo, PRECISION=dot_precision(precision), PACKED=packed,
-            EVEN_N=packed or CIN % bn == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=t.block_k, **t.options())
-        result["dw"] = out[:, 0] if splits == 1 else out.sum(1)
-    _launch("wgrad", precision, x.device, tile, (K, B, CIN, cout, tuple(geo.values()), sms, str(x.dtype)), launch)
-    return result["dw"]
+            d, x, out, B, CIN, cout, q_split, splits,
+            **(step.kernel_args() if fused else RMSpropStep.no_update_args(out)), **geo,
+            PRECISION=dot_precision(precision), PACKED=packed, EVEN_N=packed or CIN % bn == 0, BLOCK_M=bm,
+            BLOCK_N=bn, BLOCK_K=t.block_k, **t.options())
+        result["dw"] = None if fused else out[:, 0] if splits == 1 else out.sum(1)
+        if step is not None and not fused:
+            step.apply(result.pop("dw"))
+    _launch("wgrad", precision, x.device, tile, (K, B, CIN, cout, tuple(geo.values()), sms, str(x.dtype)), launch,
+            final=None if update is None else lambda t: launch(t, update))
+    return result.get("dw")
 
 
 def conv_input_grad(d, w, x, kernel, stride, padding, act_in: bool, precision: str = "fp32",

@@ -19,6 +19,10 @@ launch as is), and a tensor whose size is a multiple of the block (EVEN, every b
 runs without masks, so Triton's 16-byte alignment of the pointers gives 16-byte vector loads and stores
 (ld.global.v4). A bank's 8 tensors are 8 launches, about 2 us each in a CUDA graph beside milliseconds of traffic.
 
+The update itself is `rmsprop_math`, one @triton.jit function: kernels/conv.py's weight gradient applies it in
+its epilogue too, given an `RMSpropStep` (the weight, its state and hyper-parameters), so that the gradient is never
+stored (fast/bank.py's backward, fed by FusedRMSprop.update_of).
+
 lr is either a float (baked into a CUDA graph at capture) or a 1-element tensor on the parameters' device (read by
 the kernel: a captured graph follows later changes to it). The `step` counters are incremented by the kernel when
 they live on the parameters' device (capturable optimizers, and CPU tensors under the interpreter); otherwise
@@ -28,12 +32,22 @@ A launch wrapper only: no autograd, no modules (see vidgan_fast.fast.rmsprop for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
 from vidgan_fast.kernels.common import cast_for_store, target_family
 from vidgan_fast.kernels.tiles import RMSPROP_TILES
+
+
+@triton.jit
+def rmsprop_math(w, g, v, rate, alpha, one_minus_alpha, eps):
+    """(new w, new v) of one RMSprop step, elementwise: the one definition of the update, shared by this module's
+    kernel and the weight-gradient launches that apply it in their epilogue (kernels/conv.py)."""
+    v = v * alpha + one_minus_alpha * g * g
+    return w - rate * tl.div_rn(g, tl.sqrt_rn(v) + eps), v
 
 
 @triton.jit
@@ -54,8 +68,7 @@ def _rmsprop_kernel(w_ptr, g_ptr, v_ptr, c_ptr, step_ptr, n, lr, lr_ptr, alpha, 
         w = tl.load(w_ptr + offs, mask=mask, other=0.0)
         g = tl.load(g_ptr + offs, mask=mask, other=0.0)
         v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-    v = v * alpha + one_minus_alpha * g * g
-    w = w - rate * tl.div_rn(g, tl.sqrt_rn(v) + eps)
+    w, v = rmsprop_math(w, g, v, rate, alpha, one_minus_alpha, eps)
     tl.store(v_ptr + offs, v, mask=mask)
     tl.store(w_ptr + offs, w, mask=mask)
     if COPY:
@@ -134,3 +147,55 @@ def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: flo
             LR_FROM_PTR=lr_from_ptr, COPY=c is not None, STEP=steps is not None, EVEN=n > 0 and n % block == 0,
             BLOCK=block, num_warps=tile.warps)
     return len(params)
+
+
+@dataclass(frozen=True)
+class RMSpropStep:
+    """One RMSprop step of one fp32 weight, handed to the launch that computes the weight's gradient so that the
+    gradient is applied where it is made and never stored (kernels/conv.py's conv_wgrad, `update=`).
+
+    weight, square_avg and copy (the weight's bf16 copy, or None) share one dense layout, the one the launch writes
+    its gradient in; lr is a float or a 1-element tensor on the weight's device; `step` is the weight's step counter
+    when it lives on the weight's device (the launch increments it), else None (the caller increments it)."""
+    weight: torch.Tensor
+    square_avg: torch.Tensor
+    lr: float | torch.Tensor
+    alpha: float
+    eps: float
+    step: torch.Tensor | None = None
+    copy: torch.Tensor | None = None
+
+    def check(self) -> None:
+        """ValueError unless a launch can apply this step (what rmsprop_update requires of its tensors)."""
+        w, v, c = self.weight, self.square_avg, self.copy
+        if not compatible(w, w, v):
+            raise ValueError(f"RMSpropStep: weight and square_avg must be fp32 of one device and one dense layout; "
+                             f"got {w.dtype}/{v.dtype} strides {w.stride()}/{v.stride()}")
+        if c is not None and not copy_compatible(w, c):
+            raise ValueError("RMSpropStep: the copy must be bf16 or fp16 with the weight's shape, strides and device")
+        if self.step is not None and (self.step.device != w.device or self.step.numel() != 1):
+            raise ValueError("RMSpropStep: step must be a 1-element tensor on the weight's device (or None)")
+        if isinstance(self.lr, torch.Tensor) and (self.lr.numel() != 1 or self.lr.device != w.device):
+            raise ValueError("RMSpropStep: a tensor lr must have 1 element and live on the weight's device")
+
+    def kernel_args(self) -> dict:
+        """The arguments of a launch that applies this step (the epilogue of kernels/conv.py's wgrad)."""
+        from_ptr = isinstance(self.lr, torch.Tensor)
+        return dict(w_ptr=self.weight, v_ptr=self.square_avg,
+                    c_ptr=self.weight if self.copy is None else self.copy,
+                    step_ptr=self.weight if self.step is None else self.step,
+                    lr=0.0 if from_ptr else float(self.lr), lr_ptr=self.lr if from_ptr else self.weight,
+                    alpha=float(self.alpha), one_minus_alpha=float(1 - self.alpha), eps=float(self.eps),
+                    UPDATE=True, LR_FROM_PTR=from_ptr, COPY=self.copy is not None, STEP=self.step is not None)
+
+    @staticmethod
+    def no_update_args(placeholder: torch.Tensor) -> dict:
+        """kernel_args() of a launch that applies no step (every pointer a placeholder, never read)."""
+        return dict(w_ptr=placeholder, v_ptr=placeholder, c_ptr=placeholder, step_ptr=placeholder, lr=0.0,
+                    lr_ptr=placeholder, alpha=0.0, one_minus_alpha=0.0, eps=0.0, UPDATE=False, LR_FROM_PTR=False,
+                    COPY=False, STEP=False)
+
+    def apply(self, grad: torch.Tensor) -> None:
+        """The step with a gradient that was stored after all (a split reduction): one rmsprop_update launch."""
+        rmsprop_update([self.weight], [grad], [self.square_avg], None if self.step is None else [self.step],
+                       self.lr, self.alpha, self.eps, copies=[self.copy])

@@ -126,3 +126,13 @@ def test_every_conv_candidate_matches_fp64(name, candidate):
     assert all(conv_tiles(name, fam, "tf32")[0].warps in (4, 8) for fam in FAMILIES[:2])
     with forcing(name, candidate):
         test_conv_passes_match_fp64("D_F conv3 wide", "interpreter")
+
+
+@pytest.mark.parametrize("candidate", sorted({c for fam in ("hopper", "ampere")
+                                              for c in conv_tiles("wgrad", fam, "tf32")[1:]}, key=str))
+def test_every_weight_step_candidate_matches_fp64(candidate, monkeypatch):
+    """The weight gradient that applies RMSprop in its epilogue at each candidate tile of the weight gradient: the
+    step against fp64 and bitwise equal to the separate step (tests/test_conv.py)."""
+    from test_conv import test_weight_gradient_applied_as_an_rmsprop_step
+    with forcing("wgrad", candidate):
+        test_weight_gradient_applied_as_an_rmsprop_step("D_F conv3 wide", False, "hopper", "tf32", monkeypatch)

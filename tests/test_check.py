@@ -30,8 +30,9 @@ def vidgan_check(args):
 ROOT = Path(__file__).resolve().parents[1]
 OP_ROWS = ["project_frames forward", "project_frames input grad", "project_videos forward",
            "project_videos input grad", "FrameDiscriminatorBank forward", "FrameDiscriminatorBank input grad",
-           "FrameDiscriminatorBank weight grads", "VideoDiscriminatorBank forward", "VideoDiscriminatorBank input grad",
-           "VideoDiscriminatorBank weight grads", "FrozenFrameGenerator forward", "FrozenFrameGenerator code grad"]
+           "FrameDiscriminatorBank weight grads", "FrameDiscriminatorBank weight steps",
+           "VideoDiscriminatorBank forward", "VideoDiscriminatorBank input grad", "VideoDiscriminatorBank weight grads",
+           "VideoDiscriminatorBank weight steps", "FrozenFrameGenerator forward", "FrozenFrameGenerator code grad"]
 EXPECTED_PATH = "triton kernel" if torch.cuda.is_available() else "triton interpreter"
 
 
@@ -141,6 +142,8 @@ def add_offset(module, name, monkeypatch, index=0, value=1e-3):
 
     def wrong(*args, **kwargs):
         out = original(*args, **kwargs)
+        if out is None:                 # conv_wgrad given an optimizer step: it returns nothing to offset
+            return out
         if isinstance(out, tuple):
             return tuple(o + value if i == index else o for i, o in enumerate(out))
         return out + value
@@ -159,6 +162,20 @@ def test_a_wrong_kernel_fails_its_row_only(module, name, index, op, bad_row, mon
     assert rows[bad_row].status == "FAIL" and not rows[bad_row].passed
     assert rows[bad_row].rel_err > rows[bad_row].tol
     assert all(r.passed for r in rows.values() if r.op != bad_row), rows
+
+
+def test_a_wrong_weight_step_fails_its_row_only(monkeypatch, device):
+    """The bank's weight steps (RMSprop applied inside the weight-gradient launch) are a row of their own: a step
+    at twice the rate fails it and nothing else."""
+    from dataclasses import replace
+    from vidgan_fast.fast.rmsprop import FusedRMSprop
+    original = FusedRMSprop.update_of
+    monkeypatch.setattr(FusedRMSprop, "update_of", lambda self, p: replace(original(self, p),
+                                                                           lr=2 * self.param_groups[0]["lr"]))
+    rows = by_op(run_checks(device, ops=["frame_bank"]))
+    bad = "FrameDiscriminatorBank weight steps"
+    assert rows[bad].status == "FAIL" and rows[bad].rel_err > rows[bad].tol
+    assert all(r.passed for r in rows.values() if r.op != bad), rows
 
 
 def test_a_nan_fails(monkeypatch, device):

@@ -169,3 +169,87 @@ def test_channels_first_output_without_bias_is_the_same_product(family):
     assert check() == 2
     assert got.shape == (case[0], case[3], case[1], *plain.shape[2:5])
     assert torch.equal(got.movedim(1, -1), plain)
+
+
+def banded(t: torch.Tensor):
+    """t copied into the middle of a sentinel-filled buffer (tests/guard.py's bands): (the copy, a check that the
+    bands are intact)."""
+    from guard import BAND, SENTINEL
+    buffer = torch.full((t.numel() + 2 * BAND,), SENTINEL, dtype=t.dtype)
+    inner = buffer[BAND:BAND + t.numel()].view(t.shape)
+    inner.copy_(t)
+
+    def intact():
+        assert torch.all(torch.cat([buffer[:BAND], buffer[-BAND:]]) == SENTINEL), "a write outside the tensor"
+    return inner, intact
+
+
+def rmsprop_reference(w, dw64, v, lr, alpha, eps):
+    """The reference the training uses for a weight step: torch.optim.RMSprop (fp64) on the fp64 gradient, from
+    the square average v. Returns (new w, new v)."""
+    p = w.double().clone()
+    opt = torch.optim.RMSprop([p], lr=lr, alpha=alpha, eps=eps)
+    opt.state[p] = {"step": torch.zeros((), dtype=torch.float64), "square_avg": v.double().clone()}
+    p.grad = dw64
+    opt.step()
+    return p, opt.state[p]["square_avg"]
+
+
+@pytest.mark.parametrize("name, split, family, precision",
+                         [(n, False, "hopper", "tf32") for n in [*CASES, *ONE_CHANNEL]]
+                         + [(n, True, "hopper", "fp32") for n in ("D_F conv2", "D_F conv1", "D_V conv1")]
+                         + [("D_F conv3 wide", False, "ampere", "tf32"), ("D_V conv1", False, "ampere", "tf32")])
+def test_weight_gradient_applied_as_an_rmsprop_step(name, split, family, precision, monkeypatch):
+    """conv_wgrad(update=...) steps the weight with dw instead of returning it: in the epilogue (one program owns
+    each weight tile's whole reduction: sms=1; at Hopper's 128 x 256 tf32 tile, applied in four column quarters)
+    or, where the reduction is split (batch 16 on 10,000 SMs), through kernels/rmsprop.py after the sum. Against
+    torch.optim.RMSprop on the fp64 dw (from a mid-run square average, so the step is a smooth function of dw):
+    the weight's change and the new square average within 2x dw's bound (the step divides dw by sqrt(v) >= 0.7 and
+    rounds a few times in fp32). Bitwise equal to conv_wgrad and then rmsprop_update (the same math on the same
+    fp32 dw); the step counter moved by one; nothing written outside the weight, the square average and the bf16
+    copy. The lr arrives as a float or as a tensor, the counter on the weight's device or not (the caller counts)."""
+    from vidgan_fast.kernels.rmsprop import RMSpropStep, rmsprop_update
+    case = {**CASES, **ONE_CHANNEL}[name]
+    if split:
+        case = (case[0], 16, *case[2:])
+    x, w, b, d, below = inputs(case, seed=11 + len(name))
+    lr, alpha, eps = 1e-2, 0.99, 1e-8
+    v = torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) + 0.5
+    variant = len(name) % 3                 # 0: float lr, counter; 1: tensor lr, bf16 copy; 2: no counter
+    rate = torch.tensor([lr]) if variant == 1 else lr
+    (w1, w_ok), (v1, v_ok) = banded(w), banded(v)
+    c1, c_ok = banded(w.to(torch.bfloat16)) if variant == 1 else (None, lambda: None)
+    step = None if variant == 2 else torch.zeros(())
+    applied = []
+    monkeypatch.setattr(RMSpropStep, "apply", lambda self, g, apply=RMSpropStep.apply: (applied.append(g.shape),
+                                                                                        apply(self, g)))
+    sms = 10_000 if split else 1
+    with forced_target(tile_family=family):
+        got = C.conv_wgrad(d, x, case[5], case[6], case[7], case[3], precision, sms=sms,
+                           update=RMSpropStep(w1, v1, rate, alpha, eps, step=step, copy=c1))
+        dw = C.conv_wgrad(d, x, case[5], case[6], case[7], case[3], precision, sms=sms)
+    assert got is None and len(applied) == split, "fused in the epilogue unless the reduction is split"
+    for intact in (w_ok, v_ok, c_ok):
+        intact()
+    w2, v2, c2, step2 = w.clone(), v.clone(), None if c1 is None else w.to(torch.bfloat16), torch.zeros(())
+    rmsprop_update([w2], [dw], [v2], [step2], rate, alpha, eps, copies=[c2])
+    assert torch.equal(w1, w2) and torch.equal(v1, v2) and (c1 is None or torch.equal(c1, c2))
+    assert step is None or step.item() == 1.0
+    w64, v64 = rmsprop_reference(w, reference(x, w, b, d, below, case[6], case[7], False)[2], v, lr, alpha, eps)
+    reduction = case[1] * math.prod(C.output_size(case[4], case[5], case[6], case[7]))
+    tol = 2 * tolerance(precision, reduction)
+    assert relative_error(w1.double() - w.double(), w64 - w.double()) <= tol, f"{name}: the weight's step"
+    assert relative_error(v1, v64) <= tol, f"{name}: the square average"
+    if c1 is not None:
+        assert torch.equal(c1, w1.to(torch.bfloat16)), "the copy is the new weight rounded to bf16"
+
+
+def test_weight_update_is_checked():
+    from vidgan_fast.kernels.rmsprop import RMSpropStep
+    case = CASES["D_F conv2"]
+    x, w, b, d, below = inputs(case, seed=0)
+    with pytest.raises(ValueError, match="the updated weight has shape"):
+        C.conv_wgrad(d, x, case[5], case[6], case[7], case[3], update=RMSpropStep(w[:1], w[:1], 0.1, 0.99, 1e-8))
+    with pytest.raises(ValueError, match="one dense layout"):
+        C.conv_wgrad(d, x, case[5], case[6], case[7], case[3],
+                     update=RMSpropStep(w, w.transpose(0, 1).contiguous().transpose(0, 1), 0.1, 0.99, 1e-8))

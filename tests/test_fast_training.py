@@ -137,6 +137,7 @@ def test_fast_steps_equal_reference_steps(phase):
     cfg = small_cfg()
     ref, fast, ref64 = fresh(cfg, phase), to_fast(fresh(cfg, phase)), as_fp64(fresh(cfg, phase))
     assert is_fast(fast) and isinstance(fast.discriminators, (FrameDiscriminatorBank, VideoDiscriminatorBank))
+    fast.discriminators.fuse_optimizer(None)    # every gradient is returned, to be compared (the fused step: below)
     if phase == "video":
         assert isinstance(fast.renderer, FrozenFrameGenerator)
     tol = step_tolerance(ref) / 2
@@ -171,6 +172,32 @@ def test_fast_steps_equal_reference_steps(phase):
         for key in grads[2]:
             if key not in skip:
                 close(f"G step {step} {key}", grads[0][key], grads[1][key], grads[2][key])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_weight_steps_in_the_backward_equal_the_optimizer_step(precision):
+    """The fast D step applies RMSprop to conv1..conv3's weights in the bank's backward, in the weight-gradient
+    launches (fast/bank.py fuse_optimizer): those weights get no .grad and FusedRMSprop.step() updates the rest.
+    Two D steps of it equal, bitwise (the same kernel math on the same fp32 gradients), two D steps of a bank
+    whose backward returns every gradient for FusedRMSprop.step(): losses, weights, bf16 copies, square averages
+    and step counters."""
+    cfg = small_cfg()
+    fused, separate = (to_fast(fresh(cfg, "frames"), precision) for _ in range(2))
+    separate.discriminators.fuse_optimizer(None)
+    for step in range(2):
+        real, z_d, _ = real_and_noise(cfg, "frames", step)
+        assert torch.equal(d_step(fused, real, z_d), d_step(separate, real, z_d))
+    bank = fused.discriminators
+    assert [n for n, p in bank.named_parameters() if p.grad is None] == [f"conv{i}_weight" for i in (1, 2, 3)]
+    assert all(p.grad is not None for p in separate.discriminators.parameters())
+    for (name, a), b in zip([*bank.named_parameters(), *bank.named_buffers()],
+                            [*separate.discriminators.parameters(), *separate.discriminators.buffers()]):
+        assert torch.equal(a, b), name
+    assert len(bank.stored_weights()) == (4 if precision == "bf16" else 0)
+    states = [[opt.state[p][key] for p in opt.param_groups[0]["params"] for key in ("step", "square_avg")]
+              for opt in (fused.d_opt, separate.d_opt)]
+    assert len(states[0]) == 16 and all(torch.equal(a, b) for a, b in zip(*states))
+    assert all(s["step"].item() == 2 for s in fused.d_opt.state.values())
 
 
 def test_to_fast_leaves_the_random_streams_alone():

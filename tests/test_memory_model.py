@@ -73,7 +73,9 @@ def test_the_paper_preset_fits_in_reserved_bytes(precision):
         assert r["total"] <= 10.5 * GiB, r
         from vidgan_fast.fast.device_data import MARGIN
         assert r["data_on_gpu"] == (r["fixed"] + r["reserved"] + r["data"] + MARGIN <= memory.BUDGET)
-        assert r["graph_reserved"] > 0.5 * GiB          # the captured steps' transients and gradients
+        # the captured steps' transients: activations, input gradients, G's gradients (conv1-3's weight gradients
+        # are never stored: their RMSprop step runs in the weight-gradient launch, fast/bank.py)
+        assert r["graph_reserved"] > 0.1 * GiB
         assert r["reserved"] >= r["regular_reserved_peak"] and r["steady_live"] > r["persistent"]
 
 

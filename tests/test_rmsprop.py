@@ -194,6 +194,22 @@ def test_unsupported_options_and_dtypes_raise():
         FusedRMSprop([q]).step()
 
 
+def test_update_of_hands_over_one_parameters_step():
+    """update_of(p): the step a weight-gradient launch applies in place of the optimizer (fast/bank.py): p's own
+    state (made if new), its group's hyper-parameters, its copy; p's version moves (a stale saved p then raises);
+    a tensor that is not one of the optimizer's parameters is refused."""
+    p, q = torch.zeros(4, requires_grad=True), torch.zeros(2, requires_grad=True)
+    copy_ = torch.zeros(4, dtype=torch.bfloat16)
+    opt = FusedRMSprop([{"params": [q]}, {"params": [p], "lr": 0.5}], alpha=0.9, eps=1e-6, copies={p: copy_})
+    version = p._version
+    step = opt.update_of(p)
+    assert step.weight is p and step.square_avg is opt.state[p]["square_avg"] and step.copy is copy_
+    assert (step.lr, step.alpha, step.eps) == (0.5, 0.9, 1e-6) and step.step is opt.state[p]["step"]
+    assert p._version > version and not opt.state.get(q)
+    with pytest.raises(ValueError, match="not one of this optimizer's parameters"):
+        opt.update_of(torch.zeros(4))
+
+
 # ---- ahead-of-time compile (no GPU needed): sm_80 and sm_90 ----
 
 AOT_SCRIPT = """

@@ -190,7 +190,42 @@ def _check_bank(ctx: _Ctx, kind: str) -> list[CheckResult]:
     shape, op = f"K={k} B={b} {spatial} w={widths}", cls.__name__
     return [ctx.row(f"{op} forward", shape, [("logits", logits, logits32, logits64)], reduction),
             ctx.row(f"{op} input grad", shape, [("dx", dx, dx32, dx64)], reduction),
-            ctx.row(f"{op} weight grads", shape, weight_grads, reduction)]
+            ctx.row(f"{op} weight grads", shape, weight_grads, reduction),
+            ctx.row(f"{op} weight steps", shape, _weight_steps(ctx, cls, refs, x, grad, weight_grads), 2 * reduction)]
+
+
+def _weight_steps(ctx: _Ctx, cls, refs, x, grad, weight_grads) -> list:
+    """conv1..conv3's RMSprop steps as the fast D step makes them, inside the bank's backward (fast/bank.py
+    fuse_optimizer): each weight's change against torch.optim.RMSprop on the reference's fp32 and fp64 gradients.
+    The square average starts mid-run, at (0.5 to 1.5) x the largest squared gradient of its tensor, so a step is
+    a smooth function of the gradient (from zero, the first step is about lr x sign(gradient), and the sign of a
+    gradient near 0 is rounding noise) and the largest steps are about lr: at lr 0.1 the weights' own fp32 rounding
+    is far below the bound, the gradients' (weight_grads'), for a sum twice as long."""
+    from vidgan_fast.fast.rmsprop import FusedRMSprop
+    lr = 0.1
+    bank = cls.from_reference(list(refs))
+    opt = FusedRMSprop(bank.parameters(), lr=lr)
+    opt.init_state()
+    rows = []
+    for (suffix, _, g32, g64), layer in zip(weight_grads[0:6:2], ("conv1", "conv2", "conv3")):
+        w = bank.get_parameter(f"{layer}_weight")
+        average = (torch.rand(w.shape, generator=ctx.gen).to(ctx.device) + 0.5) * g64.abs().max().float() ** 2
+        opt.state[w]["square_avg"].copy_(average)
+        rows.append((suffix, w, w.detach().clone(), average, g32, g64))
+    bank.fuse_optimizer(opt)
+    _run(bank, x, grad)
+    out = []
+    for suffix, w, before, average, g32, g64 in rows:
+        steps = []
+        for g in (g32, g64):
+            p = before.to(g.dtype).clone()
+            ref = torch.optim.RMSprop([p], lr=lr)
+            ref.state[p] = {"step": torch.zeros((), dtype=g.dtype), "square_avg": average.to(g.dtype, copy=True)}
+            p.grad = g
+            ref.step()
+            steps.append(p - before.to(g.dtype))
+        out.append((suffix, w.detach() - before, *steps))
+    return out
 
 
 def _random_frame_generator(ctx: _Ctx) -> models.FrameGenerator:

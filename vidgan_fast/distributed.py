@@ -241,6 +241,8 @@ def shard_state(state) -> None:
     copies = {"copies": local.stored_copy_of()} if hasattr(local, "stored_copy_of") else {}   # a bank's bf16 copies
     state.d_opt = type(d_opt)(local.parameters(), lr=d_opt.param_groups[0]["lr"], **copies)
     state.d_opt.load_state_dict(local_opt_state)        # restores every hyperparameter and the local state
+    if hasattr(local, "fuse_optimizer"):                # a bank steps its conv weights in its backward
+        local.fuse_optimizer(state.d_opt)
     state.discriminators = ShardedDiscriminators(local, shards, rank())
     for opt in (state.g_opt, state.f_opt):
         if opt is not None:

@@ -16,6 +16,8 @@ The whole stack after the projection is one autograd Function (_Bank): its forwa
 and the logit layer, its backward the chain with each LeakyReLU derivative applied once, where the input gradient
 that crosses it is written (the next layer's dgrad epilogue), the bias gradients as column sums of those, and only
 the gradients the step asks for (a D step: weights, no input gradient; a G step: the input gradient only).
+With an optimizer fused (fuse_optimizer, as engine.to_fast does), a D step's backward also applies that optimizer's
+RMSprop step to conv1..conv3's weights in their weight-gradient launches, instead of returning those gradients.
 
 precision 'bf16' also stores in bf16 what passes between the layers (activations, input gradients) and reads
 bf16 copies of the weights. The bank owns those copies (`stored_weights()`, non-persistent buffers: they follow
@@ -25,6 +27,7 @@ changes the weights otherwise calls that (fast/graphs.py does after its warm-up 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 
@@ -80,17 +83,21 @@ class _Bank(torch.autograd.Function):
                           out_dtype=bank.storage_dtype)                 # dL/d(pre-activation of conv3)
         dx = None
         for i in (2, 1, 0):                                             # conv3, conv2, conv1
-            cout = weights[i].shape[1]
-            if wants_params:
-                dw = C.conv_wgrad(d, acts[i], bank.kernel, *geos[i], cout, bank.precision)
-                grads[2 * i] = bank.parameter_view(i, dw)
-                grads[2 * i + 1] = d.sum(dim=(1, 2, 3, 4), dtype=torch.float32)
+            # the input gradient first: it reads the weights that a fused optimizer step below overwrites
+            d_below = None
             if i > 0:
-                d = C.conv_dgrad(d, weights[i], acts[i], bank.kernel, *geos[i], act_in=True,
-                                 precision=bank.precision, out_dtype=bank.storage_dtype)
+                d_below = C.conv_dgrad(d, weights[i], acts[i], bank.kernel, *geos[i], act_in=True,
+                                       precision=bank.precision, out_dtype=bank.storage_dtype)
             elif wants_input:
                 dx = C.conv_input_grad(d, weights[0], x, bank.kernel, *geos[0], act_in=False,
                                        precision=bank.precision, out_dtype=torch.float32)
+            if wants_params:
+                update = bank.weight_update(i) if ctx.needs_input_grad[2 + 2 * i] else None
+                dw = C.conv_wgrad(d, acts[i], bank.kernel, *geos[i], weights[i].shape[1], bank.precision,
+                                  update=update)
+                grads[2 * i] = None if update is not None else bank.parameter_view(i, dw)
+                grads[2 * i + 1] = d.sum(dim=(1, 2, 3, 4), dtype=torch.float32)
+            d = d_below
         return (dx, None, *grads)
 
 
@@ -113,6 +120,7 @@ class DiscriminatorBank(nn.Module):
         if len(self.widths) != 3:
             raise ValueError(f"{type(self).__name__}: widths must be 3 channel counts, got {widths}")
         self.precision = precision
+        self._fused_optimizer = None         # fuse_optimizer()
         self.seeds = list(range(K)) if seeds is None else [int(s) for s in seeds]
         self.kernel = (1,) * (3 - self.dims) + (models.DISC_KERNEL,) * self.dims       # 3-D, depth 1 for 2-D
         self.register_buffer("projections", projections.detach().clone())
@@ -167,10 +175,35 @@ class DiscriminatorBank(nn.Module):
         out = []
         for name in LAYERS:
             w = getattr(self, f"{name}_weight_stored", None)
-            w = getattr(self, f"{name}_weight") if w is None else w
-            w = w.movedim(2, -1)
-            out.append(w.reshape(w.shape[0], w.shape[1], *self.kernel, w.shape[-1]))
+            out.append(self.kernel_layout(getattr(self, f"{name}_weight") if w is None else w))
         return out
+
+    def kernel_layout(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped and strided like a weight parameter, viewed as the kernels read it: [K, Cout, *kernel3d,
+        Cin], contiguous (no copy)."""
+        t = t.movedim(2, -1)
+        return t.reshape(t.shape[0], t.shape[1], *self.kernel, t.shape[-1])
+
+    # ---- the optimizer step in the backward ----
+
+    def fuse_optimizer(self, optimizer) -> None:
+        """From now on the backward of a D step applies `optimizer`'s step (a fast/rmsprop.FusedRMSprop over this
+        bank's parameters) to conv1..conv3's weights where it computes their gradients, in the weight-gradient
+        launch's epilogue: those gradients are never stored and the weights get no .grad, so optimizer.step()
+        updates only the biases and the logit layer. The update is the one step() would make (same kernel math,
+        same state). None: the backward returns every gradient again (what `vidgan check` compares)."""
+        self._fused_optimizer = optimizer
+
+    def weight_update(self, layer: int):
+        """The RMSprop step of layer `layer`'s weight for its weight-gradient launch (kernels/rmsprop.RMSpropStep,
+        in the kernel layout), or None when no optimizer is fused."""
+        optimizer = self._fused_optimizer
+        if optimizer is None:
+            return None
+        step = optimizer.update_of(getattr(self, f"{LAYERS[layer]}_weight"))
+        return dataclasses.replace(step, weight=self.kernel_layout(step.weight),
+                                   square_avg=self.kernel_layout(step.square_avg),
+                                   copy=None if step.copy is None else self.kernel_layout(step.copy))
 
     def parameter_view(self, layer: int, dw: torch.Tensor) -> torch.Tensor:
         """A kernel-layout weight gradient [K, Cout, *kernel3d, Cin] viewed as the layer's parameter (same

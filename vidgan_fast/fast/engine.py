@@ -4,10 +4,11 @@
 
 Only the execution changes: the discriminators become one bank (stacked weights, one launch per layer for
 all K) trained by the fused RMSprop (fast/rmsprop.py: one launch per tensor, which under bf16 also writes the
-bank's bf16 weight copies), phase 2's frozen G_F becomes the folded Triton generator, and optimizers
-become capturable on CUDA, so that the loop may replay the steps as CUDA graphs (graphs.GraphedSteps). Checkpoints
-stay in the reference layout (the banks' reference_state_dict / reference_optimizer_state), so a fast run resumes
-on the reference path and back. Whether a run takes this path at all is decided in one place: vidgan_fast/execution.py.
+bank's bf16 weight copies; conv1..conv3's weights step inside the bank's backward, bank.fuse_optimizer), phase 2's
+frozen G_F becomes the folded Triton generator, and optimizers become capturable on CUDA, so that the loop may
+replay the steps as CUDA graphs (graphs.GraphedSteps). Checkpoints stay in the reference layout (the banks'
+reference_state_dict / reference_optimizer_state), so a fast run resumes on the reference path and back. Whether
+a run takes this path at all is decided in one place: vidgan_fast/execution.py.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def convert(state, precision: str | None = None, capturable: bool | None = None)
     d_opt_state = optimizer_state_from_reference(bank, state.d_opt.state_dict())
     state.d_opt = _rebuild_optimizer(state.d_opt, bank.parameters(), d_opt_state, capturable, cls=FusedRMSprop,
                                      copies=bank.stored_copy_of())
+    bank.fuse_optimizer(state.d_opt)       # conv1..conv3's weights step in the backward (fast/bank.py)
     state.discriminators = bank
     state.g_opt = _rebuild_optimizer(state.g_opt, state.generator.parameters(), state.g_opt.state_dict(),
                                      capturable)

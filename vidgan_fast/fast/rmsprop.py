@@ -13,6 +13,10 @@ copies: {parameter: low-precision copy} (a bank's stored bf16 weights, fast/bank
 every parameter it updates in the same pass (2 B per weight; the copy then matches the new weight). The bank owns
 the copies; the optimizer only writes them.
 
+update_of(p): the step of one parameter as a kernels/rmsprop.RMSpropStep, for a launch that applies it where p's
+gradient is computed (a bank's conv weights, in their weight-gradient epilogue: fast/bank.py fuse_optimizer); p then
+gets no gradient and step() skips it, as it skips any parameter without one.
+
 step() never synchronises with the host: with capturable=True the step counters live on the device and the kernel
 increments them, so step() can be captured in a CUDA graph (allocate the state first, with init_state(), as
 graphs.init_optimizer_state does; a float lr is baked into the graph at capture, a tensor lr on the device is read at
@@ -114,6 +118,31 @@ class FusedRMSprop(torch.optim.Optimizer):
                 raise AssertionError("If capturable=True, params and state_steps must be on the same device")
             self._update(params, grads, avgs, steps, group)
         return loss
+
+    @torch.no_grad()
+    def update_of(self, p: torch.Tensor):
+        """The step of parameter p (one of this optimizer's) as a kernels/rmsprop.RMSpropStep, for a launch that
+        applies it where p's gradient is computed instead of storing the gradient (fast/bank.py's backward); p then
+        has no .grad and step() leaves it alone. p's state is made if it has none. The caller applies the step now:
+        a step counter kept on the host is incremented here (one on p's device, by the launch), and the versions
+        of p and its copy are bumped, as step() does."""
+        from vidgan_fast.kernels.rmsprop import RMSpropStep
+        group = next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
+        if group is None:
+            raise ValueError("FusedRMSprop.update_of: the tensor is not one of this optimizer's parameters")
+        _check_supported(group)
+        state = self._state(p, group["capturable"])
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor) and lr.device != p.device:
+            lr = lr.item()
+        step = state["step"] if state["step"].device == p.device else None
+        if step is None:
+            state["step"] += 1
+        copy = self.copies.get(p)
+        for t in (p, copy):
+            if t is not None:
+                torch.autograd.graph.increment_version(t)
+        return RMSpropStep(p, state["square_avg"], lr, group["alpha"], group["eps"], step=step, copy=copy)
 
     def _update(self, params, grads, avgs, steps, group) -> None:
         from vidgan_fast.kernels.rmsprop import rmsprop_update
