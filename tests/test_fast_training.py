@@ -275,6 +275,27 @@ def test_fast_then_reference_continues_the_same_run():
     assert_states_close(straight, resumed, gradients)
 
 
+def test_reference_then_fast_continues_the_same_run():
+    """1 reference step, to_fast (the optimizer state converted into the bank's channels-last layout), 1 fast step
+    == 2 reference steps (within the fp32 tolerance): what --fast --resume of a reference checkpoint runs."""
+    cfg = small_cfg()
+    straight, ref = fresh(cfg, "frames"), fresh(cfg, "frames")
+    real, z_d, z_g = real_and_noise(cfg, "frames", 0)
+    for state in (straight, ref):
+        d_step(state, real, z_d)
+        gradients = discriminator_gradients(state)
+        g_step(state, z_g)
+    fast = to_fast(ref)
+    for p in fast.discriminators.parameters():
+        assert fast.d_opt.state[p]["square_avg"].stride() == p.stride()
+    real, z_d, z_g = real_and_noise(cfg, "frames", 1)
+    d_step(straight, real, z_d)
+    gradients = {k: g.hypot(g2) for (k, g), g2 in zip(gradients.items(), discriminator_gradients(straight).values())}
+    g_step(straight, z_g)
+    d_step(fast, real, z_d), g_step(fast, z_g)
+    assert_states_close(straight, fast, gradients)
+
+
 def test_cli_fast_phase1_under_the_interpreter(tmp_path):
     from click.testing import CliRunner
 

@@ -43,6 +43,7 @@ def optimizer_state_from_reference(bank, state_dict: dict) -> dict:
         raise ValueError(f"optimizer state holds {len(group['params'])} parameters, a bank of K={bank.k} "
                          f"discriminators has {bank.k * per_layer}")
     index = group["params"]
+    params = list(bank.parameters())
     out_state = {}
     for j in range(per_layer):
         states = [state_dict["state"].get(index[k * per_layer + j]) for k in range(bank.k)]
@@ -51,7 +52,15 @@ def optimizer_state_from_reference(bank, state_dict: dict) -> dict:
         if any(s is None for s in states):
             raise ValueError(f"optimizer state: {bank.stacked_parameter_names()[j][1]} has state for some "
                              f"discriminators only")
-        out_state[j] = {key: (torch.stack([s[key] for s in states]) if torch.is_tensor(v) and v.dim() > 0
+        out_state[j] = {key: (_stacked([s[key] for s in states], params[j]) if torch.is_tensor(v) and v.dim() > 0
                               else copy.deepcopy(v)) for key, v in states[0].items()}
     out_group = {**group, "params": list(range(per_layer))}
     return {"state": out_state, "param_groups": [out_group]}
+
+
+def _stacked(tensors: list, param: torch.Tensor) -> torch.Tensor:
+    """The K per-discriminator tensors stacked in the bank parameter's own layout (its weights are channels last):
+    the fused RMSprop updates a parameter and its state as one dense layout, and torch's load_state_dict keeps the
+    strides it is given (a plain stack of reference-layout state is contiguous and was refused at the first step)."""
+    out = torch.empty_like(param, dtype=tensors[0].dtype, device=tensors[0].device)
+    return out.copy_(torch.stack(tensors))
