@@ -158,7 +158,9 @@ def _layer_problem(kind, layer):
 
 def _triton_layer(layer, x, w, bias, kernel, stride, padding, precision, mode):
     """fn() running bank layer `layer`'s kernels as _Bank does: forward; with backward, the weight gradient (and
-    the bias's column sum) from a stand-in gradient of the output, and the input gradient above conv1."""
+    the bias's column sum) from a stand-in gradient of the output, and the input gradient above conv1. The weight
+    gradient is stored here, where a training D step applies RMSprop in its epilogue instead (conv_wgrad's
+    `update=`; the step rows of bench_steps.py time that), so this row is the layer's passes without the optimizer."""
     from vidgan_fast.kernels import conv as C
     from vidgan_fast.kernels import logit as L
     storage = torch.bfloat16 if precision == "bf16" else torch.float32

@@ -135,4 +135,4 @@ def test_every_weight_step_candidate_matches_fp64(candidate, monkeypatch):
     step against fp64 and bitwise equal to the separate step (tests/test_conv.py)."""
     from test_conv import test_weight_gradient_applied_as_an_rmsprop_step
     with forcing("wgrad", candidate):
-        test_weight_gradient_applied_as_an_rmsprop_step("D_F conv3 wide", False, "hopper", "tf32", monkeypatch)
+        test_weight_gradient_applied_as_an_rmsprop_step("D_F conv3 wide", False, "hopper", "tf32", 1, monkeypatch)

@@ -195,11 +195,12 @@ def rmsprop_reference(w, dw64, v, lr, alpha, eps):
     return p, opt.state[p]["square_avg"]
 
 
-@pytest.mark.parametrize("name, split, family, precision",
-                         [(n, False, "hopper", "tf32") for n in [*CASES, *ONE_CHANNEL]]
-                         + [(n, True, "hopper", "fp32") for n in ("D_F conv2", "D_F conv1", "D_V conv1")]
-                         + [("D_F conv3 wide", False, "ampere", "tf32"), ("D_V conv1", False, "ampere", "tf32")])
-def test_weight_gradient_applied_as_an_rmsprop_step(name, split, family, precision, monkeypatch):
+@pytest.mark.parametrize("name, split, family, precision, variant",
+                         [(n, False, "hopper", "tf32", i % 3) for i, n in enumerate([*CASES, *ONE_CHANNEL])]
+                         + [(n, True, "hopper", "fp32", i) for i, n in enumerate(("D_F conv2", "D_F conv1",
+                                                                                  "D_V conv1"))]
+                         + [("D_F conv3 wide", False, "ampere", "tf32", 1), ("D_V conv1", False, "ampere", "tf32", 2)])
+def test_weight_gradient_applied_as_an_rmsprop_step(name, split, family, precision, variant, monkeypatch):
     """conv_wgrad(update=...) steps the weight with dw instead of returning it: in the epilogue (one program owns
     each weight tile's whole reduction: sms=1; at Hopper's 128 x 256 tf32 tile, applied in four column quarters)
     or, where the reduction is split (batch 16 on 10,000 SMs), through kernels/rmsprop.py after the sum. Against
@@ -215,7 +216,7 @@ def test_weight_gradient_applied_as_an_rmsprop_step(name, split, family, precisi
     x, w, b, d, below = inputs(case, seed=11 + len(name))
     lr, alpha, eps = 1e-2, 0.99, 1e-8
     v = torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) + 0.5
-    variant = len(name) % 3                 # 0: float lr, counter; 1: tensor lr, bf16 copy; 2: no counter
+    # variant 0: float lr, step counter on the weight's device; 1: tensor lr, bf16 copy; 2: counter kept by the caller
     rate = torch.tensor([lr]) if variant == 1 else lr
     (w1, w_ok), (v1, v_ok) = banded(w), banded(v)
     c1, c_ok = banded(w.to(torch.bfloat16)) if variant == 1 else (None, lambda: None)
