@@ -101,6 +101,15 @@ class FrameGenerator(nn.Module):
         return torch.tanh(self.out(h))
 
 
+def _classify(d: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """A discriminator's learned layers on its projection h [B, 1, ...]: conv1..conv3 with LeakyReLU, then the
+    logit conv4 -> [B] (frame and video discriminators alike)."""
+    h = F.leaky_relu(d.conv1(h), LEAKY_SLOPE)
+    h = F.leaky_relu(d.conv2(h), LEAKY_SLOPE)
+    h = F.leaky_relu(d.conv3(h), LEAKY_SLOPE)
+    return d.conv4(h).flatten(1).squeeze(1)
+
+
 class FrameDiscriminator(nn.Module):
     """D_F: frame [B, 1, 30, 30] -> logit [B], behind its own fixed projection (a buffer)."""
 
@@ -112,15 +121,17 @@ class FrameDiscriminator(nn.Module):
             setattr(self, name, conv)
         init_weights(self)
 
+    project_many = staticmethod(project_frames)     # frames, filters [K, 8, 8] -> [B, K, 15, 15]
+
     def project(self, frames: torch.Tensor) -> torch.Tensor:
         return project_frames(frames, self.projection[0])
 
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """The learned layers: this discriminator's projection [B, 1, 15, 15] -> logit [B]."""
+        return _classify(self, h)
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        h = self.project(frames)
-        h = F.leaky_relu(self.conv1(h), LEAKY_SLOPE)
-        h = F.leaky_relu(self.conv2(h), LEAKY_SLOPE)
-        h = F.leaky_relu(self.conv3(h), LEAKY_SLOPE)
-        return self.conv4(h).flatten(1).squeeze(1)
+        return self.classify(self.project(frames))
 
 
 def map_codes(u: torch.Tensor, code_map: str = "tanh") -> torch.Tensor:
@@ -263,15 +274,17 @@ class VideoDiscriminator(nn.Module):
             setattr(self, name, conv)
         init_weights(self)
 
+    project_many = staticmethod(project_videos)     # videos, filters [K, 8, 8] -> [B, K, T, 9, 9]
+
     def project(self, videos: torch.Tensor) -> torch.Tensor:
         return project_videos(videos, self.projection[0])                      # [B, 1, T, 9, 9]
 
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """The learned layers: this discriminator's projection [B, 1, T, 9, 9] -> logit [B]."""
+        return _classify(self, h)
+
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
-        h = self.project(videos)
-        h = F.leaky_relu(self.conv1(h), LEAKY_SLOPE)
-        h = F.leaky_relu(self.conv2(h), LEAKY_SLOPE)
-        h = F.leaky_relu(self.conv3(h), LEAKY_SLOPE)
-        return self.conv4(h).flatten(1).squeeze(1)
+        return self.classify(self.project(videos))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -286,7 +299,12 @@ class DiscriminatorList(nn.ModuleList):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([d(x) for d in self])
+        # The K fixed projections as one convolution with K output channels (the same products as K separate
+        # ones, per channel), then each discriminator's learned layers on its own channel. On a CPU this is
+        # 1.2x faster a phase-1 step than K projections of one channel each (benchmarks/RESULTS.md).
+        filters = torch.cat([d.projection for d in self]).flatten(0, 1)             # [K, 8, 8]
+        h = type(self[0]).project_many(x, filters).split(1, dim=1)                    # K x [B, 1, ...]
+        return torch.stack([d.classify(h_k) for d, h_k in zip(self, h)])
 
     @property
     def k(self) -> int:
