@@ -17,6 +17,7 @@ import pytest
 from cli_helpers import one_error, vidgan  # tests/cli_helpers.py
 
 from vidgan_fast.cli import main
+from vidgan_fast.config import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = [["train", "frames"], ["train", "video"], ["train", "all"], ["train"], ["sample"], ["data"], ["check"],
@@ -36,9 +37,10 @@ def test_dash_h_and_version_answer_everywhere():
 def test_help_shows_a_preset_value_only_where_the_presets_differ():
     text = " ".join(vidgan("train", "all", "-h").stdout.split())
     assert "None" not in text and "[default: mean]" in text and "[default: auto]" in text
-    assert "[paper: 48; tiny: 8; small: 24]" in text                                   # --frames-k
+    assert f"[paper: 48; tiny: 8; small: {PRESETS['small'].frames_k}]" in text        # --frames-k
+    assert "[paper, tiny: 0; small: 1]" in text                                        # --cpu-threads
     assert "[paper: 1024,1024,512,256; tiny, small: 32,32,16,64]" in text              # --gf-widths
-    assert len(vidgan("train", "all", "-h").stdout.splitlines()) < 130                  # was ~150
+    assert len(vidgan("train", "all", "-h").stdout.splitlines()) < 135                  # was ~150; 130 + --cpu-threads
 
 
 @pytest.mark.parametrize("args, fragment", [

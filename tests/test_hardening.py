@@ -166,6 +166,7 @@ BAD_INPUTS = [
     (["train", "all", "--gf-widths", "100000,1024,512,256"], "each width must be at most 65,536"),
     (["train", "frames", "--k", 100000], "invalid --k 100000: must be at most 4,096"),
     (["train", "all", "--loss", "foo"], "Invalid value for '--loss'"),
+    (["train", "all", "--cpu-threads", -1], "invalid --cpu-threads -1: must be an integer from 0"),
 ]
 
 

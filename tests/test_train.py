@@ -144,6 +144,22 @@ def test_train_phase_logs_and_checkpoints(tmp_path):
     assert (tmp_path / "frames.ckpt").exists()
 
 
+def test_train_phase_runs_on_cpu_threads_and_restores_them(tmp_path, monkeypatch):
+    from vidgan_fast import step as step_module
+    seen, real_step = [], step_module.EagerSteps.step
+
+    def step(self, real):
+        seen.append(torch.get_num_threads())
+        return real_step(self, real)
+    monkeypatch.setattr(step_module.EagerSteps, "step", step)
+    before = torch.get_num_threads()
+    threads = 1 if before > 1 else 2
+    train_phase(open_phase("frames", tmp_path, small_cfg(frames_epochs=1, cpu_threads=threads)), tmp_path,
+                progress=False)
+    assert seen == [threads, threads] and torch.get_num_threads() == before
+    assert preset("small").cpu_threads == 1 and preset("paper").cpu_threads == 0
+
+
 def nan_losses(after_calls):
     """A discriminator_losses that returns NaN from call number `after_calls` on."""
     real_fn, calls = losses.discriminator_losses, [0]

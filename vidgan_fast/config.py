@@ -26,7 +26,7 @@ MAX_SEED = 2 ** 63 - 1
 MAX_COUNT = 2 ** 40
 MAX_WIDTH = 65_536
 LIMITS = {"frames_k": 4096, "video_k": 4096, "n_videos": 10_000_000, "frames_batch": 65_536, "video_batch": 65_536,
-          "gv_lstm": MAX_WIDTH, "sample_n": 1024, "frames_select_n": 65_536}
+          "gv_lstm": MAX_WIDTH, "sample_n": 1024, "frames_select_n": 65_536, "cpu_threads": 1024}
 LIMIT_WHY = {"frames_k": "discriminators", "video_k": "discriminators", "n_videos": "videos",
              "frames_batch": "frames per batch", "video_batch": "videos per batch", "gv_lstm": "a width",
              "sample_n": "one picture grid", "frames_select_n": "frames scored per snapshot"}
@@ -101,6 +101,7 @@ class TrainConfig:
                           "over its steps, and it_s over its own interval; every step's losses are checked for NaN",
                           default=10)
     sample_n: int = _opt("videos / frames in the sample written at the end of `train all`", default=16)
+    cpu_threads: int = _opt("torch's CPU threads while training (0: torch's default)", default=0)
     device: str = _opt("torch device: auto (a CUDA GPU if there is one, else the CPU; the command says which it "
                        "picked), cpu, cuda or cuda:N", default="cpu")
     # execution (the mathematics is the same on both paths; checkpoints are interchangeable)
@@ -248,7 +249,7 @@ PRESETS: dict[str, TrainConfig] = {
         dv_widths=(8, 16, 16), n_videos=1024, video_codes="sphere", gv_forget_bias=3.0, calibrate_codes=True,
         gv_smoothing=4.0,
         checkpoint_every=100, log_every=10,
-        sample_n=9,
+        sample_n=9, cpu_threads=1,
     ),
 }
 
@@ -290,6 +291,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise _bad(name, v, "must be a positive integer")
         if v > LIMITS.get(name, MAX_COUNT):
             raise _bad(name, v, f"must be at most {LIMITS.get(name, MAX_COUNT):,} ({LIMIT_WHY.get(name, 'a count')})")
+    if not _is_int(cfg.cpu_threads) or not 0 <= cfg.cpu_threads <= LIMITS["cpu_threads"]:
+        raise _bad("cpu_threads", cfg.cpu_threads, f"must be an integer from 0 (torch's default) to "
+                                                    f"{LIMITS['cpu_threads']}")
     if not _is_number(cfg.frames_ema) or not 0 <= cfg.frames_ema < 1:
         raise _bad("frames_ema", cfg.frames_ema, "must be a number from 0 (off) to below 1")
     if not _is_int(cfg.frames_select_every) or cfg.frames_select_every < 0:

@@ -9,6 +9,7 @@ What one step is lives in step.py (Phase, TrainState, build_state, d_step, g_ste
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 from pathlib import Path
@@ -144,7 +145,26 @@ def check_frame_generator(cfg: TrainConfig, state_dict: dict, path: str | Path) 
     check_matching(shape_only, state_dict, "the frame generator", path)
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """torch's intra-op CPU threads set to n for the block, then restored (0: left as they are)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_phase(state: TrainState, out: str | Path, progress: bool = True) -> TrainState:
+    """Train `state` to the end of its phase on cfg.cpu_threads torch threads (as open_phase builds it and
+    train_all samples; see _train_phase)."""
+    with cpu_threads(state.cfg.cpu_threads):
+        return _train_phase(state, out, progress)
+
+
+def _train_phase(state: TrainState, out: str | Path, progress: bool = True) -> TrainState:
     """Train `state` to the end of its phase, logging to out/log.jsonl and checkpointing to out/<phase>.ckpt.
 
     Losses stay on the device and are checked (NaN/inf) every log_every steps and before every save, so a
@@ -233,14 +253,16 @@ def open_phase(phase: str, out: str | Path, cfg: TrainConfig, resume: bool = Fal
     open_source(cfg)                      # a missing or malformed --data file is found before any model is built
     if phase == "frames":
         check_fits(cfg, phase, resolve_device(cfg.device))      # absurd sizes: one line now, not a failed allocation
-        return with_frame_choice(build_state(cfg, "frames"))
+        with cpu_threads(cfg.cpu_threads):
+            return with_frame_choice(build_state(cfg, "frames"))
     if frames is None:
         raise TrainingError("phase 2 needs a trained frame generator: pass --frames CKPT")
     generator_state, widths = frame_generator_of(frames, given_widths=(overrides or {}).get("gf_widths"))
     cfg = cfg.replace(gf_widths=widths)
     check_frame_generator(cfg, generator_state, frames)
     check_fits(cfg, phase, resolve_device(cfg.device))
-    return build_state(cfg, "video", generator_state)
+    with cpu_threads(cfg.cpu_threads):                           # G_V's calibration computes
+        return build_state(cfg, "video", generator_state)
 
 
 def train_all(cfg: TrainConfig, out: str | Path, resume: bool = False, overrides: dict | None = None,
@@ -264,5 +286,6 @@ def train_all(cfg: TrainConfig, out: str | Path, resume: bool = False, overrides
     if not distributed.is_main():               # torchrun: rank 0 writes the samples
         return []
     samples = out / "samples"
-    return (write_samples(frames_path, samples, n=state.cfg.sample_n, seed=state.cfg.seed)
-            + write_samples(video_path, samples, n=state.cfg.sample_n, seed=state.cfg.seed))
+    with cpu_threads(state.cfg.cpu_threads):
+        return (write_samples(frames_path, samples, n=state.cfg.sample_n, seed=state.cfg.seed)
+                + write_samples(video_path, samples, n=state.cfg.sample_n, seed=state.cfg.seed))
