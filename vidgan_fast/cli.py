@@ -24,6 +24,7 @@ from pathlib import Path
 import click
 
 from . import signals
+from .allocator import keep_freed_memory
 from .cli_options import (SEED, config_options, configure, device_option, first_process, phase_aliases,
                           resolve_device, run_options)
 from .errors import ConfigError, TrainingInterrupted, VidganError, os_error_message
@@ -100,6 +101,7 @@ def main():
     Exit status: 0 done; 1 an error; 2 a wrong command line; 3 `check` with rows not checked; 130 / 143 stopped by
     SIGINT / SIGTERM.
     """
+    keep_freed_memory()           # allocator.py: no page faults per large tensor (torch-free, instant)
 
 
 @main.command()
