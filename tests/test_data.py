@@ -234,6 +234,17 @@ def test_frames_at_matches_videos(ds):
     assert torch.equal(frames, torch.stack([videos[0, 0], videos[1, 29], videos[0, 13]]))
 
 
+def test_kept_positions_are_the_per_batch_simulation(monkeypatch):
+    kept = BouncingBalls(n=300, seed=3)                                   # 300 videos: kept after the first call
+    idx = np.random.default_rng(0).permutation(300)[:17]
+    frames, videos = kept.frames_at(idx, np.arange(17)), kept.videos(idx[:5])
+    assert kept._kept_positions is not None and kept._kept_positions.shape == (300, 30, 3, 2)
+    monkeypatch.setattr(data, "KEPT_POSITIONS_BYTES", 300 * 30 * 3 * 2 * 8 - 1)   # one byte short: none
+    simulated = BouncingBalls(n=300, seed=3)
+    assert torch.equal(simulated.frames_at(idx, np.arange(17)), frames)
+    assert torch.equal(simulated.videos(idx[:5]), videos) and simulated._kept_positions is None
+
+
 def test_bad_arguments(ds):
     with pytest.raises(IndexError, match="out of range"):
         ds[1000]
