@@ -188,8 +188,14 @@ PRESETS: dict[str, TrainConfig] = {
     #   frames: 214 frames with 4+ blobs, 282 with 2, against 0 and 303 in the data), detail that more projections
     #   see. K=24 seed 1 at 1600 steps: 0.781 3-blob frames (average 0.775) against 0.731 (0.744) with K=16; a
     #   phase-1 step costs 1.2-1.3x the CPU of K=16 (0.21 against 0.16 s, one thread).
-    # - n_videos = 1024 (tiny: 256): 32 steps per epoch; frames_epochs = 50: 1600 phase-1 steps.
-    # - frames_lr = 4e-3, 1600 steps (was 1e-3, 416 steps: 21-33% 3-blob frames, radius 2.4-3.0 px on 3 seeds).
+    # - n_videos = 1024 (tiny: 256); frames_batch = 16, frames_epochs = 50: 64 steps per epoch, 3,200 phase-1 steps
+    #   (issue 27; was batch 32, 1,600 steps). More steps is what lifts G_F on every seed (K=24 batch 32, seed 4:
+    #   3-blob frames 0.63 / 0.71 / 0.76 / 0.81 / 0.84 at 1,600 / 2,000 / 2,400 / 2,800 / 3,200 steps), and a step
+    #   of batch 16 costs 0.65x one of batch 32 (one thread). In the same CPU time, seeds 0-4 (G_F alone, 2,000
+    #   frames): K=24, batch 16, 3,200 steps: 0.877 / 0.838 / 0.855 / see RESULTS / 0.829; K=32, batch 16, 2,432
+    #   steps: 0.821 / 0.854 / 0.855 / 0.798 / 0.733; K=32, batch 32, 1,600 steps: 0.725 / 0.742 / 0.805 / 0.845 /
+    #   0.848; the old preset (K=24, batch 32, 1,600): 0.741 / 0.774 / 0.830 / 0.811 / 0.627.
+    # - frames_lr = 4e-3 (was 1e-3, 416 steps: 21-33% 3-blob frames, radius 2.4-3.0 px on 3 seeds).
     #   At this size G_F is limited by optimisation (steps x rate), not width (measured with the same G_F/D_F,
     #   seed 0, 1,000 frames, 3-blob fraction at 400/800/1200/1600 steps): lr 1e-3: 0.37/0.37/0.30/0.50;
     #   lr 2e-3: 0.52/0.51/0.52/0.76 (radius 3.50 px, diversity 0.81); lr 4e-3: 0.44/0.52/0.68/0.78. G_F widths
@@ -237,19 +243,21 @@ PRESETS: dict[str, TrainConfig] = {
     #   accelerations are steps where the blob count changes (a speck or ghost ball appears or goes). Speed
     #   >= 0.79 px/frame (0.75x the data's) at coherence >= 0.95 needs k <= 0.08: a G_F that draws fewer specks,
     #   not another filter. On the K=24 seed-1 G_F with lr 1e-5: sigma 4: 0.755 / 0.901; sigma 5: 0.711 / 0.914.
-    # Measured, the whole `train all` run (benchmarks/RESULTS.md, "Quality (issue 27), 2026-12-07"), seeds 0-4, one
-    # thread: G_F alone 3-blob frames 0.741 / 0.774 / 0.830 / 0.811 / 0.627 (issue 27's target 0.75); G_V 3-blob
-    # frames 0.672 / 0.743 / 0.780 / 0.773 / 0.604, speed 0.63-0.74x the data's (target 0.75-1.33x), coherence
-    # 0.882-0.928 (target 0.95), diversity 0.90-0.96x; held-out seeds 25 / 28 / 89 alike; 313-379 s CPU per run.
+    # Measured, the whole `train all` run (benchmarks/RESULTS.md, "Quality (issue 27), 2026-12-08"), seeds 0-4:
+    # G_F alone 3-blob frames 0.877 / 0.838 / 0.855 / 0.857 / 0.829 (issue 27's target 0.75; the old preset
+    # 0.627-0.830); G_V 3-blob frames 0.896 / 0.795 / 0.834 / 0.828 / 0.771; speed 0.49 / 0.83 / 0.54 / 0.72 / 0.74x
+    # the data's (target 0.75-1.33x), coherence 0.964 / 0.895 / 0.917 / 0.911 / 0.894 (target 0.95), diversity
+    # 0.93-0.95x; held-out seeds in RESULTS.md.
     "small": TrainConfig(
-        frames_k=24, frames_batch=32, frames_epochs=50, frames_lr=4e-3,   # 32 steps per epoch, 1600 steps
+        frames_k=24, frames_batch=16, frames_epochs=50, frames_lr=4e-3,   # 64 steps per epoch, 3200 steps
         frames_ema=0.99,
         video_k=4, video_batch=32, video_epochs=1, video_lr=1e-5,
         gf_widths=(32, 32, 16, 64), df_widths=(16, 32, 64), gv_hidden=(32, 64, 64), gv_lstm=16,
         dv_widths=(8, 16, 16), n_videos=1024, video_codes="sphere", gv_forget_bias=3.0, calibrate_codes=True,
         gv_smoothing=4.0,
         checkpoint_every=100, log_every=10,
-        sample_n=9, cpu_threads=1,
+        sample_n=9,
+        cpu_threads=1,    # one torch thread: at these widths a second one costs more than it gives (RESULTS.md)
     ),
 }
 
