@@ -101,7 +101,7 @@ class TrainConfig:
                           "over its steps, and it_s over its own interval; every step's losses are checked for NaN",
                           default=10)
     sample_n: int = _opt("videos / frames in the sample written at the end of `train all`", default=16)
-    cpu_threads: int = _opt("torch's CPU threads while training (0: torch's default)", default=0)
+    cpu_threads: int = _opt("torch's CPU threads of a training run (0: torch's default)", default=0)
     device: str = _opt("torch device: auto (a CUDA GPU if there is one, else the CPU; the command says which it "
                        "picked), cpu, cuda or cuda:N", default="cpu")
     # execution (the mathematics is the same on both paths; checkpoints are interchangeable)
@@ -191,8 +191,8 @@ PRESETS: dict[str, TrainConfig] = {
     # - n_videos = 1024 (tiny: 256); frames_batch = 16, frames_epochs = 50: 64 steps per epoch, 3,200 phase-1 steps
     #   (issue 27; was batch 32, 1,600 steps). More steps is what lifts G_F on every seed (K=24 batch 32, seed 4:
     #   3-blob frames 0.63 / 0.71 / 0.76 / 0.81 / 0.84 at 1,600 / 2,000 / 2,400 / 2,800 / 3,200 steps), and a step
-    #   of batch 16 costs 0.65x one of batch 32 (one thread). In the same CPU time, seeds 0-4 (G_F alone, 2,000
-    #   frames): K=24, batch 16, 3,200 steps: 0.877 / 0.838 / 0.855 / see RESULTS / 0.829; K=32, batch 16, 2,432
+    #   of batch 16 costs 0.66x one of batch 32 (one thread). In the same CPU time, seeds 0-4 (G_F alone, 2,000
+    #   frames): K=24, batch 16, 3,200 steps: 0.877 / 0.838 / 0.855 / 0.857 / 0.829; K=32, batch 16, 2,432
     #   steps: 0.821 / 0.854 / 0.855 / 0.798 / 0.733; K=32, batch 32, 1,600 steps: 0.725 / 0.742 / 0.805 / 0.845 /
     #   0.848; the old preset (K=24, batch 32, 1,600): 0.741 / 0.774 / 0.830 / 0.811 / 0.627.
     # - frames_lr = 4e-3 (was 1e-3, 416 steps: 21-33% 3-blob frames, radius 2.4-3.0 px on 3 seeds).
@@ -202,7 +202,8 @@ PRESETS: dict[str, TrainConfig] = {
     #   64,64,32,64 at lr 1e-3: 0.50 at 1600 (no better than 32,32,16,64); hypervolume loss at lr 1e-3: 0.42.
     #   The 3-blob fraction oscillates by about +-0.1 between checkpoints 200 steps apart (GAN dynamics).
     #   lr 8e-3 (issue 27, seed 0): 0.43/0.52/0.53 at 400/800/1200 steps against 0.45/0.60/0.66 at 4e-3: slower.
-    # - frames_ema = 0.99 (issue 27; selection.py): phase 2 and the samples use an exponential moving average of
+    # - frames_ema = 0.99 (issue 27; selection.py; measured on the earlier schedule, 1,600 steps of batch 32, and
+    #   not re-measured at 3,200 of batch 16): phase 2 and the samples use an exponential moving average of
     #   G_F's weights (and batch-norm statistics) instead of the last step's. Over steps 1000-1600 (3 runs, every
     #   100 steps, 2,000 frames) the average's 3-blob fraction was 0.009-0.020 above the last weights' on average
     #   and never fell between two checkpoints (the last weights dropped by up to 0.019); at step 1600 it was
