@@ -110,6 +110,23 @@ def copy_compatible(param: torch.Tensor, copy: torch.Tensor) -> bool:
     return copy.dtype in (torch.bfloat16, torch.float16) and same_layout(param, copy) and copy.device == param.device
 
 
+def check_update(who: str, params, grads, square_avgs, copies, steps, lr) -> None:
+    """ValueError (its text begins with `who`) unless a launch can update these lists of equal length (params not
+    empty): what rmsprop_update and an RMSpropStep require of their tensors."""
+    device = params[0].device
+    for p, g, v, c in zip(params, grads, square_avgs, copies):
+        if p.device != device or not compatible(p, g, v):
+            raise ValueError(f"{who}: fp32 tensors of one device and one dense layout only; got "
+                             f"{p.dtype}/{g.dtype}/{v.dtype} {tuple(p.shape)} strides {p.stride()}/{g.stride()}/"
+                             f"{v.stride()} on {p.device}/{g.device}/{v.device}")
+        if c is not None and not copy_compatible(p, c):
+            raise ValueError(f"{who}: each copy must be bf16 or fp16 with its parameter's shape, strides and device")
+    if steps is not None and any(s.device != device or s.numel() != 1 for s in steps):
+        raise ValueError(f"{who}: steps must be 1-element tensors on the params' device (or None)")
+    if isinstance(lr, torch.Tensor) and (lr.numel() != 1 or lr.device != device):
+        raise ValueError(f"{who}: a tensor lr must have 1 element and live on the params' device")
+
+
 def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: float, copies=None,
                    block: int | None = None) -> int:
     """In place, for every i: square_avgs[i] and params[i] take one RMSprop step with grads[i]; steps[i] += 1
@@ -123,20 +140,8 @@ def rmsprop_update(params, grads, square_avgs, steps, lr, alpha: float, eps: flo
         raise ValueError("rmsprop_update: params, grads, square_avgs (and steps, copies) must have the same length")
     if not params:
         return 0
-    device = params[0].device
-    for p, g, v, c in zip(params, grads, square_avgs, copies):
-        if p.device != device or not compatible(p, g, v):
-            raise ValueError(f"rmsprop_update: fp32 tensors of one device and one dense layout only; got "
-                             f"{p.dtype}/{g.dtype}/{v.dtype} {tuple(p.shape)} strides {p.stride()}/{g.stride()}/"
-                             f"{v.stride()} on {p.device}/{g.device}/{v.device}")
-        if c is not None and not copy_compatible(p, c):
-            raise ValueError("rmsprop_update: each copy must be bf16 or fp16 with its parameter's shape, strides "
-                             "and device")
-    if steps is not None and any(s.device != device or s.numel() != 1 for s in steps):
-        raise ValueError("rmsprop_update: steps must be 1-element tensors on the params' device (or None)")
-    lr_from_ptr = isinstance(lr, torch.Tensor)
-    if lr_from_ptr and (lr.numel() != 1 or lr.device != device):
-        raise ValueError("rmsprop_update: a tensor lr must have 1 element and live on the params' device")
+    check_update("rmsprop_update", params, grads, square_avgs, copies, steps, lr)
+    device, lr_from_ptr = params[0].device, isinstance(lr, torch.Tensor)
     tile = RMSPROP_TILES[target_family(device) == "interpreter"]
     block = block or tile.block_m
     for i, (p, g, v, c) in enumerate(zip(params, grads, square_avgs, copies)):
@@ -166,17 +171,9 @@ class RMSpropStep:
     copy: torch.Tensor | None = None
 
     def check(self) -> None:
-        """ValueError unless a launch can apply this step (what rmsprop_update requires of its tensors)."""
-        w, v, c = self.weight, self.square_avg, self.copy
-        if not compatible(w, w, v):
-            raise ValueError(f"RMSpropStep: weight and square_avg must be fp32 of one device and one dense layout; "
-                             f"got {w.dtype}/{v.dtype} strides {w.stride()}/{v.stride()}")
-        if c is not None and not copy_compatible(w, c):
-            raise ValueError("RMSpropStep: the copy must be bf16 or fp16 with the weight's shape, strides and device")
-        if self.step is not None and (self.step.device != w.device or self.step.numel() != 1):
-            raise ValueError("RMSpropStep: step must be a 1-element tensor on the weight's device (or None)")
-        if isinstance(self.lr, torch.Tensor) and (self.lr.numel() != 1 or self.lr.device != w.device):
-            raise ValueError("RMSpropStep: a tensor lr must have 1 element and live on the weight's device")
+        """ValueError unless a launch can apply this step (rmsprop_update's checks, the weight as its own gradient)."""
+        check_update("RMSpropStep", [self.weight], [self.weight], [self.square_avg], [self.copy],
+                     None if self.step is None else [self.step], self.lr)
 
     def kernel_args(self) -> dict:
         """The arguments of a launch that applies this step (the epilogue of kernels/conv.py's wgrad)."""

@@ -194,6 +194,19 @@ def test_unsupported_options_and_dtypes_raise():
         FusedRMSprop([q]).step()
 
 
+def test_a_step_is_checked_as_rmsprop_update_checks_its_tensors():
+    from vidgan_fast.kernels.rmsprop import RMSpropStep
+    w, v = torch.zeros(4), torch.zeros(4)
+    RMSpropStep(w, v, 0.1, 0.9, 1e-8, step=torch.zeros(1), copy=torch.zeros(4, dtype=torch.bfloat16)).check()
+    for bad, fragment in ((dict(square_avg=v.double()), "fp32 tensors"),
+                          (dict(copy=torch.zeros(3, dtype=torch.bfloat16)), "each copy"),
+                          (dict(step=torch.zeros(2)), "steps must be 1-element"),
+                          (dict(lr=torch.zeros(2)), "a tensor lr")):
+        args = {**dict(weight=w, square_avg=v, lr=0.1, alpha=0.9, eps=1e-8), **bad}
+        with pytest.raises(ValueError, match=f"^RMSpropStep: {fragment}"):
+            RMSpropStep(**args).check()
+
+
 def test_update_of_hands_over_one_parameters_step():
     """update_of(p): the step a weight-gradient launch applies in place of the optimizer (fast/bank.py): p's own
     state (made if new), its group's hyper-parameters, its copy; p's version moves (a stale saved p then raises);
